@@ -1,0 +1,106 @@
+"""Read transformers ``LlavaNextForConditionalGeneration`` checkpoints (both key layouts).
+
+Config: ``vision_config`` -> tower, ``text_config`` -> LM, ``vision_feature_layer`` /
+``vision_feature_select_strategy`` -> connector (an ``mlp2x_gelu`` projector, the only kind
+transformers has), ``image_grid_pinpoints`` (already (height, width) there) -> AnyRes, and the
+image preprocessing from ``preprocessor_config.json``. transformers composites transparency onto
+white, so images for these checkpoints are converted that way.
+
+Weights: the layout of transformers >= 4.52 (``model.vision_tower.*``, ``model.language_model.*``,
+``lm_head.*``, ``model.image_newline``) and the older one (``vision_tower.*``,
+``language_model.model.*``, ``language_model.lm_head.*``, ``image_newline``), with or without the
+tower's ``vision_model.`` level that transformers 5 dropped from CLIP-like towers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..connectors.connector import ConnectorConfig
+from ..errors import CheckpointError
+from ..imaging.processor import ImageConfig
+from ..towers.base import TowerConfig
+from ..towers.presets import image_defaults_from_processor, read_processor_settings
+from .weights import KeyMap
+
+MODEL_TYPE = "llava_next"
+
+# (checkpoint prefix, fovea prefix), first match wins; the tower gets its own treatment.
+_PREFIXES = [
+    ("model.multi_modal_projector.linear_1.", "connector.projector.0."),
+    ("model.multi_modal_projector.linear_2.", "connector.projector.2."),
+    ("multi_modal_projector.linear_1.", "connector.projector.0."),
+    ("multi_modal_projector.linear_2.", "connector.projector.2."),
+    ("model.language_model.", "lm.model."),
+    ("language_model.model.", "lm.model."),
+    ("language_model.lm_head.", "lm.lm_head."),
+    ("lm_head.", "lm.lm_head."),
+    ("model.image_newline", "image_newline"),
+    ("image_newline", "image_newline"),
+]
+_TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
+_DEFAULT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # transformers' default
+
+
+def read_config(directory: Path, raw: dict):
+    """VLMConfig for a transformers LlavaNext checkpoint directory."""
+    from ..model.config import VLMConfig
+
+    where = directory / "config.json"
+    try:
+        vision, text = dict(raw["vision_config"]), dict(raw["text_config"])
+    except KeyError as err:
+        raise CheckpointError(f"{where}: LlavaNext config lacks {err.args[0]!r}") from None
+    vision.setdefault("model_type", "clip_vision_model")
+    text.setdefault("model_type", "llama")
+    tower = TowerConfig(hf_config=vision)
+    strategy = raw.get("vision_feature_select_strategy", "default")
+    if strategy == "default" and not tower.cls_token:
+        raise CheckpointError(
+            f"{where}: vision_feature_select_strategy 'default' drops the first token, but the "
+            f"{tower.model_type} tower has no CLS token (transformers would drop a real patch)"
+        )
+    layers = raw.get("vision_feature_layer", -2)
+    connector = ConnectorConfig(
+        layers=[layers] if isinstance(layers, int) else list(layers),
+        keep_cls=False,
+        projector="mlp2x_gelu",
+        projector_bias=raw.get("multimodal_projector_bias", True),
+        projector_act=raw.get("projector_hidden_act", "gelu"),
+    )
+    image_size = int(vision.get("image_size", 336))
+    settings = read_processor_settings(directory)
+    image = image_defaults_from_processor(settings, image_size)
+    if image["size"] != image_size:
+        raise CheckpointError(
+            f"{directory}: the image processor's crop size {image['size']} differs from the tower's "
+            f"image_size {image_size}"
+        )
+    pinpoints = raw.get("image_grid_pinpoints") or (settings or {}).get("image_grid_pinpoints") or _DEFAULT_PINPOINTS
+    image_cfg = ImageConfig(**image, mode="anyres", grid_pinpoints=[list(p) for p in pinpoints], alpha="white")
+    token_id = raw.get("image_token_index", raw.get("image_token_id", 32000))
+    return VLMConfig(tower=tower, connector=connector, lm=text, image=image_cfg, image_token_id=int(token_id))
+
+
+def key_map(tower_keys: set[str]) -> KeyMap:
+    """Checkpoint key -> fovea key for a model whose tower has `tower_keys` (``tower.model.*``)."""
+
+    def mapped(key: str) -> str | None:
+        if key.endswith(".inv_freq"):  # rotary caches some old checkpoints stored; rebuilt at init
+            return None
+        for prefix in _TOWER_PREFIXES:
+            if key.startswith(prefix):
+                return _tower_key(key[len(prefix) :], tower_keys)
+        for old, new in _PREFIXES:
+            if key.startswith(old):
+                return new + key[len(old) :]
+        return key
+
+    return mapped
+
+
+def _tower_key(rest: str, tower_keys: set[str]) -> str:
+    candidate = f"tower.model.{rest}"
+    if candidate not in tower_keys and rest.startswith("vision_model."):
+        return f"tower.model.{rest.removeprefix('vision_model.')}"
+    return candidate

@@ -1,0 +1,7 @@
+"""Connectors: layer selection, fusers and projectors between a tower and a language model."""
+
+from .connector import Connector, ConnectorConfig
+from .fusers import FUSERS, Fuser, FuserInput
+from .projectors import PROJECTOR_TYPES, build_projector
+
+__all__ = ["FUSERS", "PROJECTOR_TYPES", "Connector", "ConnectorConfig", "Fuser", "FuserInput", "build_projector"]

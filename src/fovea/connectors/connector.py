@@ -1,0 +1,65 @@
+"""Connector = layer selection -> fuser -> projector: tower output to visual tokens.
+
+The connector owns everything between the tower and the language model, and it can say how many
+tokens it emits for a given patch grid *before* it runs (``out_grid``), which is what lets the
+tokenizer insert exactly the right number of placeholders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..towers.base import TowerOutput
+from .fusers import FUSERS, FuserInput
+from .projectors import build_projector
+
+
+@dataclass(kw_only=True)
+class ConnectorConfig:
+    layers: list[int] = field(default_factory=lambda: [-2])
+    """Tower hidden-state indices (transformers order: 0 = embeddings); several are fused."""
+    keep_cls: bool = False
+    """Keep the CLS token (LLaVA ``cls_patch``); only for towers that have one."""
+    fuser: str = "concat"
+    projector: str = "mlp2x_gelu"
+    projector_bias: bool = True
+    projector_act: str = "gelu"
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("layers must name at least one tower layer")
+
+
+class Connector(nn.Module):
+    """TowerOutput -> (V, N', D_lm) visual tokens per view."""
+
+    def __init__(self, config: ConnectorConfig, *, tower_width: int, tower_layers: int, tower_has_cls: bool, lm_width: int):
+        super().__init__()
+        self.config = config
+        if config.keep_cls and not tower_has_cls:
+            raise ConfigError("connector.keep_cls is set but the tower has no CLS token")
+        for index in config.layers:
+            if not -(tower_layers + 1) <= index <= tower_layers:
+                raise ConfigError(f"connector.layers: {index} is outside the tower's {tower_layers + 1} hidden states")
+        self.fuser = FUSERS.get(config.fuser)(tower_width, len(config.layers))
+        self.projector = build_projector(
+            config.projector, self.fuser.out_width(), lm_width, bias=config.projector_bias, act=config.projector_act
+        )
+
+    def out_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of visual tokens per view for a tower patch grid (CLS not counted)."""
+        return self.fuser.out_grid(grid)
+
+    def extra_tokens(self) -> int:
+        """Tokens per view outside the grid (the kept CLS)."""
+        return 1 if self.config.keep_cls else 0
+
+    def forward(self, tower_out: TowerOutput, context: torch.Tensor | None = None) -> torch.Tensor:
+        skip = 0 if self.config.keep_cls else tower_out.num_prefix_tokens
+        layers = [tower_out.hidden_states[i][:, skip:] for i in self.config.layers]  # each (V, N, D)
+        fused = self.fuser(FuserInput(layers=layers, grid=tower_out.grid, context=context))
+        return self.projector(fused)

@@ -1,0 +1,199 @@
+"""Images -> normalised tiles for a vision tower: ``square``, ``pad``, ``anyres``, ``anyres_max_N``.
+
+The output equals transformers' ``LlavaNextImageProcessor`` (PIL backend) for anyres, and the CLIP
+/ SigLIP processors for a single square view, but it is built for speed:
+
+* each image is resized once by PIL and never converted to float until the last step;
+* padding is done on the uint8 canvas; rescale + normalise is one table lookup per pixel (a
+  256-entry table per channel, computed in float64 and rounded once);
+* tiles are cut by one reshape of the padded canvas, not by slicing and stacking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ConfigError
+from . import anyres
+from .io import DEFAULT_MAX_PIXELS, ImageSource, load_image, to_rgb
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(kw_only=True)
+class ImageConfig:
+    """How an image becomes the tiles a tower sees."""
+
+    size: int = 336
+    """Tile side in pixels (the tower's input resolution)."""
+    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    resize: Literal["shortest_edge_crop", "squash"] = "shortest_edge_crop"
+    """A square view: CLIP-style (shortest edge to `size`, centre crop) or SigLIP-style (squash)."""
+    mode: str = "square"
+    """``square`` | ``pad`` (expand to square with the mean colour) | ``anyres`` | ``anyres_max_N``."""
+    grid_pinpoints: list[list[int]] | str | None = None
+    """AnyRes resolutions as ``[height, width]`` pairs, or a range string ``"(1x1),...,(3x3)"``."""
+    multi_image_mode: str | None = None
+    """Mode for samples with several images (LLaVA-NeXT uses ``pad``); None: same as `mode`."""
+    alpha: Literal["drop", "white"] = "drop"
+    """Transparency rule: ``drop`` = PIL convert('RGB') (LLaVA-NeXT); ``white`` (transformers)."""
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need three values (R, G, B)")
+        for mode in (self.mode, self.multi_image_mode):
+            if mode is not None and mode not in ("square", "pad", "anyres") and anyres.parse_max_tiles(mode) is None:
+                raise ValueError(f"unknown image mode {mode!r}; expected square, pad, anyres or anyres_max_N")
+        if self.uses_anyres and self.grid_pinpoints is None:
+            raise ValueError(f"image mode {self.mode!r} needs grid_pinpoints")
+        if self.grid_pinpoints is not None:
+            anyres.parse_pinpoints(self.grid_pinpoints, self.size)
+
+    @property
+    def uses_anyres(self) -> bool:
+        return any(m is not None and m.startswith("anyres") for m in (self.mode, self.multi_image_mode))
+
+    @property
+    def pinpoints(self) -> list[anyres.Size]:
+        if self.grid_pinpoints is None:
+            raise ConfigError("this image config has no grid_pinpoints")
+        return anyres.parse_pinpoints(self.grid_pinpoints, self.size)
+
+    def mode_for(self, num_images: int) -> str:
+        return self.multi_image_mode if num_images > 1 and self.multi_image_mode else self.mode
+
+
+@dataclass
+class ImageLayout:
+    """Where one image's views sit and how they were cut."""
+
+    size: anyres.Size
+    """Original (height, width) after EXIF orientation."""
+    mode: str
+    grid: anyres.Size | None = None
+    """(rows, cols) of AnyRes tiles; None for a single square view."""
+
+    @property
+    def num_views(self) -> int:
+        return 1 if self.grid is None else 1 + self.grid[0] * self.grid[1]
+
+
+@dataclass
+class ProcessedImages:
+    """All views of a list of images, batched for one tower call."""
+
+    pixels: torch.Tensor
+    """(V, 3, S, S) float32: for each image, its views in order (AnyRes: base view first)."""
+    layouts: list[ImageLayout]
+
+
+class ImageProcessor:
+    """Turns images into tower-ready tiles according to an `ImageConfig`."""
+
+    def __init__(self, config: ImageConfig):
+        self.config = config
+        self._resample = _RESAMPLE[config.resample]
+        self._pinpoints = config.pinpoints if config.grid_pinpoints is not None else None
+        # Rescale-and-normalise table: value v of channel c -> (v/255 - mean[c]) / std[c].
+        levels = np.arange(256, dtype=np.float64) / 255.0
+        mean, std = np.asarray(config.mean)[:, None], np.asarray(config.std)[:, None]
+        self._table = ((levels[None] - mean) / std).astype(np.float32)  # (3, 256)
+
+    def load(self, source: ImageSource) -> Image.Image:
+        return load_image(source, max_pixels=self.config.max_pixels, alpha=self.config.alpha)
+
+    def __call__(self, images: list[ImageSource]) -> ProcessedImages:
+        pil = [self.load(img) for img in images]
+        mode = self.config.mode_for(len(pil))
+        views, layouts = [], []
+        for image in pil:
+            canvas, layout = self._views(image, mode)
+            views.append(canvas)
+            layouts.append(layout)
+        size = self.config.size
+        pixels = torch.cat(views) if views else torch.empty(0, 3, size, size)
+        return ProcessedImages(pixels=pixels, layouts=layouts)
+
+    def layout(self, size: anyres.Size, mode: str) -> ImageLayout:
+        """The layout an image of `size` gets, without touching pixels (for token counting)."""
+        if mode.startswith("anyres"):
+            return ImageLayout(size=size, mode=mode, grid=anyres.tile_grid(size, self._pinpoints, self.config.size))
+        return ImageLayout(size=size, mode=mode)
+
+    # -- views --------------------------------------------------------------------------------
+
+    def _views(self, image: Image.Image, mode: str) -> tuple[torch.Tensor, ImageLayout]:
+        size = (image.height, image.width)
+        layout = self.layout(size, mode)
+        if layout.grid is None:
+            if mode == "pad":
+                image = self._expand_to_square(image)
+            return self._normalise(self._square(image))[None], layout
+        return self._anyres(image, layout), layout
+
+    def _anyres(self, image: Image.Image, layout: ImageLayout) -> torch.Tensor:
+        s = self.config.size
+        rows, cols = layout.grid
+        target = (rows * s, cols * s)
+        inner = anyres.fit_size(layout.size, target)
+        resized = np.asarray(image.resize((inner[1], inner[0]), self._resample))
+        canvas = np.zeros((*target, 3), dtype=np.uint8)  # black padding, as LLaVA-NeXT pastes
+        top, left = anyres.pad_offsets(inner, target)
+        canvas[top : top + inner[0], left : left + inner[1]] = resized
+        tiles = self._normalise(canvas)  # (3, rows*S, cols*S)
+        tiles = tiles.view(3, rows, s, cols, s).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, s, s)
+        # The base view is the whole image squashed to S x S (LLaVA-NeXT resizes, it does not pad).
+        base = self._normalise(np.asarray(image.resize((s, s), self._resample)))
+        return torch.cat([base[None], tiles])
+
+    def _square(self, image: Image.Image) -> np.ndarray:
+        s = self.config.size
+        if self.config.resize == "squash":
+            return np.asarray(image.resize((s, s), self._resample))
+        w, h = image.size
+        # Shortest edge to S, the other side truncated as transformers' get_resize_output_image_size.
+        nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        resized = image.resize((nw, nh), self._resample) if (nw, nh) != (w, h) else image
+        array = np.asarray(resized)
+        if nh < s or nw < s:  # centre crop pads with zeros when the image is smaller than the crop
+            padded = np.zeros((max(nh, s), max(nw, s), 3), dtype=np.uint8)
+            top, left = (padded.shape[0] - nh) // 2, (padded.shape[1] - nw) // 2
+            padded[top : top + nh, left : left + nw] = array
+            array, nh, nw = padded, padded.shape[0], padded.shape[1]
+        top, left = (nh - s) // 2, (nw - s) // 2
+        return array[top : top + s, left : left + s]
+
+    def _expand_to_square(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        if w == h:
+            return image
+        side = max(w, h)
+        colour = tuple(int(m * 255) for m in self.config.mean)
+        square = Image.new("RGB", (side, side), colour)
+        square.paste(to_rgb(image), ((side - w) // 2, (side - h) // 2))
+        return square
+
+    def _normalise(self, array: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, H, W) float32 through the per-channel lookup table."""
+        out = np.empty((3, array.shape[0], array.shape[1]), dtype=np.float32)
+        for c in range(3):
+            np.take(self._table[c], array[..., c], out=out[c])
+        return torch.from_numpy(out)

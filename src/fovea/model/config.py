@@ -1,0 +1,49 @@
+"""The whole-model config: tower + connector + language model + image handling + tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import AutoConfig, PretrainedConfig
+
+from ..connectors.connector import ConnectorConfig
+from ..errors import ConfigError
+from ..imaging.processor import ImageConfig
+from ..towers.base import TowerConfig
+from .packing import MergeKind
+from .templates import TEMPLATES
+
+
+@dataclass(kw_only=True)
+class VLMConfig:
+    """Everything needed to rebuild a model (weights aside); saved as a checkpoint's config.json."""
+
+    tower: TowerConfig
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    lm: dict
+    """transformers config of the causal LM (``model_type``: qwen2, llama, mistral, ...)."""
+    image: ImageConfig = field(default_factory=ImageConfig)
+    image_token: str = "<image>"
+    image_token_id: int
+    """Vocabulary id of `image_token`; each image's placeholder is repeated once per visual token."""
+    merge: MergeKind = "spatial_unpad"
+    newline: bool = True
+    """Learned ``image_newline`` vector after every feature row (LLaVA-NeXT ``spatial_unpad``)."""
+    template: str | None = None
+    """Default chat template for ``generate``/``chat`` (None: text is used as given)."""
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if "model_type" not in self.lm:
+            raise ValueError("lm needs a 'model_type' (e.g. qwen2)")
+        if self.template is not None:
+            TEMPLATES.get(self.template)
+        if self.merge != "flat" and self.connector.keep_cls and self.image.uses_anyres:
+            raise ValueError("AnyRes spatial merging needs patch tokens only; set connector.keep_cls: false")
+
+    def lm_config(self) -> PretrainedConfig:
+        kwargs = {k: v for k, v in self.lm.items() if k not in ("model_type", "transformers_version")}
+        try:
+            return AutoConfig.for_model(self.lm["model_type"], **kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"lm config: {err}") from None

@@ -1,0 +1,138 @@
+"""Text side of the model: prompts -> token ids with image placeholders; greedy/sampled generation.
+
+``prepare`` is the one place text and images meet: it renders the template, checks that the
+``<image>`` tags match the images, and repeats each image's placeholder id exactly as many times
+as that image will yield visual tokens (computed from geometry, before any model runs).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import ConfigError
+from ..imaging.io import ImageSource
+from .templates import TEMPLATES
+
+if TYPE_CHECKING:
+    from .vlm import VisionLanguageModel
+
+
+class PromptMixin:
+    """`prepare` and `generate` for VisionLanguageModel (kept apart to keep each file readable)."""
+
+    def render_prompt(self: VisionLanguageModel, text: str, num_images: int, template: str | None) -> str:
+        """Apply `template` to a user `text`; images without tags are placed first (LLaVA style)."""
+        tag = self.config.image_token
+        found = text.count(tag)
+        if found == 0 and num_images:
+            text = f"{tag}\n" * num_images + text
+        elif found != num_images:
+            raise ConfigError(f"the prompt has {found} {tag} tags but {num_images} images were given")
+        if template is None:
+            return text
+        return TEMPLATES.get(template).prompt(text, bos_token=self.tokenizer.bos_token)
+
+    def prepare(
+        self: VisionLanguageModel,
+        text: str | list[str],
+        images: list[ImageSource] | list[list[ImageSource]] | None = None,
+        template: str | None = None,
+    ) -> dict:
+        """Model inputs for one prompt (images: a list) or a batch (images: a list per prompt).
+
+        ``template=None`` uses the text as given (tokenizer special tokens added as the
+        tokenizer does by default); a template name wraps it as one user turn.
+        Returns ``input_ids``, ``attention_mask`` (left-padded), ``pixel_values``, ``image_layouts``.
+        """
+        if self.tokenizer is None:
+            raise ConfigError("this model has no tokenizer; load it with fovea.load or pass one")
+        batch = [text] if isinstance(text, str) else list(text)
+        per_prompt = [images or []] if isinstance(text, str) else list(images or [[] for _ in batch])
+        if len(per_prompt) != len(batch):
+            raise ConfigError(f"{len(batch)} prompts but {len(per_prompt)} image lists")
+        rows, all_pixels, layouts = [], [], []
+        for prompt, imgs in zip(batch, per_prompt):
+            processed = self.processor(list(imgs))
+            rendered = self.render_prompt(prompt, len(imgs), template)
+            ids = self.tokenizer(rendered, add_special_tokens=template is None)["input_ids"]
+            rows.append(self._expand_placeholders(ids, processed.layouts))
+            if imgs:
+                all_pixels.append(processed.pixels)
+                layouts.extend(processed.layouts)
+        input_ids, attention_mask = self._pad_left(rows)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": torch.cat(all_pixels) if all_pixels else None,
+            "image_layouts": layouts or None,
+        }
+
+    def _expand_placeholders(self: VisionLanguageModel, ids: list[int], layouts: list) -> list[int]:
+        image_id = self.config.image_token_id
+        found = sum(1 for i in ids if i == image_id)
+        if found != len(layouts):
+            raise ConfigError(
+                f"the tokenized prompt has {found} image tokens but {len(layouts)} images were given "
+                f"(is {self.config.image_token!r} a single special token of the tokenizer?)"
+            )
+        out, k = [], 0
+        for token in ids:
+            if token == image_id:
+                out.extend([image_id] * self.num_image_tokens(layouts[k]))
+                k += 1
+            else:
+                out.append(token)
+        return out
+
+    def _pad_left(self: VisionLanguageModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row) :] = torch.tensor(row)
+                mask[i, width - len(row) :] = 1
+        return ids, mask
+
+    def stop_token_ids(self: VisionLanguageModel, template: str | None) -> list[int]:
+        """EOS plus the template's stop markers that are single tokens."""
+        stops = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        if template is not None:
+            for marker in TEMPLATES.get(template).stop:
+                ids = self.tokenizer(marker, add_special_tokens=False)["input_ids"]
+                if len(ids) == 1 and ids[0] not in stops:
+                    stops.append(ids[0])
+        return stops
+
+    @torch.inference_mode()
+    def generate(
+        self: VisionLanguageModel,
+        text: str | list[str],
+        images: list[ImageSource] | list[list[ImageSource]] | None = None,
+        template: str | None = "default",
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> str | list[str]:
+        """Answer a prompt (or a batch); greedy unless `do_sample`. ``template="default"`` uses
+        the model's configured template (``config.template``); None uses the text as given."""
+        template = self.config.template if template == "default" else template
+        inputs = self.prepare(text, images, template)
+        device = self.device
+        embeds = self.embed(inputs["input_ids"].to(device), inputs["pixel_values"], inputs["image_layouts"])
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        out = self.lm.generate(
+            inputs_embeds=embeds,
+            attention_mask=inputs["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            eos_token_id=self.stop_token_ids(template),
+            pad_token_id=self.tokenizer.pad_token_id or 0,
+            **sampling,
+        )
+        answers = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return answers[0] if isinstance(text, str) else answers

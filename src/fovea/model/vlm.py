@@ -1,0 +1,143 @@
+"""VisionLanguageModel: tower -> connector -> packed visual tokens merged into any causal LM.
+
+Shapes: V views (tiles) over all images, N patch tokens per view, D_v tower width, D LM width,
+B batch, T text length. The language model is an unmodified transformers ``*ForCausalLM``; fovea
+only writes visual tokens into its input embeddings where the image placeholder id sits.
+
+    pixels (V, 3, S, S) -> tower -> hidden states -> connector -> (V, N', D)
+        -> pack per image (base view + unpadded tiles + newlines) -> merge into (B, T, D) -> LM
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from ..connectors.connector import Connector
+from ..imaging.processor import ImageLayout, ImageProcessor
+from ..towers.base import VisionTower
+from .config import VLMConfig
+from .packing import count_tokens, merge_tokens, pack_image
+from .prompting import PromptMixin
+
+logger = logging.getLogger(__name__)
+
+
+class VisionLanguageModel(PromptMixin, nn.Module):
+    """A LLaVA-NeXT-style model; see the module docstring for the data flow."""
+
+    def __init__(self, config: VLMConfig, tokenizer: PreTrainedTokenizerBase | None = None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.processor = ImageProcessor(config.image)
+        self.tower = VisionTower(config.tower)
+        self.lm = AutoModelForCausalLM.from_config(config.lm_config(), attn_implementation=config.attn_implementation)
+        lm_width = self.lm.config.hidden_size
+        self.connector = Connector(
+            config.connector,
+            tower_width=self.tower.width,
+            tower_layers=self.tower.num_layers,
+            tower_has_cls=config.tower.cls_token,
+            lm_width=lm_width,
+        )
+        if config.newline:
+            # LLaVA-NeXT's init: randn * D^-1/2 (overwritten when a checkpoint is loaded).
+            self.image_newline = nn.Parameter(torch.randn(lm_width) / math.sqrt(lm_width))
+        else:
+            self.register_parameter("image_newline", None)
+
+    # -- geometry ------------------------------------------------------------------------------
+
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, cols) of visual tokens one view yields."""
+        size = self.config.image.size
+        return self.connector.out_grid(self.tower.grid(size, size))
+
+    def num_image_tokens(self, layout: ImageLayout) -> int:
+        """Visual tokens an image with this layout becomes (known before running anything)."""
+        return count_tokens(
+            layout, self.token_grid(), self.connector.extra_tokens(), self.config.merge, self.config.newline
+        )
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def encode_images(
+        self, pixel_values: torch.Tensor, layouts: list[ImageLayout], context: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """All views (V, 3, S, S) -> one (n_i, D) token sequence per image."""
+        tower_out = self.tower(pixel_values.to(self.tower_device))
+        views = self.connector(tower_out, context)  # (V, N', D)
+        expected = sum(layout.num_views for layout in layouts)
+        if views.shape[0] != expected:
+            raise ValueError(f"pixel_values has {views.shape[0]} views but the image layouts describe {expected}")
+        side = self.connector.out_grid(tower_out.grid)
+        packed, start = [], 0
+        for layout in layouts:
+            chunk = views[start : start + layout.num_views]
+            packed.append(pack_image(chunk, layout, side, self.config.merge, self.image_newline))
+            start += layout.num_views
+        return packed
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_layouts: list[ImageLayout] | None = None,
+    ) -> torch.Tensor:
+        """Token ids (B, T) + images -> input embeddings (B, T, D) with visual tokens merged."""
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        mask = input_ids == self.config.image_token_id
+        if pixel_values is None or not image_layouts:
+            if mask.any():
+                raise ValueError(f"the text has {int(mask.sum())} image placeholder tokens but no images were given")
+            return embeds
+        features = torch.cat(self.encode_images(pixel_values, image_layouts))
+        return merge_tokens(embeds, mask, features.to(embeds.device))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_layouts: list[ImageLayout] | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+    ):
+        """Returns the LM's ``CausalLMOutputWithPast`` (logits (B, T or logits_to_keep, vocab))."""
+        embeds = self.embed(input_ids, pixel_values, image_layouts)
+        return self.lm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+        )
+
+    @property
+    def tower_device(self) -> torch.device:
+        return next(self.tower.parameters()).device
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm.get_input_embeddings().weight.dtype
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path, max_shard_size: int = 5 * 1024**3) -> Path:
+        """Write config.json, safetensors (sharded above `max_shard_size` bytes) and the tokenizer."""
+        from ..checkpoints.fovea_format import save_model
+
+        return save_model(self, Path(directory), max_shard_size)

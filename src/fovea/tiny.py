@@ -1,0 +1,86 @@
+"""Tiny random-weight models and an offline tokenizer: for tests, demos and benchmarks.
+
+Nothing here downloads. The tokenizer is a byte-level BPE trained in milliseconds on a few
+sentences, with the special tokens the templates use; the models use the ``-tiny`` tower presets
+and a 2-layer Qwen2 (or Llama) LM of width 64.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from .connectors.connector import ConnectorConfig
+from .imaging.processor import ImageConfig
+from .model.config import VLMConfig
+from .model.vlm import VisionLanguageModel
+from .towers.presets import resolve_tower
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<s>", "</s>", "<pad>"]
+
+_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "You are a helpful assistant. Describe the image in detail.",
+    "What colour is the square? The square is red. How many circles are there? There are three.",
+    "The quick brown fox jumps over the lazy dog 0123456789.",
+    "USER: ASSISTANT: system user assistant",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (never produces unknown tokens) with chat special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<image>"],
+    )
+
+
+def tiny_lm_config(vocab_size: int, model_type: str = "qwen2", width: int = 64) -> dict:
+    return {
+        "model_type": model_type,
+        "vocab_size": vocab_size,
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+    }
+
+
+def tiny_vlm(
+    tower: str = "clip-vit-l14-336-tiny",
+    *,
+    mode: str = "anyres",
+    grid_pinpoints: list | str | None = "(1x1),...,(3x3)",
+    template: str | None = "qwen_1_5",
+    lm_type: str = "qwen2",
+    seed: int = 0,
+) -> VisionLanguageModel:
+    """A random-weight tiny model with a tiny tokenizer (deterministic for a given seed)."""
+    import torch
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    preset = resolve_tower(tower)
+    image = ImageConfig(**preset.image, mode=mode, grid_pinpoints=grid_pinpoints if mode != "square" else None)
+    config = VLMConfig(
+        tower=preset.tower_config(),
+        connector=ConnectorConfig(layers=[-2]),
+        lm=tiny_lm_config(len(tokenizer), lm_type),
+        image=image,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        template=template,
+    )
+    return VisionLanguageModel(config, tokenizer).eval()

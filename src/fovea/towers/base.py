@@ -1,0 +1,159 @@
+"""Vision towers: any transformers vision backbone behind one small contract.
+
+A tower is built from a transformers config dict (its ``model_type`` is the declared type; fovea
+never looks at a model's *name* to decide what it is), runs ``pixels (V, 3, S, S)`` and returns
+every hidden state, so connectors can pick layers. No re-implementation: the modules are
+transformers' own ``CLIPVisionModel``, ``SiglipVisionModel``, ``MLCDVisionModel``, ...
+
+Families (``TOWER_FAMILIES``) carry the facts a config does not state, e.g. whether the sequence
+starts with a CLS token. An unregistered ``model_type`` still works through ``AutoModel`` if the
+config says ``has_cls``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from ..errors import ConfigError
+from ..registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TowerFamily:
+    """Facts about one transformers vision model type that its config does not spell out."""
+
+    has_cls: bool
+    """Does the token sequence start with a CLS token?"""
+    grid_kind: str = "vit"
+    """``vit``: hidden states are (B, 1?+H*W, D) on a patch grid."""
+
+
+TOWER_FAMILIES: Registry[TowerFamily] = Registry("tower type")
+TOWER_FAMILIES.add("clip_vision_model", TowerFamily(has_cls=True), "CLIP / OpenCLIP / DFN / MLCD-L ViT")
+TOWER_FAMILIES.add("siglip_vision_model", TowerFamily(has_cls=False), "SigLIP ViT (no CLS token)")
+TOWER_FAMILIES.add("mlcd_vision_model", TowerFamily(has_cls=True), "MLCD ViT-bigG with 2D RoPE")
+
+
+@dataclass(kw_only=True)
+class TowerConfig:
+    """A vision tower: a transformers vision config plus what fovea needs to know about it."""
+
+    hf_config: dict
+    """transformers config of the vision model; ``model_type`` selects the class."""
+    has_cls: bool | None = None
+    """Leading CLS token? None: from the registered family (required for unregistered types)."""
+    weights: str | None = None
+    """Where pretrained weights live (hub id or directory); informational for built models."""
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if "model_type" not in self.hf_config:
+            raise ValueError("hf_config needs a 'model_type' (e.g. clip_vision_model)")
+        if self.has_cls is None and self.model_type not in TOWER_FAMILIES:
+            raise ValueError(
+                f"tower type {self.model_type!r} is not registered; set has_cls explicitly "
+                f"(registered: {', '.join(TOWER_FAMILIES.names())})"
+            )
+
+    @property
+    def model_type(self) -> str:
+        return self.hf_config["model_type"]
+
+    @property
+    def cls_token(self) -> bool:
+        return self.has_cls if self.has_cls is not None else TOWER_FAMILIES.get(self.model_type).has_cls
+
+    def transformers_config(self) -> PretrainedConfig:
+        kwargs = {k: v for k, v in self.hf_config.items() if k not in ("model_type", "transformers_version")}
+        try:
+            return AutoConfig.for_model(self.model_type, **kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"tower hf_config: {err}") from None
+
+
+@dataclass
+class TowerOutput:
+    """Everything a connector may need from one tower call."""
+
+    hidden_states: tuple[torch.Tensor, ...]
+    """Per layer (V, P+N, D): index 0 = embeddings, i = output of block i (transformers order)."""
+    num_prefix_tokens: int
+    """Tokens before the patch grid (1 for a CLS token, else 0)."""
+    grid: tuple[int, int]
+    """(rows, cols) of the patch grid, N = rows * cols."""
+    extras: dict = field(default_factory=dict)
+
+
+class VisionTower(nn.Module):
+    """pixels (V, 3, S, S) -> TowerOutput with all hidden states."""
+
+    def __init__(self, config: TowerConfig, model: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        if model is None:
+            hf = config.transformers_config()
+            model = AutoModel.from_config(hf, attn_implementation=config.attn_implementation)
+        self.model = model
+
+    @property
+    def hf_config(self) -> PretrainedConfig:
+        return self.model.config
+
+    @property
+    def width(self) -> int:
+        return self.hf_config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_config.num_hidden_layers
+
+    @property
+    def patch_size(self) -> int:
+        return _as_int(self.hf_config.patch_size)
+
+    @property
+    def image_size(self) -> int:
+        return _as_int(self.hf_config.image_size)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.patch_size, width // self.patch_size
+
+    def forward(self, pixels: torch.Tensor) -> TowerOutput:
+        pixels = pixels.to(dtype=self.dtype)
+        out = self.model(pixel_values=pixels, output_hidden_states=True, return_dict=True)
+        return TowerOutput(
+            hidden_states=tuple(out.hidden_states),
+            num_prefix_tokens=1 if self.config.cls_token else 0,
+            grid=self.grid(pixels.shape[-2], pixels.shape[-1]),
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @classmethod
+    def from_pretrained(cls, config: TowerConfig, source: str) -> VisionTower:
+        """Build the tower with transformers weights from a hub id or a local directory.
+
+        transformers' own loader does the work, so a full CLIP checkpoint (text + vision) yields
+        its vision half, and key layouts of older transformers versions are remapped.
+        """
+        hf = config.transformers_config()
+        model_cls = MODEL_MAPPING[type(hf)]
+        try:
+            model = model_cls.from_pretrained(source, attn_implementation=config.attn_implementation)
+        except OSError as err:
+            raise ConfigError(f"tower weights {source!r}: {str(err).splitlines()[0]}") from None
+        return cls(config, model)
+
+
+def _as_int(value) -> int:
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)

@@ -1,0 +1,175 @@
+"""Named towers: the architecture and preprocessing facts of the published vision encoders.
+
+A preset is architecture + preprocessing + where the weights live; building one never downloads
+anything (``build_tower(name)`` gives random weights; ``build_tower(name, pretrained=True)`` loads
+them). Every preset has a ``-tiny`` twin of the same type and preprocessing, a few layers wide, for
+tests. Facts: the hub ``config.json`` / ``preprocessor_config.json`` of each checkpoint (see
+docs/towers.md for sources).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..imaging.processor import CLIP_MEAN, CLIP_STD
+from ..registry import Registry
+from .base import TowerConfig, VisionTower
+
+
+@dataclass(frozen=True)
+class TowerPreset:
+    tower: dict
+    """TowerConfig fields (``hf_config`` with ``model_type``, ...)."""
+    image: dict
+    """ImageConfig defaults: size, mean, std, resample, resize."""
+    hub_id: str | None = None
+
+    def tower_config(self) -> TowerConfig:
+        return TowerConfig(**{**self.tower, "weights": self.hub_id})
+
+
+TOWER_PRESETS: Registry[TowerPreset] = Registry("tower preset")
+
+_CLIP_IMAGE = {"mean": CLIP_MEAN, "std": CLIP_STD, "resample": "bicubic", "resize": "shortest_edge_crop"}
+_SIGLIP_IMAGE = {"mean": [0.5] * 3, "std": [0.5] * 3, "resample": "bicubic", "resize": "squash"}
+
+
+def _vit(model_type: str, width: int, mlp: int, layers: int, heads: int, image: int, act: str, eps: float) -> dict:
+    return {
+        "model_type": model_type,
+        "hidden_size": width,
+        "intermediate_size": mlp,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "patch_size": 14,
+        "image_size": image,
+        "hidden_act": act,
+        "layer_norm_eps": eps,
+    }
+
+
+def _add(name: str, hub_id: str, hf: dict, image: dict, help: str) -> None:
+    size = hf["image_size"]
+    TOWER_PRESETS.add(name, TowerPreset({"hf_config": hf}, {**image, "size": size}, hub_id), help)
+    # The tiny twin: same type, activation and preprocessing; 2 layers of width 32 at 28 px.
+    tiny = {**hf, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    tiny["image_size"] = 28
+    TOWER_PRESETS.add(f"{name}-tiny", TowerPreset({"hf_config": tiny}, {**image, "size": 28}), f"tiny {help}")
+
+
+_add(
+    "clip-vit-l14-336",
+    "openai/clip-vit-large-patch14-336",
+    _vit("clip_vision_model", 1024, 4096, 24, 16, 336, "quick_gelu", 1e-5),
+    _CLIP_IMAGE,
+    "OpenAI CLIP ViT-L/14 at 336 px (576 patches + CLS)",
+)
+_add(
+    "siglip-so400m-384",
+    "google/siglip-so400m-patch14-384",
+    _vit("siglip_vision_model", 1152, 4304, 27, 16, 384, "gelu_pytorch_tanh", 1e-6),
+    _SIGLIP_IMAGE,
+    "SigLIP SO400M/14 at 384 px (729 patches, no CLS)",
+)
+_add(
+    "dfn5b-vit-h14-378",
+    "apple/DFN5B-CLIP-ViT-H-14-378",
+    _vit("clip_vision_model", 1280, 5120, 32, 16, 378, "quick_gelu", 1e-5),
+    _CLIP_IMAGE,
+    "Apple DFN5B CLIP ViT-H/14 at 378 px (729 patches + CLS)",
+)
+_add(
+    "mlcd-vit-l14-336",
+    "DeepGlint-AI/mlcd-vit-large-patch14-336",
+    _vit("clip_vision_model", 1024, 4096, 24, 16, 336, "quick_gelu", 1e-5),
+    _CLIP_IMAGE,
+    "MLCD ViT-L/14 at 336 px (CLIP architecture, 576 patches + CLS)",
+)
+_add(
+    "mlcd-vit-bigg14-336",
+    "DeepGlint-AI/mlcd-vit-bigG-patch14-336",
+    _vit("mlcd_vision_model", 1664, 8192, 48, 16, 336, "gelu", 1e-5),
+    _CLIP_IMAGE,
+    "MLCD ViT-bigG/14 with 2D RoPE at 336 px (576 patches + CLS)",
+)
+_add(
+    "mlcd-vit-bigg14-448",
+    "DeepGlint-AI/mlcd-vit-bigG-patch14-448",
+    _vit("mlcd_vision_model", 1664, 8192, 48, 16, 448, "gelu", 1e-5),
+    _CLIP_IMAGE,
+    "MLCD ViT-bigG/14 with 2D RoPE at 448 px (1024 patches + CLS)",
+)
+
+
+def resolve_tower(spec: str) -> TowerPreset:
+    """A preset from a preset name, a known hub id, or a local transformers tower directory.
+
+    Known hub ids resolve offline to their preset; a directory is read from its config.json and
+    preprocessor_config.json. Any other string is an error listing the presets.
+    """
+    if spec in TOWER_PRESETS:
+        return TOWER_PRESETS.get(spec)
+    for name in TOWER_PRESETS:
+        preset = TOWER_PRESETS.get(name)
+        if preset.hub_id is not None and preset.hub_id.lower() == spec.lower():
+            return preset
+    path = Path(spec)
+    if path.is_dir():
+        return _preset_from_dir(path)
+    TOWER_PRESETS.get(spec)  # raises with suggestions
+    raise AssertionError("unreachable")
+
+
+def build_tower(spec: str, pretrained: bool = False) -> tuple[VisionTower, dict]:
+    """(tower, image defaults) for a preset/hub id/directory; weights only when `pretrained`."""
+    preset = resolve_tower(spec)
+    config = preset.tower_config()
+    if pretrained:
+        source = spec if Path(spec).is_dir() else preset.hub_id
+        if source is None:
+            raise ConfigError(f"tower {spec!r} has no published weights (a tiny test preset?)")
+        return VisionTower.from_pretrained(config, source), preset.image
+    return VisionTower(config), preset.image
+
+
+def _preset_from_dir(path: Path) -> TowerPreset:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{path}: not a tower directory (no config.json)")
+    hf = json.loads(cfg_file.read_text())
+    if hf.get("model_type") in ("clip", "siglip"):  # a two-tower checkpoint: keep its vision half
+        hf = {**hf.get("vision_config", {}), "model_type": f"{hf['model_type']}_vision_model"}
+    if "model_type" not in hf:
+        raise ConfigError(f"{cfg_file}: no model_type; cannot tell which tower this is")
+    image = image_defaults_from_processor(read_processor_settings(path), int(hf.get("image_size", 224)))
+    return TowerPreset({"hf_config": hf}, image, str(path))
+
+
+def read_processor_settings(directory: Path) -> dict | None:
+    """Image-processor settings of a transformers directory: ``preprocessor_config.json``, or the
+    ``image_processor`` section of ``processor_config.json`` (where transformers 5 writes them)."""
+    legacy, combined = directory / "preprocessor_config.json", directory / "processor_config.json"
+    if legacy.is_file():
+        return json.loads(legacy.read_text())
+    if combined.is_file():
+        return json.loads(combined.read_text()).get("image_processor")
+    return None
+
+
+def image_defaults_from_processor(proc: dict | None, size: int) -> dict:
+    """ImageConfig fields from transformers image-processor settings (CLIP defaults if None)."""
+    if proc is None:
+        return {**_CLIP_IMAGE, "size": size}
+    resample = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}.get(proc.get("resample", 3), "bicubic")
+    crop = proc.get("crop_size")
+    crop_side = crop.get("height") if isinstance(crop, dict) else crop
+    return {
+        "size": int(crop_side or size),
+        "mean": list(proc.get("image_mean", CLIP_MEAN)),
+        "std": list(proc.get("image_std", CLIP_STD)),
+        "resample": resample,
+        "resize": "shortest_edge_crop" if proc.get("do_center_crop", False) else "squash",
+    }
