@@ -71,6 +71,7 @@ def extract_features(
     batch_size: int = 16,
     skip_bad: bool = False,
     pretrained: bool = True,
+    device: str | torch.device = "cpu",
     out: str | Path | None = None,
     progress: bool = False,
 ) -> Extracted:
@@ -83,13 +84,16 @@ def extract_features(
         name = tower.config.weights or tower.config.model_type
         if image_config is None:
             raise ConfigError("a built tower needs an image_config")
-    tower.eval()
+    tower.to(device).eval()
     processor = ImageProcessor(image_config)
     result = Extracted()
     todo = find_images(images)
     try:
         for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="extract", unit="batch"):
             _extract_batch(tower, processor, todo[start : start + batch_size], layer, pool, skip_bad, result)
+    except ImageError as err:
+        kept = f"; the {len(result.features)} features extracted before it were saved to {out}" if out else ""
+        raise ImageError(f"{err}{kept if result.features else ''}") from None
     finally:
         if out is not None and result.features:
             save_features(result, Path(out), {"tower": name, "layer": str(layer), "pool": pool})
@@ -104,9 +108,14 @@ def _extract_batch(tower, processor, batch, layer, pool, skip_bad, result: Extra
             names.append(name)
         except ImageError as err:
             if not skip_bad:
+                _run_tower(tower, pixels, names, layer, pool, result)  # keep the good ones before it
                 raise
             logger.warning("skipped %s", err)
             result.skipped.append((name, str(err)))
+    _run_tower(tower, pixels, names, layer, pool, result)
+
+
+def _run_tower(tower, pixels, names, layer, pool, result: Extracted) -> None:
     if not pixels:
         return
     out = tower(torch.cat(pixels))

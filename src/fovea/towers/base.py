@@ -127,17 +127,14 @@ class VisionTower(nn.Module):
         return height // self.patch_size, width // self.patch_size
 
     def forward(self, pixels: torch.Tensor) -> TowerOutput:
-        pixels = pixels.to(dtype=self.dtype)
+        first = next(self.parameters())
+        pixels = pixels.to(device=first.device, dtype=first.dtype)
         out = self.model(pixel_values=pixels, output_hidden_states=True, return_dict=True)
         return TowerOutput(
             hidden_states=tuple(out.hidden_states),
             num_prefix_tokens=1 if self.config.cls_token else 0,
             grid=self.grid(pixels.shape[-2], pixels.shape[-1]),
         )
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
     @classmethod
     def from_pretrained(cls, config: TowerConfig, source: str) -> VisionTower:

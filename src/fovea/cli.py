@@ -1,0 +1,157 @@
+"""The ``fovea`` command: one console script, one small function per subcommand.
+
+Errors a user can cause (a bad image, an unknown preset, a broken checkpoint, a missing file)
+print one line, ``fovea: error: ...``, and exit with status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="fovea: %(message)s")
+    from .errors import FoveaError
+
+    try:
+        return args.func(args)
+    except (FoveaError, FileNotFoundError) as err:
+        print(f"fovea: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("fovea: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fovea",
+        description="Multimodal LLMs whose strength is their vision: towers, AnyRes, LLaVA-NeXT models.",
+    )
+    parser.add_argument("--version", action="version", version=f"fovea {_version()}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_extract(sub)
+    _add_list(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# -- extract -----------------------------------------------------------------------------------
+
+
+def _add_extract(sub) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="vision features of images from any tower, saved to safetensors",
+        description=(
+            "Run a vision tower over image files and folders and save one feature tensor per image "
+            "(keyed by file name) to a safetensors file. TOWER is a preset (see `fovea list`), a hub id "
+            "such as DeepGlint-AI/mlcd-vit-bigG-patch14-448, or a local transformers tower directory."
+        ),
+        epilog="example: fovea extract --tower mlcd-vit-bigg14-448 photos/ --pool cls --out feats.safetensors",
+    )
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--tower", required=True, help="preset name, hub id or tower directory")
+    p.add_argument("--out", default="features.safetensors", help="output file (default: %(default)s)")
+    p.add_argument("--layer", type=int, default=-1, help="hidden state to take: 0 = embeddings, -1 = last (default)")
+    p.add_argument(
+        "--pool", choices=["none", "cls", "mean"], default="none",
+        help="none: every token (default); cls: the CLS token; mean: mean of patch tokens",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="images per tower call (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping")
+    p.add_argument(
+        "--random-weights", action="store_true",
+        help="build the tower's architecture with random weights (no download; for trying things offline)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_extract)
+
+
+def _run_extract(args) -> int:
+    from .extract import extract_features, find_images
+
+    if args.batch_size < 1:
+        raise _user_error("--batch-size must be at least 1")
+    if not find_images(args.images):
+        raise _user_error(f"no images found in {' '.join(args.images)}")
+    result = extract_features(
+        args.tower,
+        args.images,
+        pretrained=not args.random_weights,
+        device=args.device,
+        layer=args.layer,
+        pool=args.pool,
+        batch_size=args.batch_size,
+        skip_bad=args.skip_bad,
+        out=args.out,
+        progress=not args.quiet,
+    )
+    shapes = sorted({tuple(t.shape) for t in result.features.values()})
+    print(f"wrote {len(result.features)} feature tensors {_shapes(shapes)} to {args.out}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s), listed above", file=sys.stderr)
+    return 1 if result.skipped and not result.features else 0
+
+
+def _shapes(shapes: list[tuple]) -> str:
+    return "of shape " + ", ".join("x".join(map(str, s)) for s in shapes) if shapes else ""
+
+
+# -- list --------------------------------------------------------------------------------------
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser("list", help="registered towers, presets, projectors, fusers and templates")
+    p.set_defaults(func=_run_list)
+
+
+def _run_list(args) -> int:
+    from .connectors.fusers import FUSERS
+    from .connectors.projectors import PROJECTOR_TYPES
+    from .model.templates import TEMPLATES
+    from .towers.base import TOWER_FAMILIES
+    from .towers.presets import TOWER_PRESETS
+
+    sections = [
+        ("tower presets", {n: _preset_line(TOWER_PRESETS, n) for n in TOWER_PRESETS}),
+        ("tower types (transformers model_type)", {n: TOWER_FAMILIES.help(n) for n in TOWER_FAMILIES}),
+        ("projectors", PROJECTOR_TYPES),
+        ("fusers", {n: FUSERS.help(n) for n in FUSERS}),
+        ("templates", {n: TEMPLATES.help(n) for n in TEMPLATES}),
+    ]
+    for title, rows in sections:
+        print(f"{title}:")
+        width = max(len(n) for n in rows)
+        for name, text in rows.items():
+            print(f"  {name:<{width}}  {text}")
+        print()
+    return 0
+
+
+def _preset_line(registry, name: str) -> str:
+    preset = registry.get(name)
+    where = f" [{preset.hub_id}]" if preset.hub_id else ""
+    return f"{registry.help(name)}{where}"
+
+
+def _user_error(message: str):
+    from .errors import ConfigError
+
+    return ConfigError(message)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
