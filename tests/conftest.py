@@ -1,0 +1,61 @@
+"""Test setup: no network (a socket guard plus HF offline mode), fixed seeds, shared tiny models."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _refuse(*args, **kwargs):
+    raise NetworkBlocked("tests must not touch the network")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", _refuse)
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory):
+    """Lazily built tiny transformers LlavaNext checkpoints, one per (tower kind, layers)."""
+    from hf_reference import make_hf_llava_next
+
+    cache: dict = {}
+
+    def get(kind: str = "clip", layers=-2) -> Path:
+        key = (kind, str(layers))
+        if key not in cache:
+            directory = tmp_path_factory.mktemp(f"hf-{kind}")
+            cache[key] = make_hf_llava_next(directory, kind=kind, layers=layers)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from fovea.tiny import tiny_vlm
+
+    return tiny_vlm()

@@ -1,0 +1,101 @@
+"""fovea checkpoints: bit-exact round trips, sharding, and broken checkpoints that fail in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fovea
+from fovea.errors import CheckpointError
+
+
+def _inputs(model):
+    image = Image.fromarray((np.random.default_rng(0).random((50, 90, 3)) * 255).astype("uint8"))
+    return model.prepare("<image>\nWhat is this?", images=[image], template="qwen_1_5")
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(**_inputs(model)).logits
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tiny_model):
+    single = tiny_model.save_pretrained(tmp_path_factory.mktemp("single"))
+    sharded = tiny_model.save_pretrained(tmp_path_factory.mktemp("sharded"), max_shard_size=40_000)
+    return single, sharded
+
+
+def test_round_trip_is_bit_exact(saved, tiny_model):
+    single, sharded = saved
+    assert len(list(sharded.glob("model-*.safetensors"))) > 2
+    reference = _logits(tiny_model)
+    for directory in saved:
+        loaded = fovea.load(directory)
+        assert not loaded.training
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny_model.state_dict().values()))
+        assert torch.equal(_logits(loaded), reference)
+
+
+def test_dtype_option(saved):
+    model = fovea.load(saved[0], dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and model.tower.model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_shard(saved, tmp_path):
+    broken = _copy(saved[1], tmp_path / "ck")
+    victim = sorted(broken.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(CheckpointError, match=f"{victim.name}: shard listed in .* is missing"):
+        fovea.load(broken)
+
+
+def test_truncated_safetensors(saved, tmp_path):
+    broken = _copy(saved[0], tmp_path / "ck")
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable safetensors file"):
+        fovea.load(broken)
+
+
+def test_unknown_tower_type(saved, tmp_path):
+    broken = _copy(saved[0], tmp_path / "ck")
+    raw = json.loads((broken / "config.json").read_text())
+    raw["model"]["tower"]["hf_config"]["model_type"] = "sigclip_vision_model"
+    (broken / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="config.json: .*sigclip_vision_model"):
+        fovea.load(broken)
+
+
+def test_mismatched_shapes(saved, tmp_path):
+    broken = _copy(saved[0], tmp_path / "ck")
+    raw = json.loads((broken / "config.json").read_text())
+    raw["model"]["lm"]["intermediate_size"] = 96
+    (broken / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=r"tensor 'lm\.model\.layers\.0\.mlp\..*' has shape \[\d+, \d+\]"):
+        fovea.load(broken)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        fovea.load(tmp_path)
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        fovea.load(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="unsupported checkpoint layout 'bert'"):
+        fovea.load(tmp_path)
+
+
+def test_hub_id_without_network_is_one_line():
+    with pytest.raises(CheckpointError, match="not a local directory and not downloadable"):
+        fovea.load("DeepGlint-AI/llava-mlcd-qwen2.5-7b")

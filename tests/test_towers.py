@@ -1,0 +1,72 @@
+"""Every tower preset: builds, exposes all hidden states, and its full size matches the facts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import init_empty_weights
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from fovea.errors import ConfigError
+from fovea.towers import TOWER_PRESETS, TowerConfig, VisionTower, build_tower, resolve_tower
+
+TINY = [n for n in TOWER_PRESETS if n.endswith("-tiny")]
+FULL = [n for n in TOWER_PRESETS if not n.endswith("-tiny")]
+
+# Published parameter counts of the vision towers, in millions (±2%).
+PARAMS_M = {
+    "clip-vit-l14-336": 304,
+    "mlcd-vit-l14-336": 304,
+    "siglip-so400m-384": 428,
+    "dfn5b-vit-h14-378": 632,
+    "mlcd-vit-bigg14-336": 1845,
+    "mlcd-vit-bigg14-448": 1845,
+}
+
+
+def test_every_preset_has_a_tiny_twin():
+    assert sorted(f"{n}-tiny" for n in FULL) == sorted(TINY)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_tower_forward(name):
+    tower, image = build_tower(name)
+    size = image["size"]
+    out = tower(torch.randn(3, 3, size, size))
+    assert len(out.hidden_states) == tower.num_layers + 1
+    rows, cols = out.grid
+    assert out.hidden_states[-2].shape == (3, out.num_prefix_tokens + rows * cols, tower.width)
+    assert out.num_prefix_tokens == (0 if name.startswith("siglip") else 1)
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_preset_sizes(name):
+    preset = TOWER_PRESETS.get(name)
+    with init_empty_weights():
+        tower = VisionTower(preset.tower_config())
+    params = sum(p.numel() for p in tower.parameters()) / 1e6
+    assert abs(params - PARAMS_M[name]) / PARAMS_M[name] < 0.02, params
+    assert resolve_tower(preset.hub_id) is preset  # known hub ids resolve offline
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'mlcd-vit-bigg14-448'"):
+        resolve_tower("mlcd-vit-bigg14-488")
+
+
+def test_unregistered_type_needs_has_cls():
+    with pytest.raises(ValueError, match="has_cls"):
+        TowerConfig(hf_config={"model_type": "dinov2"})
+
+
+def test_tower_directory_loads_its_weights(tmp_path):
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=28, patch_size=14)
+    reference = CLIPVisionModel(cfg).eval()
+    reference.save_pretrained(tmp_path)
+    tower, image = build_tower(str(tmp_path), pretrained=True)
+    pixels = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        expected = reference(pixels, output_hidden_states=True).hidden_states[-2]
+        assert torch.equal(tower(pixels).hidden_states[-2], expected)
+    assert image["size"] == 28
