@@ -38,13 +38,18 @@ def test_round_trip_is_bit_exact(saved, tiny_model):
     for directory in saved:
         loaded = fovea.load(directory)
         assert not loaded.training
-        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny_model.state_dict().values()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny_model.state_dict().values())
+        )
         assert torch.equal(_logits(loaded), reference)
 
 
 def test_dtype_option(saved):
     model = fovea.load(saved[0], dtype=torch.bfloat16)
-    assert model.dtype == torch.bfloat16 and model.tower.model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    assert (
+        model.dtype == torch.bfloat16
+        and model.tower.model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    )
 
 
 def _copy(src, dst):
@@ -82,7 +87,9 @@ def test_mismatched_shapes(saved, tmp_path):
     raw = json.loads((broken / "config.json").read_text())
     raw["model"]["lm"]["intermediate_size"] = 96
     (broken / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match=r"tensor 'lm\.model\.layers\.0\.mlp\..*' has shape \[\d+, \d+\]"):
+    with pytest.raises(
+        CheckpointError, match=r"tensor 'lm\.model\.layers\.0\.mlp\..*' has shape \[\d+, \d+\]"
+    ):
         fovea.load(broken)
 
 

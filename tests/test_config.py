@@ -41,9 +41,15 @@ def test_bad_values_name_the_field(override, message):
 
 
 def test_dotted_overrides_parse_yaml_values():
-    data = apply_overrides(_config_dict(), ["--connector.layers=[-3, -2]", "image.mode=anyres_max_4", "template=null"])
+    data = apply_overrides(
+        _config_dict(), ["--connector.layers=[-3, -2]", "image.mode=anyres_max_4", "template=null"]
+    )
     config = from_dict(VLMConfig, data)
-    assert config.connector.layers == [-3, -2] and config.image.mode == "anyres_max_4" and config.template is None
+    assert (
+        config.connector.layers == [-3, -2]
+        and config.image.mode == "anyres_max_4"
+        and config.template is None
+    )
 
 
 def test_missing_required_key():

@@ -10,11 +10,14 @@ from fovea.errors import ConfigError
 from fovea.towers import build_tower
 
 
-@pytest.mark.parametrize(("kind", "keys"), [
-    ("linear", {"0.weight", "0.bias"}),
-    ("mlp2x_gelu", {"0.weight", "0.bias", "2.weight", "2.bias"}),
-    ("mlp3x_gelu", {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}),
-])
+@pytest.mark.parametrize(
+    ("kind", "keys"),
+    [
+        ("linear", {"0.weight", "0.bias"}),
+        ("mlp2x_gelu", {"0.weight", "0.bias", "2.weight", "2.bias"}),
+        ("mlp3x_gelu", {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}),
+    ],
+)
 def test_projector_layouts(kind, keys):
     proj = build_projector(kind, 8, 16)
     assert set(proj.state_dict()) == keys
@@ -32,8 +35,13 @@ def test_identity_and_unknown():
 def _connector(tower_name: str, **kw) -> tuple:
     tower, image = build_tower(tower_name)
     cfg = ConnectorConfig(**kw)
-    conn = Connector(cfg, tower_width=tower.width, tower_layers=tower.num_layers,
-                     tower_has_cls=tower.config.cls_token, lm_width=48)
+    conn = Connector(
+        cfg,
+        tower_width=tower.width,
+        tower_layers=tower.num_layers,
+        tower_has_cls=tower.config.cls_token,
+        lm_width=48,
+    )
     return tower, conn, image["size"]
 
 

@@ -41,8 +41,12 @@ def test_bad_files_give_one_line_naming_the_file(tmp_path):
     text.write_text("this is not an image")
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(_png_bytes(_noise(64, 64))[:300])
-    for path, words in [(empty, "empty"), (text, "not a recognised image"), (truncated, "cannot decode"),
-                        (tmp_path / "missing.png", "no such image")]:
+    for path, words in [
+        (empty, "empty"),
+        (text, "not a recognised image"),
+        (truncated, "cannot decode"),
+        (tmp_path / "missing.png", "no such image"),
+    ]:
         with pytest.raises(ImageError) as info:
             load_image(path)
         message = str(info.value)
@@ -79,8 +83,13 @@ def _modes() -> dict[str, Image.Image]:
     rgba = Image.fromarray((np.random.default_rng(1).random((9, 11, 4)) * 255).astype("uint8"), "RGBA")
     i16 = Image.fromarray((np.random.default_rng(2).random((9, 11)) * 1000).astype("uint16"))
     return {
-        "L": rgba.convert("L"), "LA": rgba.convert("LA"), "P": rgba.convert("RGB").convert("P"),
-        "RGBA": rgba, "CMYK": rgba.convert("RGB").convert("CMYK"), "I;16": i16, "RGB": rgba.convert("RGB"),
+        "L": rgba.convert("L"),
+        "LA": rgba.convert("LA"),
+        "P": rgba.convert("RGB").convert("P"),
+        "RGBA": rgba,
+        "CMYK": rgba.convert("RGB").convert("CMYK"),
+        "I;16": i16,
+        "RGB": rgba.convert("RGB"),
     }
 
 
@@ -88,7 +97,9 @@ def _modes() -> dict[str, Image.Image]:
 def test_modes_convert_like_the_reference_pipelines(mode):
     image = _modes()[mode]
     assert np.array_equal(np.asarray(load_image(image, alpha="drop")), np.asarray(image.convert("RGB")))
-    assert np.array_equal(np.asarray(load_image(image, alpha="white")), hf_convert_to_rgb(image, return_numpy=True))
+    assert np.array_equal(
+        np.asarray(load_image(image, alpha="white")), hf_convert_to_rgb(image, return_numpy=True)
+    )
 
 
 # -- AnyRes geometry ---------------------------------------------------------------------------

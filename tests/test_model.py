@@ -11,7 +11,6 @@ from fovea.errors import ConfigError
 from fovea.imaging.processor import ImageLayout
 from fovea.model.packing import count_tokens, pack_image
 from fovea.model.templates import TEMPLATES
-from fovea.tiny import tiny_vlm
 
 
 def _img(h: int, w: int, seed: int = 0) -> Image.Image:
@@ -36,7 +35,9 @@ def test_count_tokens_equals_packed_length(merge, mode):
 def test_anyres_max_shrinks_large_grids():
     layout = ImageLayout(size=(1000, 1000), mode="anyres_max_1", grid=(3, 3))
     full = ImageLayout(size=(1000, 1000), mode="anyres", grid=(3, 3))
-    assert count_tokens(layout, (6, 6), 0, "spatial_unpad", True) < count_tokens(full, (6, 6), 0, "spatial_unpad", True)
+    assert count_tokens(layout, (6, 6), 0, "spatial_unpad", True) < count_tokens(
+        full, (6, 6), 0, "spatial_unpad", True
+    )
 
 
 def test_placeholder_mismatch_names_both_counts(tiny_model):
@@ -67,7 +68,9 @@ def test_batch_equals_single(tiny_model):
     with torch.no_grad():
         batched = tiny_model(**batch).logits[:, -1]
         for i in range(2):
-            single = tiny_model(**tiny_model.prepare(prompts[i], images=images[i], template="qwen_1_5")).logits[0, -1]
+            single = tiny_model(
+                **tiny_model.prepare(prompts[i], images=images[i], template="qwen_1_5")
+            ).logits[0, -1]
             assert (batched[i] - single).abs().max() < 1e-4
     answers = tiny_model.generate(prompts, images=images, max_new_tokens=4)
     assert answers[1] == tiny_model.generate(prompts[1], images=images[1], max_new_tokens=4)
@@ -98,8 +101,12 @@ EXPECTED_PROMPTS = {
 def test_templates_prompt_and_spans(name):
     template = TEMPLATES.get(name)
     assert template.prompt("<image>hi", bos_token="<s>") == EXPECTED_PROMPTS[name]
-    messages = [{"role": "user", "content": "<image>Q1"}, {"role": "assistant", "content": "A1"},
-                {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+    messages = [
+        {"role": "user", "content": "<image>Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "A2"},
+    ]
     rendered = template.render(messages)
     answers = [rendered.text[t.start : t.end] for t in rendered.turns if t.role == "assistant"]
     assert answers == ["A1", "A2"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hf_reference import load_hf
 from PIL import Image
 
 import fovea
+
+from hf_reference import load_hf
 
 
 def _image(h: int, w: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
@@ -94,7 +95,9 @@ def test_new_key_layout_loads_the_same(hf_checkpoints, tmp_path):
     source = hf_checkpoints("clip")
     renamed = {}
     for key, tensor in load_file(source / "model.safetensors").items():
-        key = key.replace("language_model.model.", "model.language_model.").replace("language_model.lm_head", "lm_head")
+        key = key.replace("language_model.model.", "model.language_model.").replace(
+            "language_model.lm_head", "lm_head"
+        )
         key = key.replace("vision_tower.", "model.vision_tower.vision_model.")
         key = key.replace("multi_modal_projector.", "model.multi_modal_projector.")
         renamed[key if key != "image_newline" else "model.image_newline"] = tensor

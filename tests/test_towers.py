@@ -60,8 +60,14 @@ def test_unregistered_type_needs_has_cls():
 
 
 def test_tower_directory_loads_its_weights(tmp_path):
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=28, patch_size=14)
+    cfg = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
     reference = CLIPVisionModel(cfg).eval()
     reference.save_pretrained(tmp_path)
     tower, image = build_tower(str(tmp_path), pretrained=True)

@@ -1,10 +1,10 @@
 """fovea: multimodal LLMs whose strength is their vision.
 
-    import fovea
-    model = fovea.load("path/or/hub-id")                       # fovea or transformers LlavaNext
-    inputs = model.prepare("<image>\\nWhat is this?", images=["cat.png"], template="qwen_1_5")
-    logits = model(**inputs).logits
-    text = model.generate("What is this?", images=["cat.png"], max_new_tokens=32)
+import fovea
+model = fovea.load("path/or/hub-id")                       # fovea or transformers LlavaNext
+inputs = model.prepare("<image>\\nWhat is this?", images=["cat.png"], template="qwen_1_5")
+logits = model(**inputs).logits
+text = model.generate("What is this?", images=["cat.png"], max_new_tokens=32)
 """
 
 __version__ = "0.1.0"

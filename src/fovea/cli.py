@@ -64,15 +64,22 @@ def _add_extract(sub) -> None:
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--tower", required=True, help="preset name, hub id or tower directory")
     p.add_argument("--out", default="features.safetensors", help="output file (default: %(default)s)")
-    p.add_argument("--layer", type=int, default=-1, help="hidden state to take: 0 = embeddings, -1 = last (default)")
     p.add_argument(
-        "--pool", choices=["none", "cls", "mean"], default="none",
+        "--layer", type=int, default=-1, help="hidden state to take: 0 = embeddings, -1 = last (default)"
+    )
+    p.add_argument(
+        "--pool",
+        choices=["none", "cls", "mean"],
+        default="none",
         help="none: every token (default); cls: the CLS token; mean: mean of patch tokens",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per tower call (default: %(default)s)")
-    p.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping")
     p.add_argument(
-        "--random-weights", action="store_true",
+        "--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping"
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
         help="build the tower's architecture with random weights (no download; for trying things offline)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")

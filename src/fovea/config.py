@@ -107,7 +107,9 @@ def _deepcopy(value: Any) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+    return (
+        f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+    )
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

@@ -89,7 +89,9 @@ def extract_features(
     result = Extracted()
     todo = find_images(images)
     try:
-        for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="extract", unit="batch"):
+        for start in tqdm(
+            range(0, len(todo), batch_size), disable=not progress, desc="extract", unit="batch"
+        ):
             _extract_batch(tower, processor, todo[start : start + batch_size], layer, pool, skip_bad, result)
     except ImageError as err:
         kept = f"; the {len(result.features)} features extracted before it were saved to {out}" if out else ""

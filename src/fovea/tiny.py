@@ -33,7 +33,9 @@ def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(
@@ -74,7 +76,9 @@ def tiny_vlm(
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     preset = resolve_tower(tower)
-    image = ImageConfig(**preset.image, mode=mode, grid_pinpoints=grid_pinpoints if mode != "square" else None)
+    image = ImageConfig(
+        **preset.image, mode=mode, grid_pinpoints=grid_pinpoints if mode != "square" else None
+    )
     config = VLMConfig(
         tower=preset.tower_config(),
         connector=ConnectorConfig(layers=[-2]),

@@ -76,8 +76,12 @@ def read_config(directory: Path, raw: dict):
             f"{directory}: the image processor's crop size {image['size']} differs from the tower's "
             f"image_size {image_size}"
         )
-    pinpoints = raw.get("image_grid_pinpoints") or (settings or {}).get("image_grid_pinpoints") or _DEFAULT_PINPOINTS
-    image_cfg = ImageConfig(**image, mode="anyres", grid_pinpoints=[list(p) for p in pinpoints], alpha="white")
+    pinpoints = (
+        raw.get("image_grid_pinpoints") or (settings or {}).get("image_grid_pinpoints") or _DEFAULT_PINPOINTS
+    )
+    image_cfg = ImageConfig(
+        **image, mode="anyres", grid_pinpoints=[list(p) for p in pinpoints], alpha="white"
+    )
     token_id = raw.get("image_token_index", raw.get("image_token_id", 32000))
     return VLMConfig(tower=tower, connector=connector, lm=text, image=image_cfg, image_token_id=int(token_id))
 

@@ -36,12 +36,12 @@ def resolve_directory(source: str | Path) -> Path:
     try:
         return Path(snapshot_download(str(source), allow_patterns=_HUB_PATTERNS))
     except Exception as err:  # network, auth, missing repo: one line whatever the cause
-        raise CheckpointError(f"{source}: not a local directory and not downloadable ({type(err).__name__})") from None
+        raise CheckpointError(
+            f"{source}: not a local directory and not downloadable ({type(err).__name__})"
+        ) from None
 
 
-def load(
-    source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-):
+def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
     """Load a fovea or transformers-LlavaNext checkpoint; returns the model in eval mode."""
     from ..model.vlm import VisionLanguageModel
 
@@ -74,14 +74,18 @@ def load(
 
 
 def _tokenizer(directory: Path):
-    has_tokenizer = any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+    has_tokenizer = any(
+        (directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    )
     if not has_tokenizer:
         logger.warning("%s has no tokenizer files; prepare/generate will need one", directory)
         return None
     try:
         return AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{directory}: tokenizer files cannot be loaded ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{directory}: tokenizer files cannot be loaded ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def _check_filled(model, directory: Path) -> None:

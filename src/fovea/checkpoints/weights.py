@@ -73,7 +73,9 @@ def plan_load(model: nn.Module, files: list[Path], key_map: KeyMap) -> list[_Pla
                     if target is None:
                         continue
                     if target not in expected:
-                        raise CheckpointError(f"{file.name}: tensor {key!r} has no place in the model (as {target!r})")
+                        raise CheckpointError(
+                            f"{file.name}: tensor {key!r} has no place in the model (as {target!r})"
+                        )
                     shape = tuple(handle.get_slice(key).get_shape())
                     if shape != tuple(expected[target]):
                         raise CheckpointError(
@@ -129,12 +131,21 @@ def save_state(state: dict[str, torch.Tensor], directory: Path, max_shard_size: 
             size = 0
         shards[-1][key] = tensor
         size += nbytes
-    names = [SINGLE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    names = (
+        [SINGLE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     for name, shard in zip(names, shards):
-        _atomic(directory / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata={"format": "pt"}))
+        _atomic(
+            directory / name, lambda tmp, shard=shard: save_file(shard, str(tmp), metadata={"format": "pt"})
+        )
     if len(shards) > 1:
         total = sum(t.numel() * t.element_size() for t in state.values())
-        index = {"metadata": {"total_size": total}, "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+        index = {
+            "metadata": {"total_size": total},
+            "weight_map": {k: n for n, s in zip(names, shards) for k in s},
+        }
         _atomic(directory / INDEX, lambda tmp: tmp.write_text(json.dumps(index, indent=2)))
 
 

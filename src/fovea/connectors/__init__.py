@@ -4,4 +4,12 @@ from .connector import Connector, ConnectorConfig
 from .fusers import FUSERS, Fuser, FuserInput
 from .projectors import PROJECTOR_TYPES, build_projector
 
-__all__ = ["FUSERS", "PROJECTOR_TYPES", "Connector", "ConnectorConfig", "Fuser", "FuserInput", "build_projector"]
+__all__ = [
+    "FUSERS",
+    "PROJECTOR_TYPES",
+    "Connector",
+    "ConnectorConfig",
+    "Fuser",
+    "FuserInput",
+    "build_projector",
+]

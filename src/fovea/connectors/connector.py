@@ -37,17 +37,31 @@ class ConnectorConfig:
 class Connector(nn.Module):
     """TowerOutput -> (V, N', D_lm) visual tokens per view."""
 
-    def __init__(self, config: ConnectorConfig, *, tower_width: int, tower_layers: int, tower_has_cls: bool, lm_width: int):
+    def __init__(
+        self,
+        config: ConnectorConfig,
+        *,
+        tower_width: int,
+        tower_layers: int,
+        tower_has_cls: bool,
+        lm_width: int,
+    ):
         super().__init__()
         self.config = config
         if config.keep_cls and not tower_has_cls:
             raise ConfigError("connector.keep_cls is set but the tower has no CLS token")
         for index in config.layers:
             if not -(tower_layers + 1) <= index <= tower_layers:
-                raise ConfigError(f"connector.layers: {index} is outside the tower's {tower_layers + 1} hidden states")
+                raise ConfigError(
+                    f"connector.layers: {index} is outside the tower's {tower_layers + 1} hidden states"
+                )
         self.fuser = FUSERS.get(config.fuser)(tower_width, len(config.layers))
         self.projector = build_projector(
-            config.projector, self.fuser.out_width(), lm_width, bias=config.projector_bias, act=config.projector_act
+            config.projector,
+            self.fuser.out_width(),
+            lm_width,
+            bias=config.projector_bias,
+            act=config.projector_act,
         )
 
     def out_grid(self, grid: tuple[int, int]) -> tuple[int, int]:

@@ -34,7 +34,9 @@ def build_projector(kind: str, d_in: int, d_out: int, *, bias: bool = True, act:
         return nn.Sequential(nn.Linear(d_in, d_out, bias=bias))
     match = _MLP.match(kind)
     if match is None or int(match.group(1)) < 1:
-        raise ConfigError(f"unknown projector {kind!r}; expected linear, identity or mlp{{N}}x_gelu (e.g. mlp2x_gelu)")
+        raise ConfigError(
+            f"unknown projector {kind!r}; expected linear, identity or mlp{{N}}x_gelu (e.g. mlp2x_gelu)"
+        )
     layers: list[nn.Module] = [nn.Linear(d_in, d_out, bias=bias)]
     for _ in range(int(match.group(1)) - 1):
         layers += [ACT2FN[act], nn.Linear(d_out, d_out, bias=bias)]

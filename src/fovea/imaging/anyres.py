@@ -39,7 +39,9 @@ def parse_pinpoints(spec: str | list, tile: int) -> list[Size]:
     else:
         pairs = []
         for item in spec:
-            if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(v, int) for v in item)):
+            if not (
+                isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(v, int) for v in item)
+            ):
                 raise ConfigError(f"grid_pinpoints: each entry must be [height, width], got {item!r}")
             pairs.append((int(item[0]), int(item[1])))
     if not pairs:

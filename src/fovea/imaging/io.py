@@ -14,18 +14,19 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
 
-ImageSource = Union[str, Path, bytes, Image.Image]
+ImageSource = str | Path | bytes | Image.Image
 AlphaRule = Literal["drop", "white"]
 
 #: Default pixel limit (width * height) of one image: 100 MP is larger than any camera frame or
 #: scanned page a VLM sees, and small enough that a hostile PNG cannot take the machine's memory.
 DEFAULT_MAX_PIXELS = 100_000_000
+_ORIENTATION = 0x0112  # EXIF tag
 
 
 def describe(source: ImageSource) -> str:
@@ -49,7 +50,8 @@ def load_image(
     _check_pixels(image, name, max_pixels)
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
+            image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as err:  # truncated data, bad EXIF, broken codec
         raise ImageError(f"{name}: cannot decode image ({_first_line(err)})") from None
     return to_rgb(image, alpha)

@@ -4,14 +4,19 @@ The output equals transformers' ``LlavaNextImageProcessor`` (PIL backend) for an
 / SigLIP processors for a single square view, but it is built for speed:
 
 * each image is resized once by PIL and never converted to float until the last step;
-* padding is done on the uint8 canvas; rescale + normalise is one table lookup per pixel (a
-  256-entry table per channel, computed in float64 and rounded once);
+* the two resizes an AnyRes image needs (tiles, base view) run on two threads: Pillow releases
+  the GIL while resampling, and these resizes are most of the work; a batch of images is spread
+  over a small thread pool the same way;
+* padding is done on the uint8 canvas; rescale + normalise is one fused multiply-add;
 * tiles are cut by one reshape of the padded canvas, not by slicing and stacking.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -60,7 +65,11 @@ class ImageConfig:
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need three values (R, G, B)")
         for mode in (self.mode, self.multi_image_mode):
-            if mode is not None and mode not in ("square", "pad", "anyres") and anyres.parse_max_tiles(mode) is None:
+            if (
+                mode is not None
+                and mode not in ("square", "pad", "anyres")
+                and anyres.parse_max_tiles(mode) is None
+            ):
                 raise ValueError(f"unknown image mode {mode!r}; expected square, pad, anyres or anyres_max_N")
         if self.uses_anyres and self.grid_pinpoints is None:
             raise ValueError(f"image mode {self.mode!r} needs grid_pinpoints")
@@ -112,10 +121,10 @@ class ImageProcessor:
         self.config = config
         self._resample = _RESAMPLE[config.resample]
         self._pinpoints = config.pinpoints if config.grid_pinpoints is not None else None
-        # Rescale-and-normalise table: value v of channel c -> (v/255 - mean[c]) / std[c].
-        levels = np.arange(256, dtype=np.float64) / 255.0
-        mean, std = np.asarray(config.mean)[:, None], np.asarray(config.std)[:, None]
-        self._table = ((levels[None] - mean) / std).astype(np.float32)  # (3, 256)
+        # (v/255 - mean) / std == v * scale + shift, per channel
+        std = torch.tensor(config.std, dtype=torch.float64)
+        self._scale = (1.0 / (255.0 * std)).float().view(3, 1, 1)
+        self._shift = (-torch.tensor(config.mean, dtype=torch.float64) / std).float().view(3, 1, 1)
 
     def load(self, source: ImageSource) -> Image.Image:
         return load_image(source, max_pixels=self.config.max_pixels, alpha=self.config.alpha)
@@ -123,11 +132,12 @@ class ImageProcessor:
     def __call__(self, images: list[ImageSource]) -> ProcessedImages:
         pil = [self.load(img) for img in images]
         mode = self.config.mode_for(len(pil))
-        views, layouts = [], []
-        for image in pil:
-            canvas, layout = self._views(image, mode)
-            views.append(canvas)
-            layouts.append(layout)
+        if len(pil) > 1:  # one image per worker; each worker does its image's resizes in turn
+            done = list(_pool().map(lambda im: self._views(im, mode, parallel=False), pil))
+        else:
+            done = [self._views(im, mode, parallel=True) for im in pil]
+        views = [v for v, _ in done]
+        layouts = [layout for _, layout in done]
         size = self.config.size
         pixels = torch.cat(views) if views else torch.empty(0, 3, size, size)
         return ProcessedImages(pixels=pixels, layouts=layouts)
@@ -135,39 +145,46 @@ class ImageProcessor:
     def layout(self, size: anyres.Size, mode: str) -> ImageLayout:
         """The layout an image of `size` gets, without touching pixels (for token counting)."""
         if mode.startswith("anyres"):
-            return ImageLayout(size=size, mode=mode, grid=anyres.tile_grid(size, self._pinpoints, self.config.size))
+            return ImageLayout(
+                size=size, mode=mode, grid=anyres.tile_grid(size, self._pinpoints, self.config.size)
+            )
         return ImageLayout(size=size, mode=mode)
 
     # -- views --------------------------------------------------------------------------------
 
-    def _views(self, image: Image.Image, mode: str) -> tuple[torch.Tensor, ImageLayout]:
+    def _views(self, image: Image.Image, mode: str, parallel: bool) -> tuple[torch.Tensor, ImageLayout]:
         size = (image.height, image.width)
         layout = self.layout(size, mode)
         if layout.grid is None:
             if mode == "pad":
                 image = self._expand_to_square(image)
             return self._normalise(self._square(image))[None], layout
-        return self._anyres(image, layout), layout
+        return self._anyres(image, layout, parallel), layout
 
-    def _anyres(self, image: Image.Image, layout: ImageLayout) -> torch.Tensor:
+    def _anyres(self, image: Image.Image, layout: ImageLayout, parallel: bool) -> torch.Tensor:
         s = self.config.size
         rows, cols = layout.grid
         target = (rows * s, cols * s)
         inner = anyres.fit_size(layout.size, target)
+        # The base view is the whole image squashed to S x S (LLaVA-NeXT resizes, it does not pad).
+        base_job = _pool().submit(image.resize, (s, s), self._resample) if parallel else None
         resized = np.asarray(image.resize((inner[1], inner[0]), self._resample))
         canvas = np.zeros((*target, 3), dtype=np.uint8)  # black padding, as LLaVA-NeXT pastes
         top, left = anyres.pad_offsets(inner, target)
         canvas[top : top + inner[0], left : left + inner[1]] = resized
-        tiles = self._normalise(canvas)  # (3, rows*S, cols*S)
-        tiles = tiles.view(3, rows, s, cols, s).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, s, s)
-        # The base view is the whole image squashed to S x S (LLaVA-NeXT resizes, it does not pad).
-        base = self._normalise(np.asarray(image.resize((s, s), self._resample)))
-        return torch.cat([base[None], tiles])
+        out = torch.empty(1 + rows * cols, 3, s, s)
+        # (rows*S, cols*S, 3) uint8 -> (rows, cols, 3, S, S) float32 in one strided conversion
+        tiles = torch.from_numpy(canvas).view(rows, s, cols, s, 3).permute(0, 2, 4, 1, 3)
+        out[1:].view(rows, cols, 3, s, s).copy_(tiles)
+        out[1:].mul_(self._scale).add_(self._shift)
+        base_image = base_job.result() if base_job else image.resize((s, s), self._resample)
+        out[0] = self._normalise(np.array(base_image))
+        return out
 
     def _square(self, image: Image.Image) -> np.ndarray:
         s = self.config.size
         if self.config.resize == "squash":
-            return np.asarray(image.resize((s, s), self._resample))
+            return np.array(image.resize((s, s), self._resample))
         w, h = image.size
         # Shortest edge to S, the other side truncated as transformers' get_resize_output_image_size.
         nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
@@ -179,7 +196,7 @@ class ImageProcessor:
             padded[top : top + nh, left : left + nw] = array
             array, nh, nw = padded, padded.shape[0], padded.shape[1]
         top, left = (nh - s) // 2, (nw - s) // 2
-        return array[top : top + s, left : left + s]
+        return np.array(array[top : top + s, left : left + s])
 
     def _expand_to_square(self, image: Image.Image) -> Image.Image:
         w, h = image.size
@@ -192,8 +209,12 @@ class ImageProcessor:
         return square
 
     def _normalise(self, array: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (3, H, W) float32 through the per-channel lookup table."""
-        out = np.empty((3, array.shape[0], array.shape[1]), dtype=np.float32)
-        for c in range(3):
-            np.take(self._table[c], array[..., c], out=out[c])
-        return torch.from_numpy(out)
+        """(H, W, 3) uint8 (writable) -> (3, H, W) float32, rescaled and normalised."""
+        chw = torch.from_numpy(array).permute(2, 0, 1)
+        return torch.addcmul(self._shift, chw.float(), self._scale)
+
+
+@lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    """Threads for PIL resizes (which release the GIL); shared by all processors."""
+    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="fovea-img")

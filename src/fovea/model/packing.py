@@ -23,7 +23,9 @@ from ..imaging.processor import ImageLayout
 MergeKind = Literal["spatial_unpad", "spatial", "flat"]
 
 
-def count_tokens(layout: ImageLayout, side: tuple[int, int], extra: int, merge: MergeKind, newline: bool) -> int:
+def count_tokens(
+    layout: ImageLayout, side: tuple[int, int], extra: int, merge: MergeKind, newline: bool
+) -> int:
     """Number of visual tokens `pack_image` produces for `layout` (side = tokens per view grid)."""
     per_view = side[0] * side[1] + extra
     if layout.grid is None:
@@ -60,7 +62,9 @@ def pack_image(
     gh, gw = side
     dim = tiles.shape[-1]
     if tiles.shape[1] != gh * gw:
-        raise ValueError(f"spatial merge needs {gh}x{gw} grid tokens per tile, got {tiles.shape[1]} (a kept CLS?)")
+        raise ValueError(
+            f"spatial merge needs {gh}x{gw} grid tokens per tile, got {tiles.shape[1]} (a kept CLS?)"
+        )
     grid = tiles.view(rows, cols, gh, gw, dim)
     if merge == "spatial":
         return torch.cat([base, grid.permute(0, 2, 1, 3, 4).reshape(-1, dim)])

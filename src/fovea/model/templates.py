@@ -63,7 +63,9 @@ class Template:
     """Strip whitespace around each content (Llama-3's template does)."""
     always_system: bool = True
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False, bos_token: str | None = None) -> Rendered:
+    def render(
+        self, messages: list[dict], add_generation_prompt: bool = False, bos_token: str | None = None
+    ) -> Rendered:
         """Messages ``[{"role": ..., "content": str}, ...]`` -> text and turn offsets."""
         messages = _check_messages(messages)
         if self.system is not None and self.always_system and messages[0]["role"] != "system":

@@ -37,7 +37,9 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         self.tokenizer = tokenizer
         self.processor = ImageProcessor(config.image)
         self.tower = VisionTower(config.tower)
-        self.lm = AutoModelForCausalLM.from_config(config.lm_config(), attn_implementation=config.attn_implementation)
+        self.lm = AutoModelForCausalLM.from_config(
+            config.lm_config(), attn_implementation=config.attn_implementation
+        )
         lm_width = self.lm.config.hidden_size
         self.connector = Connector(
             config.connector,
@@ -75,7 +77,9 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         views = self.connector(tower_out, context)  # (V, N', D)
         expected = sum(layout.num_views for layout in layouts)
         if views.shape[0] != expected:
-            raise ValueError(f"pixel_values has {views.shape[0]} views but the image layouts describe {expected}")
+            raise ValueError(
+                f"pixel_values has {views.shape[0]} views but the image layouts describe {expected}"
+            )
         side = self.connector.out_grid(tower_out.grid)
         packed, start = [], 0
         for layout in layouts:
@@ -95,7 +99,9 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         mask = input_ids == self.config.image_token_id
         if pixel_values is None or not image_layouts:
             if mask.any():
-                raise ValueError(f"the text has {int(mask.sum())} image placeholder tokens but no images were given")
+                raise ValueError(
+                    f"the text has {int(mask.sum())} image placeholder tokens but no images were given"
+                )
             return embeds
         features = torch.cat(self.encode_images(pixel_values, image_layouts))
         return merge_tokens(embeds, mask, features.to(embeds.device))

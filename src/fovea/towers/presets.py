@@ -37,7 +37,9 @@ _CLIP_IMAGE = {"mean": CLIP_MEAN, "std": CLIP_STD, "resample": "bicubic", "resiz
 _SIGLIP_IMAGE = {"mean": [0.5] * 3, "std": [0.5] * 3, "resample": "bicubic", "resize": "squash"}
 
 
-def _vit(model_type: str, width: int, mlp: int, layers: int, heads: int, image: int, act: str, eps: float) -> dict:
+def _vit(
+    model_type: str, width: int, mlp: int, layers: int, heads: int, image: int, act: str, eps: float
+) -> dict:
     return {
         "model_type": model_type,
         "hidden_size": width,
@@ -55,7 +57,13 @@ def _add(name: str, hub_id: str, hf: dict, image: dict, help: str) -> None:
     size = hf["image_size"]
     TOWER_PRESETS.add(name, TowerPreset({"hf_config": hf}, {**image, "size": size}, hub_id), help)
     # The tiny twin: same type, activation and preprocessing; 2 layers of width 32 at 28 px.
-    tiny = {**hf, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    tiny = {
+        **hf,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
     tiny["image_size"] = 28
     TOWER_PRESETS.add(f"{name}-tiny", TowerPreset({"hf_config": tiny}, {**image, "size": 28}), f"tiny {help}")
 
@@ -163,7 +171,9 @@ def image_defaults_from_processor(proc: dict | None, size: int) -> dict:
     """ImageConfig fields from transformers image-processor settings (CLIP defaults if None)."""
     if proc is None:
         return {**_CLIP_IMAGE, "size": size}
-    resample = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}.get(proc.get("resample", 3), "bicubic")
+    resample = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}.get(
+        proc.get("resample", 3), "bicubic"
+    )
     crop = proc.get("crop_size")
     crop_side = crop.get("height") if isinstance(crop, dict) else crop
     return {
