@@ -41,20 +41,36 @@ def make_checkpoint(directory: Path, lm_layers: int) -> None:
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
-    vision = {"model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
-              "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 336, "patch_size": 14}
-    text = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
-            "num_hidden_layers": lm_layers, "num_attention_heads": 14, "num_key_value_heads": 2,
-            "tie_word_embeddings": False}
-    config = LlavaNextConfig(vision_config=vision, text_config=text,
-                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    vision = {
+        "model_type": "clip_vision_model",
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "image_size": 336,
+        "patch_size": 14,
+    }
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": 151936,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": lm_layers,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+    }
+    config = LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>")
+    )
     LlavaNextForConditionalGeneration(config).save_pretrained(directory, max_shard_size="1GB")
     tokenizer.save_pretrained(directory)
 
 
 def measure(directory: Path, loader: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(directory), loader], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(directory), loader], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -63,14 +79,31 @@ def run(directory: Path) -> str:
     rows = []
     for loader in ["transformers", "fovea"]:
         m = measure(directory, loader)
-        rows.append([loader, f"{m['params'] / 1e6:.0f}M", f"{size / 2**30:.2f}", f"{m['peak'] / 2**30:.2f}",
-                     f"**{m['peak'] / size:.2f}x**", f"{(m['peak'] - m['base']) / size:.2f}x"])
-    head = ["loader", "params", "checkpoint GiB", "peak RSS GiB", "peak / checkpoint", "(peak - after imports) / checkpoint"]
+        rows.append(
+            [
+                loader,
+                f"{m['params'] / 1e6:.0f}M",
+                f"{size / 2**30:.2f}",
+                f"{m['peak'] / 2**30:.2f}",
+                f"**{m['peak'] / size:.2f}x**",
+                f"{(m['peak'] - m['base']) / size:.2f}x",
+            ]
+        )
+    head = [
+        "loader",
+        "params",
+        "checkpoint GiB",
+        "peak RSS GiB",
+        "peak / checkpoint",
+        "(peak - after imports) / checkpoint",
+    ]
     return table(head, rows)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lm-layers", type=int, default=8)
     parser.add_argument("--keep", type=Path, help="make (or reuse) the checkpoint in this directory")
     args = parser.parse_args()

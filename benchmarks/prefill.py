@@ -14,7 +14,6 @@ the median of alternating runs in one process:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,29 +23,52 @@ from PIL import Image
 from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, table  # noqa: E402
+import fovea
+from fovea.tiny import tiny_tokenizer
 
-import fovea  # noqa: E402
-from fovea.tiny import tiny_tokenizer  # noqa: E402
+from common import interleaved, table
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
 def make_checkpoint(directory: Path, lm_layers: int, tower_layers: int) -> None:
     tokenizer = tiny_tokenizer()
-    vision = {"model_type": "clip_vision_model", "hidden_size": 512, "intermediate_size": 2048,
-              "num_hidden_layers": tower_layers, "num_attention_heads": 8, "image_size": 336, "patch_size": 14}
-    text = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
-            "num_hidden_layers": lm_layers, "num_attention_heads": 14, "num_key_value_heads": 2,
-            "tie_word_embeddings": False}
-    config = LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=PINPOINTS,
-                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    vision = {
+        "model_type": "clip_vision_model",
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_hidden_layers": tower_layers,
+        "num_attention_heads": 8,
+        "image_size": 336,
+        "patch_size": 14,
+    }
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": 151936,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": lm_layers,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+    }
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_grid_pinpoints=PINPOINTS,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
     LlavaNextForConditionalGeneration(config).save_pretrained(directory)
-    proc = LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                      image_grid_pinpoints=PINPOINTS)
-    LlavaNextProcessor(image_processor=proc, tokenizer=tokenizer, patch_size=14,
-                       vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(directory)
+    proc = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=PINPOINTS
+    )
+    LlavaNextProcessor(
+        image_processor=proc,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    ).save_pretrained(directory)
 
 
 def run(repeats: int, device: str, dtype: torch.dtype, lm_layers: int, tower_layers: int) -> str:
@@ -60,7 +82,11 @@ def run(repeats: int, device: str, dtype: torch.dtype, lm_layers: int, tower_lay
     ref_in = processor(images=[image], text=text, return_tensors="pt").to(device)
     ref_in["pixel_values"] = ref_in["pixel_values"].to(dtype)
     our_in = ours.prepare(text, images=[image])
-    our_in = {**our_in, "input_ids": our_in["input_ids"].to(device), "attention_mask": our_in["attention_mask"].to(device)}
+    our_in = {
+        **our_in,
+        "input_ids": our_in["input_ids"].to(device),
+        "attention_mask": our_in["attention_mask"].to(device),
+    }
 
     def sync():
         if device.startswith("cuda"):
@@ -68,45 +94,62 @@ def run(repeats: int, device: str, dtype: torch.dtype, lm_layers: int, tower_lay
 
     @torch.inference_mode()
     def hf_forward():
-        hf(**ref_in).logits
+        out = hf(**ref_in).logits
         sync()
+        return out
 
     @torch.inference_mode()
     def fovea_forward():
-        ours(**our_in).logits
+        out = ours(**our_in).logits
         sync()
+        return out
 
     @torch.inference_mode()
     def hf_prefill():
         inputs = processor(images=[image], text=text, return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        hf(**inputs, logits_to_keep=1).logits
+        out = hf(**inputs, logits_to_keep=1).logits
         sync()
+        return out
 
     @torch.inference_mode()
     def fovea_prefill():
         inputs = ours.prepare(text, images=[image])
-        ours(inputs["input_ids"].to(device), inputs["attention_mask"].to(device), inputs["pixel_values"],
-             inputs["image_layouts"], logits_to_keep=1).logits
+        ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
+        out = ours(ids, mask, inputs["pixel_values"], inputs["image_layouts"], logits_to_keep=1).logits
         sync()
+        return out
 
     with torch.inference_mode():
         diff = (hf(**ref_in).logits[0, -1].float() - ours(**our_in).logits[0, -1].float()).abs().max().item()
-    t = interleaved({"hf_fwd": hf_forward, "f_fwd": fovea_forward, "hf_pre": hf_prefill, "f_pre": fovea_prefill},
-                    repeats)
+    t = interleaved(
+        {"hf_fwd": hf_forward, "f_fwd": fovea_forward, "hf_pre": hf_prefill, "f_pre": fovea_prefill}, repeats
+    )
     seq = our_in["input_ids"].shape[1]
     rows = [
-        ["forward (all logits)", seq, f"{t['hf_fwd'] * 1e3:.0f}", f"{t['f_fwd'] * 1e3:.0f}",
-         f"**{t['hf_fwd'] / t['f_fwd']:.2f}x**"],
-        ["prefill (image+text -> next token)", seq, f"{t['hf_pre'] * 1e3:.0f}", f"{t['f_pre'] * 1e3:.0f}",
-         f"**{t['hf_pre'] / t['f_pre']:.2f}x**"],
+        [
+            "forward (all logits)",
+            seq,
+            f"{t['hf_fwd'] * 1e3:.0f}",
+            f"{t['f_fwd'] * 1e3:.0f}",
+            f"**{t['hf_fwd'] / t['f_fwd']:.2f}x**",
+        ],
+        [
+            "prefill (image+text -> next token)",
+            seq,
+            f"{t['hf_pre'] * 1e3:.0f}",
+            f"{t['f_pre'] * 1e3:.0f}",
+            f"**{t['hf_pre'] / t['f_pre']:.2f}x**",
+        ],
     ]
     head = ["measure", "tokens", "transformers ms", "fovea ms", "fovea speed-up"]
     return table(head, rows) + f"\n\nlast-position logits max abs diff: {diff:.1e} ({dtype}, {device})"
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
