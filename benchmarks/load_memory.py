@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import table
+from common import qwen2_config, save_random_llava_next, table
 
 _CHILD = r"""
 import json, resource, sys, psutil
@@ -34,13 +34,6 @@ print(json.dumps({"base": base, "peak": peak, "params": params}))
 
 
 def make_checkpoint(directory: Path, lm_layers: int) -> None:
-    import torch
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
-
-    from fovea.tiny import tiny_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = tiny_tokenizer()
     vision = {
         "model_type": "clip_vision_model",
         "hidden_size": 1024,
@@ -50,21 +43,8 @@ def make_checkpoint(directory: Path, lm_layers: int) -> None:
         "image_size": 336,
         "patch_size": 14,
     }
-    text = {
-        "model_type": "qwen2",
-        "vocab_size": 151936,
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": lm_layers,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "tie_word_embeddings": False,
-    }
-    config = LlavaNextConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>")
-    )
-    LlavaNextForConditionalGeneration(config).save_pretrained(directory, max_shard_size="1GB")
-    tokenizer.save_pretrained(directory)
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    save_random_llava_next(directory, vision, qwen2_config(lm_layers), pinpoints, shard="1GB")
 
 
 def measure(directory: Path, loader: str) -> dict:

@@ -20,19 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
 import fovea
-from fovea.tiny import tiny_tokenizer
 
-from common import interleaved, table
+from common import interleaved, qwen2_config, save_random_llava_next, table
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
 def make_checkpoint(directory: Path, lm_layers: int, tower_layers: int) -> None:
-    tokenizer = tiny_tokenizer()
     vision = {
         "model_type": "clip_vision_model",
         "hidden_size": 512,
@@ -42,33 +39,7 @@ def make_checkpoint(directory: Path, lm_layers: int, tower_layers: int) -> None:
         "image_size": 336,
         "patch_size": 14,
     }
-    text = {
-        "model_type": "qwen2",
-        "vocab_size": 151936,
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": lm_layers,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "tie_word_embeddings": False,
-    }
-    config = LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
-        image_grid_pinpoints=PINPOINTS,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    LlavaNextForConditionalGeneration(config).save_pretrained(directory)
-    proc = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=PINPOINTS
-    )
-    LlavaNextProcessor(
-        image_processor=proc,
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    ).save_pretrained(directory)
+    save_random_llava_next(directory, vision, qwen2_config(lm_layers), PINPOINTS)
 
 
 def run(repeats: int, device: str, dtype: torch.dtype, lm_layers: int, tower_layers: int) -> str:
