@@ -16,7 +16,7 @@ from .model.config import VLMConfig
 from .model.vlm import VisionLanguageModel
 from .towers.presets import resolve_tower
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<s>", "</s>", "<pad>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>", "<pad>"]
 
 _CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant.",
@@ -27,8 +27,13 @@ _CORPUS = [
 ]
 
 
-def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (never produces unknown tokens) with chat special tokens."""
+def tiny_tokenizer(vocab_size: int = 320, image_token: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (never produces unknown tokens) with chat special tokens.
+
+    ``<image>`` is added after the trained vocabulary (id `vocab_size`), so the tokenizer with and
+    without it agree on every other id — as an original LLaVA tokenizer (no ``<image>``) and its
+    transformers conversion (``<image>`` added) do.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -38,13 +43,12 @@ def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_start|>", "<image>"],
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>"
     )
+    if image_token:
+        wrapped.add_tokens(["<image>"], special_tokens=True)
+    return wrapped
 
 
 def tiny_lm_config(vocab_size: int, model_type: str = "qwen2", width: int = 64) -> dict:

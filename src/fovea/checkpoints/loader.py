@@ -1,8 +1,10 @@
 """`fovea.load`: any supported checkpoint directory or hub id -> an eval-mode VisionLanguageModel.
 
-The model is built on the meta device (accelerate's ``init_empty_weights``: parameters take no
-memory, buffers such as rotary tables are real), the checkpoint is checked from its headers, then
-weights stream in shard by shard. Peak memory is about the checkpoint size, not twice it.
+Layouts: fovea's own, transformers' ``LlavaNextForConditionalGeneration``, and the original
+LLaVA-NeXT ``llava_*`` layout (including stage-1 ``mm_projector.bin`` outputs). The model is
+built on the meta device (accelerate's ``init_empty_weights``: parameters take no memory,
+buffers such as rotary tables are real), every weight file is checked from its headers, then
+weights stream in file by file. Peak memory is about the checkpoint size, not twice it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from accelerate import init_empty_weights
 from transformers import AutoTokenizer
 
 from ..errors import CheckpointError
-from . import fovea_format, hf_llava_next
-from .weights import fill, plan_load, weight_files
+from . import fovea_format, hf_llava_next, llava_original
+from .weights import Source, fill, plan_load, weight_files
 
 logger = logging.getLogger(__name__)
 
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "mm_projector.bin"]
 
 
 def resolve_directory(source: str | Path) -> Path:
@@ -41,31 +43,57 @@ def resolve_directory(source: str | Path) -> Path:
         ) from None
 
 
-def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """Load a fovea or transformers-LlavaNext checkpoint; returns the model in eval mode."""
-    from ..model.vlm import VisionLanguageModel
-
-    directory = resolve_directory(source)
+def read_raw_config(directory: Path) -> dict:
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{directory}: no config.json, not a model checkpoint")
     try:
-        raw = json.loads(config_file.read_text())
+        return json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{config_file}: not valid JSON ({err})") from None
+
+
+def load(
+    source: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    base: str | None = None,
+    tower: str | None = None,
+):
+    """Load a checkpoint of any supported layout; returns the model in eval mode.
+
+    `base`: the base LM for a stage-1 LLaVA output that holds only ``mm_projector.bin``;
+    `tower`: overrides the tower named by an original LLaVA-NeXT config (a directory or preset).
+    """
+    from ..model.vlm import VisionLanguageModel
+
+    directory = resolve_directory(source)
+    raw = read_raw_config(directory)
     if fovea_format.is_fovea_checkpoint(raw):
-        config, mapper = fovea_format.read_config(directory, raw), None
+        config = fovea_format.read_config(directory, raw)
+        tokenizer = _tokenizer(directory)
     elif raw.get("model_type") == hf_llava_next.MODEL_TYPE:
-        config, mapper = hf_llava_next.read_config(directory, raw), "hf"
+        config = hf_llava_next.read_config(directory, raw)
+        tokenizer = _tokenizer(directory)
+    elif llava_original.is_original(raw):
+        tokenizer = _tokenizer(directory, fallback=base or raw.get("_name_or_path"))
+        config = llava_original.read_config(directory, raw, tokenizer, tower)
     else:
         kind = raw.get("model_type") or raw.get("format") or "unknown"
-        raise CheckpointError(f"{config_file}: unsupported checkpoint layout {kind!r} (fovea, llava_next)")
-    tokenizer = _tokenizer(directory)
+        raise CheckpointError(
+            f"{directory / 'config.json'}: unsupported checkpoint layout {kind!r} (fovea, llava_next, llava_*)"
+        )
     with init_empty_weights():
         model = VisionLanguageModel(config, tokenizer)
-    key_map = (lambda k: k) if mapper is None else hf_llava_next.key_map(set(model.state_dict()))
-    plans = plan_load(model, weight_files(directory), key_map)
-    fill(model, plans, dtype, device)
+    keys = set(model.state_dict())
+    if fovea_format.is_fovea_checkpoint(raw):
+        sources = [Source(weight_files(directory), lambda k: k)]
+    elif raw.get("model_type") == hf_llava_next.MODEL_TYPE:
+        sources = [Source(weight_files(directory), hf_llava_next.key_map(keys))]
+    else:
+        sources = llava_original.sources(directory, raw, keys, model.tower.num_layers, base)
+    fill(model, plan_load(model, sources), dtype, device)
     if model.lm.config.tie_word_embeddings:
         model.lm.tie_weights()
     _check_filled(model, directory)
@@ -73,18 +101,19 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
     return model.eval()
 
 
-def _tokenizer(directory: Path):
-    has_tokenizer = any(
-        (directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
-    )
-    if not has_tokenizer:
+def _tokenizer(directory: Path, fallback: str | None = None):
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    where = directory
+    if not any((directory / n).is_file() for n in names) and fallback:
+        where = resolve_directory(fallback)
+    if not any((where / n).is_file() for n in names):
         logger.warning("%s has no tokenizer files; prepare/generate will need one", directory)
         return None
     try:
-        return AutoTokenizer.from_pretrained(str(directory))
+        return AutoTokenizer.from_pretrained(str(where))
     except (OSError, ValueError) as err:
         raise CheckpointError(
-            f"{directory}: tokenizer files cannot be loaded ({str(err).splitlines()[0]})"
+            f"{where}: tokenizer files cannot be loaded ({str(err).splitlines()[0]})"
         ) from None
 
 

@@ -4,13 +4,15 @@ Reading is two passes. The first reads only headers: every listed shard must exi
 every key the model needs must be present with the right shape — so a broken checkpoint fails
 with one line naming the file or key *before* any weight is touched (never a half-loaded model).
 The second pass fills a model built on the meta device tensor by tensor, so peak memory is the
-model once plus one tensor, not twice the model.
+model once plus one tensor, not twice the model. ``.bin`` files (older checkpoints, LLaVA's
+``mm_projector.bin``) are read with ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from torch import nn
 from ..errors import CheckpointError
 
 INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
 SINGLE = "model.safetensors"
 
 KeyMap = Callable[[str], "str | None"]
@@ -30,22 +33,76 @@ KeyMap = Callable[[str], "str | None"]
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The safetensors files of a checkpoint directory (from its index when sharded)."""
-    index = directory / INDEX
-    if index.is_file():
+    """The weight files of a checkpoint directory: safetensors (via the index when sharded), or
+    ``*.bin`` files when a checkpoint has no safetensors."""
+    for name in (INDEX, BIN_INDEX):
+        index = directory / name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise CheckpointError(f"{index}: not a valid weights index ({err})") from None
+            files = [directory / f for f in dict.fromkeys(weight_map.values())]
+            for file in files:
+                if not file.is_file():
+                    raise CheckpointError(f"{file}: shard listed in {name} is missing")
+            return files
+    # training_args.bin and optimizer states are pickles of other things: only model weights count
+    found = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
+    if not found:
+        raise CheckpointError(f"{directory}: no *.safetensors (or pytorch_model*.bin) weights found")
+    return found
+
+
+class TensorFile:
+    """One weight file, read lazily: safetensors through safe_open, ``.bin`` through
+    ``torch.load(weights_only=True, mmap=True)`` (never unpickling arbitrary objects)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._bin: dict | None = None
+
+    def __enter__(self) -> TensorFile:
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({err})") from None
-        files = [directory / name for name in dict.fromkeys(weight_map.values())]
-        for file in files:
-            if not file.is_file():
-                raise CheckpointError(f"{file}: shard listed in {INDEX} is missing")
-        return files
-    single = sorted(directory.glob("*.safetensors"))
-    if not single:
-        raise CheckpointError(f"{directory}: no *.safetensors weights found")
-    return single
+            if self.path.suffix == ".bin":
+                self._bin = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+                if not isinstance(self._bin, dict):
+                    raise CheckpointError(
+                        f"{self.path}: expected a state dict, found {type(self._bin).__name__}"
+                    )
+            else:
+                self._handle = safe_open(self.path, framework="pt")
+        except SafetensorError as err:
+            raise CheckpointError(f"{self.path}: unreadable safetensors file ({err})") from None
+        except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as err:
+            raise CheckpointError(f"{self.path}: unreadable weights file ({_first_line(err)})") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bin = None
+        self._handle = None
+
+    def keys(self) -> list[str]:
+        return list(self._bin) if self._bin is not None else list(self._handle.keys())
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._bin is not None:
+            return tuple(self._bin[key].shape)
+        return tuple(self._handle.get_slice(key).get_shape())
+
+    def get(self, key: str) -> torch.Tensor:
+        try:
+            return self._bin[key] if self._bin is not None else self._handle.get_tensor(key)
+        except SafetensorError as err:
+            raise CheckpointError(f"{self.path}: unreadable tensor {key!r} ({err})") from None
+
+
+@dataclass
+class Source:
+    """Weight files and how their keys map onto the model (several sources may fill one model)."""
+
+    files: list[Path]
+    key_map: KeyMap
 
 
 @dataclass
@@ -55,28 +112,29 @@ class _Plan:
     target: str
 
 
-def plan_load(model: nn.Module, files: list[Path], key_map: KeyMap) -> list[_Plan]:
-    """Header-only check of `files` against `model`; returns what to load from where.
+def plan_load(model: nn.Module, sources: list[Source], optional: set[str] = frozenset()) -> list[_Plan]:
+    """Header-only check of every source against `model`; returns what to load from where.
 
-    Keys that alias an earlier tensor (tied input/output embeddings) may be absent.
+    Keys that alias an earlier tensor (tied input/output embeddings) may be absent, as may
+    `optional` ones (left at their initial value by the caller's choice).
     """
     state = model.state_dict(keep_vars=True)
     expected = {name: t.shape for name, t in state.items()}
     first_of: dict[int, str] = {}
-    optional = {name for name, t in state.items() if first_of.setdefault(id(t), name) != name}
+    tied = {name for name, t in state.items() if first_of.setdefault(id(t), name) != name}
     plans, seen = [], set()
-    for file in files:
-        try:
-            with safe_open(file, framework="pt") as handle:
+    for source in sources:
+        for file in source.files:
+            with TensorFile(file) as handle:
                 for key in handle.keys():
-                    target = key_map(key)
+                    target = source.key_map(key)
                     if target is None:
                         continue
                     if target not in expected:
                         raise CheckpointError(
                             f"{file.name}: tensor {key!r} has no place in the model (as {target!r})"
                         )
-                    shape = tuple(handle.get_slice(key).get_shape())
+                    shape = handle.shape(key)
                     if shape != tuple(expected[target]):
                         raise CheckpointError(
                             f"{file.name}: tensor {key!r} has shape {list(shape)}, the model expects "
@@ -84,29 +142,24 @@ def plan_load(model: nn.Module, files: list[Path], key_map: KeyMap) -> list[_Pla
                         )
                     plans.append(_Plan(file, key, target))
                     seen.add(target)
-        except SafetensorError as err:
-            raise CheckpointError(f"{file}: unreadable safetensors file ({err})") from None
-    missing = [k for k in expected if k not in seen and k not in optional]
+    missing = [k for k in expected if k not in seen and k not in tied and k not in optional]
     if missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[0]!r}")
     return plans
 
 
 def fill(model: nn.Module, plans: list[_Plan], dtype: torch.dtype | None, device: str | torch.device) -> None:
-    """Load the planned tensors into `model` (built on the meta device), one shard at a time."""
+    """Load the planned tensors into `model` (built on the meta device), one file at a time."""
     by_file: dict[Path, list[_Plan]] = {}
     for plan in plans:
         by_file.setdefault(plan.file, []).append(plan)
     for file, items in by_file.items():
-        try:
-            with safe_open(file, framework="pt", device=str(device)) as handle:
-                for plan in items:
-                    tensor = handle.get_tensor(plan.source_key)
-                    if dtype is not None and tensor.is_floating_point():
-                        tensor = tensor.to(dtype)
-                    _assign(model, plan.target, tensor)
-        except SafetensorError as err:
-            raise CheckpointError(f"{file}: unreadable safetensors file ({err})") from None
+        with TensorFile(file) as handle:
+            for plan in items:
+                tensor = handle.get(plan.source_key)
+                if dtype is not None and tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                _assign(model, plan.target, tensor.to(device))
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -117,6 +170,11 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         setattr(module, attr, nn.Parameter(tensor, requires_grad=old.requires_grad))
     else:
         module._buffers[attr] = tensor
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def save_state(state: dict[str, torch.Tensor], directory: Path, max_shard_size: int) -> None:

@@ -32,6 +32,8 @@ class VLMConfig:
     template: str | None = None
     """Default chat template for ``generate``/``chat`` (None: text is used as given)."""
     attn_implementation: str = "sdpa"
+    max_length: int | None = None
+    """Longest prompt in tokens, visual tokens included (None: the LM's own limit only)."""
 
     def __post_init__(self) -> None:
         if "model_type" not in self.lm:

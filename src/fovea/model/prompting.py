@@ -56,8 +56,13 @@ class PromptMixin:
         for prompt, imgs in zip(batch, per_prompt):
             processed = self.processor(list(imgs))
             rendered = self.render_prompt(prompt, len(imgs), template)
-            ids = self.tokenizer(rendered, add_special_tokens=template is None)["input_ids"]
+            ids = self._tokenize(rendered, add_special_tokens=template is None)
             rows.append(self._expand_placeholders(ids, processed.layouts))
+            limit = self.config.max_length
+            if limit is not None and len(rows[-1]) > limit:
+                raise ConfigError(
+                    f"the prompt is {len(rows[-1])} tokens with its images, over the model's max_length of {limit}"
+                )
             if imgs:
                 all_pixels.append(processed.pixels)
                 layouts.extend(processed.layouts)
@@ -68,6 +73,27 @@ class PromptMixin:
             "pixel_values": torch.cat(all_pixels) if all_pixels else None,
             "image_layouts": layouts or None,
         }
+
+    def _tokenize(self: VisionLanguageModel, text: str, add_special_tokens: bool) -> list[int]:
+        """Token ids with one image id per image tag.
+
+        When the tokenizer has the tag as a token, the text is tokenized whole. Otherwise (original
+        LLaVA checkpoints, placeholder id -200) the text is split at the tags and the pieces are
+        tokenized alone, a BOS kept only at the very start — as LLaVA's tokenizer_image_token does.
+        """
+        tag, image_id = self.config.image_token, self.config.image_token_id
+        if image_id >= 0:
+            return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        ids: list[int] = []
+        for i, piece in enumerate(text.split(tag)):
+            chunk = self.tokenizer(piece, add_special_tokens=add_special_tokens)["input_ids"]
+            if i > 0:
+                ids.append(image_id)
+                if add_special_tokens and bos is not None and chunk[:1] == [bos]:
+                    chunk = chunk[1:]
+            ids.extend(chunk)
+        return ids
 
     def _expand_placeholders(self: VisionLanguageModel, ids: list[int], layouts: list) -> list[int]:
         image_id = self.config.image_token_id

@@ -95,8 +95,10 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         image_layouts: list[ImageLayout] | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) + images -> input embeddings (B, T, D) with visual tokens merged."""
-        embeds = self.lm.get_input_embeddings()(input_ids)
         mask = input_ids == self.config.image_token_id
+        # The placeholder may lie outside the vocabulary (LLaVA's -200): look up a real id there;
+        # those rows are overwritten by visual tokens anyway.
+        embeds = self.lm.get_input_embeddings()(input_ids.masked_fill(mask, 0))
         if pixel_values is None or not image_layouts:
             if mask.any():
                 raise ValueError(

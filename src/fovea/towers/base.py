@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,23 @@ class VisionTower(nn.Module):
         except OSError as err:
             raise ConfigError(f"tower weights {source!r}: {str(err).splitlines()[0]}") from None
         return cls(config, model)
+
+    def load_weights(self, path: str | Path) -> None:
+        """Fill the tower from a weights file in any published form (see towers/weights.py);
+        every tensor must fit, and every tower tensor must be given."""
+        from .weights import tower_state
+
+        keys = set(self.model.state_dict())
+        state = tower_state(Path(path), keys)
+        unknown = sorted(set(state) - keys)
+        missing = sorted(keys - set(state))
+        if unknown or missing:
+            what = f"unexpected {unknown[0]!r}" if unknown else f"missing {missing[0]!r}"
+            raise CheckpointError(f"{path}: does not fit the {self.config.model_type} tower ({what})")
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: {str(err).splitlines()[-1].strip()}") from None
 
 
 def _as_int(value) -> int:

@@ -131,10 +131,20 @@ def resolve_tower(spec: str) -> TowerPreset:
     raise AssertionError("unreachable")
 
 
-def build_tower(spec: str, pretrained: bool = False) -> tuple[VisionTower, dict]:
-    """(tower, image defaults) for a preset/hub id/directory; weights only when `pretrained`."""
+def build_tower(
+    spec: str, pretrained: bool = False, weights: str | Path | None = None
+) -> tuple[VisionTower, dict]:
+    """(tower, image defaults) for a preset/hub id/directory.
+
+    Weights: from `weights` (a file in any published form, e.g. DeepGlint's original MLCD state
+    dict) when given; else the published ones when `pretrained`; else random.
+    """
     preset = resolve_tower(spec)
     config = preset.tower_config()
+    if weights is not None:
+        tower = VisionTower(config)
+        tower.load_weights(weights)
+        return tower, preset.image
     if pretrained:
         source = spec if Path(spec).is_dir() else preset.hub_id
         if source is None:

@@ -1,0 +1,237 @@
+"""Read checkpoints in the original LLaVA-NeXT layout (``llava_qwen``, ``llava_llama``,
+``llava_mistral``, and ``llava`` as OneVision/LLaVA-1.6 releases are edited for serving).
+
+Config: the LM's own fields at the top level plus ``mm_*`` fields; the LM type comes from the
+declared ``model_type``, or for ``llava`` from ``architectures``. The tower comes from
+``mm_vision_tower`` (a known hub id resolves offline to its preset, or a local directory);
+its weights are inside the checkpoint (``model.vision_tower.vision_tower.*``), or in that
+directory. LLaVA-NeXT reads ``image_grid_pinpoints`` lists as (width, height): they are swapped
+into fovea's (height, width) here. SigLIP towers run as LLaVA-NeXT runs them: last block
+removed, no pooling head, last hidden state. Stage-1 outputs (``mm_projector.bin`` only) load on
+top of their base LM (``_name_or_path``, or ``base=``).
+
+The tokenizer of these checkpoints has no ``<image>`` token: prompts are split at the tag and
+LLaVA's placeholder id -200 goes between the pieces, as ``tokenizer_image_token`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from ..connectors.connector import ConnectorConfig
+from ..errors import CheckpointError, ConfigError
+from ..imaging.processor import ImageConfig
+from ..towers.base import TowerConfig
+from ..towers.presets import resolve_tower
+from .weights import KeyMap, Source, weight_files
+
+IMAGE_TOKEN_INDEX = -200
+LM_TYPES = {"llava_qwen": "qwen2", "llava_llama": "llama", "llava_mistral": "mistral"}
+ARCHITECTURES = {
+    "LlavaQwenForCausalLM": "qwen2",
+    "LlavaLlamaForCausalLM": "llama",
+    "LlavaMistralForCausalLM": "mistral",
+}
+_PROJECTORS = re.compile(r"^(linear|identity|mlp\d+x_gelu)$")
+_MERGES = ("flat", "spatial", "spatial_unpad")
+
+
+def is_original(raw: dict) -> bool:
+    return raw.get("model_type") in LM_TYPES or (
+        raw.get("model_type") == "llava" and "mm_vision_tower" in raw
+    )
+
+
+def lm_type(raw: dict, where: Path) -> str:
+    if raw.get("model_type") in LM_TYPES:
+        return LM_TYPES[raw["model_type"]]
+    for arch in raw.get("architectures") or []:
+        if arch in ARCHITECTURES:
+            return ARCHITECTURES[arch]
+    raise CheckpointError(
+        f"{where}: cannot tell the language model: architectures {raw.get('architectures')}"
+    )
+
+
+def lm_fields(raw: dict, kind: str) -> dict:
+    """The LM's own config fields (the ``mm_*`` and training fields are dropped)."""
+    known = set(AutoConfig.for_model(kind).to_dict())
+    return {"model_type": kind, **{k: v for k, v in raw.items() if k in known and k != "model_type"}}
+
+
+def tower_spec(raw: dict, where: Path, override: str | None) -> tuple[TowerConfig, dict, str]:
+    """(tower config as LLaVA-NeXT runs it, image defaults, where its weights live)."""
+    name = override or raw.get("mm_vision_tower") or raw.get("vision_tower")
+    if not name:
+        raise CheckpointError(f"{where}: no mm_vision_tower field")
+    try:
+        preset = resolve_tower(name)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"{where}: mm_vision_tower {name!r} is neither a known tower nor a local directory ({err})"
+        ) from None
+    hf = dict(preset.tower["hf_config"])
+    if hf["model_type"] == "siglip_vision_model":
+        hf.update(num_hidden_layers=hf["num_hidden_layers"] - 1, vision_use_head=False)
+    return TowerConfig(hf_config=hf), preset.image, name
+
+
+def connector_spec(raw: dict, tower: TowerConfig, where: Path) -> ConnectorConfig:
+    layer = int(raw.get("mm_vision_select_layer", -1))
+    feature = raw.get("mm_vision_select_feature", "patch")
+    hidden = tower.hf_config["num_hidden_layers"] + 1
+    if tower.model_type == "siglip_vision_model":
+        layers = [-1]  # LLaVA-NeXT's SigLIP tower ignores the select layer
+    elif feature.startswith("slicefour_"):
+        step = hidden // 4
+        layers = list(range(step + layer, hidden, step))
+    elif feature.startswith("slice_m25811_f6_"):
+        layers = [-2, -5, -8, -11, 6]
+    else:
+        layers = [layer]
+    kind = feature.removeprefix("slicefour_").removeprefix("slice_m25811_f6_")
+    if kind not in ("patch", "cls_patch"):
+        raise CheckpointError(f"{where}: unsupported mm_vision_select_feature {feature!r}")
+    projector = raw.get("mm_projector_type", "linear")
+    if not _PROJECTORS.match(projector):
+        raise CheckpointError(
+            f"{where}: unsupported mm_projector_type {projector!r} (linear, mlpNx_gelu, identity)"
+        )
+    keep_cls = kind == "cls_patch" and tower.cls_token
+    return ConnectorConfig(layers=layers, keep_cls=keep_cls, projector=projector)
+
+
+def image_spec(raw: dict, defaults: dict, where: Path) -> tuple[ImageConfig, str]:
+    mode = raw.get("image_aspect_ratio") or "square"
+    merge = raw.get("mm_patch_merge_type") or "flat"
+    if merge not in _MERGES:
+        raise CheckpointError(f"{where}: unsupported mm_patch_merge_type {merge!r} ({', '.join(_MERGES)})")
+    pinpoints = raw.get("image_grid_pinpoints")
+    if isinstance(pinpoints, list):
+        pinpoints = [[int(h), int(w)] for w, h in pinpoints]  # LLaVA-NeXT lists are (width, height)
+    try:
+        image = ImageConfig(
+            **defaults, mode=mode, grid_pinpoints=pinpoints if mode.startswith("anyres") else None
+        )
+    except ValueError as err:
+        raise CheckpointError(f"{where}: image settings: {err}") from None
+    return image, merge
+
+
+def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | None = None):
+    from ..model.config import VLMConfig
+
+    where = directory / "config.json"
+    kind = lm_type(raw, where)
+    tower, image_defaults, _ = tower_spec(raw, where, tower_override)
+    connector = connector_spec(raw, tower, where)
+    image, merge = image_spec(raw, image_defaults, where)
+    width = tower.hf_config["hidden_size"] * len(connector.layers)
+    if raw.get("mm_hidden_size") not in (None, width, tower.hf_config["hidden_size"]):
+        raise CheckpointError(
+            f"{where}: mm_hidden_size {raw['mm_hidden_size']} does not fit the tower (width {width})"
+        )
+    token_id = IMAGE_TOKEN_INDEX
+    if tokenizer is not None and "<image>" in tokenizer.get_vocab():
+        token_id = tokenizer.convert_tokens_to_ids("<image>")
+    return VLMConfig(
+        tower=tower,
+        connector=connector,
+        lm=lm_fields(raw, kind),
+        image=image,
+        image_token_id=token_id,
+        merge=merge,
+        newline=merge == "spatial_unpad",
+        max_length=raw.get("tokenizer_model_max_length"),
+    )
+
+
+def key_map(model_keys: set[str], tower_layers: int) -> KeyMap:
+    """Original checkpoint key -> fovea key."""
+
+    def mapped(key: str) -> str | None:
+        if key.startswith("model.vision_tower.vision_tower."):
+            return tower_key(key.removeprefix("model.vision_tower.vision_tower."), model_keys, tower_layers)
+        if key.startswith("model.mm_projector."):
+            return "connector.projector." + key.removeprefix("model.mm_projector.")
+        if key == "model.image_newline":
+            return "image_newline"
+        if key.startswith("model.vision_resampler."):
+            raise CheckpointError(f"vision resamplers are not supported ({key})")
+        if key.endswith(".inv_freq"):
+            return None
+        if key.startswith("model."):
+            return "lm." + key
+        if key.startswith("lm_head."):
+            return "lm." + key
+        return key
+
+    return mapped
+
+
+_LAYER = re.compile(r"encoder\.layers\.(\d+)\.")
+
+
+def tower_key(rest: str, model_keys: set[str], tower_layers: int) -> str | None:
+    """A tower key (transformers naming, with or without ``vision_model.``) -> fovea key; None for
+    parts LLaVA-NeXT does not run (SigLIP's removed last block and pooling head, text towers)."""
+    rest = rest if f"tower.model.{rest}" in model_keys else rest.removeprefix("vision_model.")
+    layer = _LAYER.search(rest)
+    if layer and int(layer.group(1)) >= tower_layers:
+        return None
+    if rest.startswith(("head.", "text_model.", "text_projection", "visual_projection", "logit_")):
+        return None
+    if rest.endswith("position_ids") and f"tower.model.{rest}" not in model_keys:
+        return None
+    return f"tower.model.{rest}"
+
+
+def sources(
+    directory: Path, raw: dict, model_keys: set[str], tower_layers: int, base: str | None
+) -> list[Source]:
+    """Where every part's weights come from: the checkpoint, and for what it lacks, the tower
+    directory and (stage-1 outputs) the base LM."""
+    from .loader import resolve_directory
+
+    own = _own_files(directory)
+    found = [Source(own, key_map(model_keys, tower_layers))] if own else []
+    keys = _keys_of(own)
+    if not any(k.startswith("model.vision_tower.") for k in keys):
+        tower_dir = resolve_directory(raw.get("mm_vision_tower") or raw.get("vision_tower"))
+        found.append(Source(weight_files(tower_dir), _tower_prefix_map(model_keys, tower_layers)))
+    if not any(k.startswith("model.layers.") for k in keys):
+        base_name = base or raw.get("_name_or_path")
+        if not base_name or Path(base_name).resolve() == directory.resolve():
+            raise CheckpointError(
+                f"{directory}: holds no language-model weights; pass base=DIR of the base LM"
+            )
+        found.append(Source(weight_files(resolve_directory(base_name)), key_map(model_keys, tower_layers)))
+    return found
+
+
+def _own_files(directory: Path) -> list[Path]:
+    projector = directory / "mm_projector.bin"
+    try:
+        files = weight_files(directory)
+    except CheckpointError:
+        files = []
+    if projector.is_file() and projector not in files:
+        files.append(projector)
+    return files
+
+
+def _keys_of(files: list[Path]) -> set[str]:
+    from .weights import TensorFile
+
+    keys: set[str] = set()
+    for file in files:
+        with TensorFile(file) as handle:
+            keys.update(handle.keys())
+    return keys
+
+
+def _tower_prefix_map(model_keys: set[str], tower_layers: int) -> KeyMap:
+    return lambda key: tower_key(key, model_keys, tower_layers)
