@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fovea {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_extract(sub)
+    _add_convert(sub)
     _add_list(sub)
     return parser
 
@@ -82,6 +83,11 @@ def _add_extract(sub) -> None:
         action="store_true",
         help="build the tower's architecture with random weights (no download; for trying things offline)",
     )
+    p.add_argument(
+        "--weights",
+        help="tower weights file in any published form (e.g. DeepGlint's original MLCD RoPE2D .pt); "
+        "TOWER then only gives the architecture",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_extract)
@@ -98,6 +104,7 @@ def _run_extract(args) -> int:
         args.tower,
         args.images,
         pretrained=not args.random_weights,
+        weights=args.weights,
         device=args.device,
         layer=args.layer,
         pool=args.pool,
@@ -115,6 +122,77 @@ def _run_extract(args) -> int:
 
 def _shapes(shapes: list[tuple]) -> str:
     return "of shape " + ", ".join("x".join(map(str, s)) for s in shapes) if shapes else ""
+
+
+# -- convert -----------------------------------------------------------------------------------
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint to transformers' LlavaNext format or to fovea's format",
+        description=(
+            "Read SRC in any layout fovea loads (fovea, transformers LlavaNext, original LLaVA-NeXT llava_*, "
+            "stage-1 mm_projector.bin with --base) and write DST. `--to hf` gives a directory that "
+            "transformers' LlavaNextForConditionalGeneration + AutoProcessor (and so vLLM/SGLang) load; "
+            "parts LlavaNext cannot express are refused by name. Conversion streams shard by shard."
+        ),
+        epilog="example: fovea convert DeepGlint-AI/llava-mlcd-qwen2.5-7b ./llava-mlcd-hf --to hf --dtype bf16",
+    )
+    p.add_argument("source", metavar="SRC", help="checkpoint directory or hub id")
+    p.add_argument("destination", metavar="DST", help="output directory (must be new or empty)")
+    p.add_argument("--to", choices=["hf", "fovea"], default="hf", help="output format (default: %(default)s)")
+    p.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], help="cast floating-point weights (default: keep)"
+    )
+    p.add_argument(
+        "--max-shard-size", default="2GB", help="largest output shard, e.g. 500MB, 2GB (default: %(default)s)"
+    )
+    p.add_argument("--base", help="base LM directory or hub id for a stage-1 output (mm_projector.bin only)")
+    p.add_argument(
+        "--tower", help="tower directory or preset overriding an original config's mm_vision_tower"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it is not empty")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    import torch
+
+    from .checkpoints.export import convert
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    report = convert(
+        args.source,
+        args.destination,
+        to=args.to,
+        dtype=dtype,
+        max_shard_size=_parse_size(args.max_shard_size),
+        base=args.base,
+        tower=args.tower,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    size = report.bytes / 2**30
+    print(
+        f"wrote {report.tensors} tensors ({size:.2f} GiB) in {report.shards} shard(s) to {report.destination}"
+    )
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _parse_size(text: str) -> int:
+    units = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    upper = text.strip().upper()
+    for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if upper.endswith(unit):
+            try:
+                return int(float(upper[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise _user_error(f"--max-shard-size {text!r}: expected a size like 500MB or 2GB")
 
 
 # -- list --------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ def extract_features(
     batch_size: int = 16,
     skip_bad: bool = False,
     pretrained: bool = True,
+    weights: str | Path | None = None,
     device: str | torch.device = "cpu",
     out: str | Path | None = None,
     progress: bool = False,
@@ -78,7 +79,7 @@ def extract_features(
     """Features of `images` from `tower` (a preset name, hub id, tower directory or a built tower)."""
     if isinstance(tower, str):
         name = tower
-        tower, defaults = build_tower(tower, pretrained=pretrained)
+        tower, defaults = build_tower(tower, pretrained=pretrained, weights=weights)
         image_config = image_config or ImageConfig(**defaults)
     else:
         name = tower.config.weights or tower.config.model_type

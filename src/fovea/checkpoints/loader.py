@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import init_empty_weights
@@ -20,6 +22,9 @@ from transformers import AutoTokenizer
 from ..errors import CheckpointError
 from . import fovea_format, hf_llava_next, llava_original
 from .weights import Source, fill, plan_load, weight_files
+
+if TYPE_CHECKING:
+    from ..model.config import VLMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,51 @@ def read_raw_config(directory: Path) -> dict:
         raise CheckpointError(f"{config_file}: not valid JSON ({err})") from None
 
 
+@dataclass
+class Opened:
+    """A checkpoint's config and tokenizer, with where each part's weights are (nothing loaded)."""
+
+    directory: Path
+    raw: dict
+    config: VLMConfig
+    tokenizer: object
+    base: str | None = None
+
+    def sources(self, model) -> list[Source]:
+        keys = set(model.state_dict())
+        if fovea_format.is_fovea_checkpoint(self.raw):
+            return [Source(weight_files(self.directory), lambda k: k)]
+        if self.raw.get("model_type") == hf_llava_next.MODEL_TYPE:
+            return [Source(weight_files(self.directory), hf_llava_next.key_map(keys))]
+        return llava_original.sources(self.directory, self.raw, keys, model.tower.num_layers, self.base)
+
+    def skeleton(self):
+        """The model on the meta device: every name and shape, no memory."""
+        from ..model.vlm import VisionLanguageModel
+
+        with init_empty_weights():
+            return VisionLanguageModel(self.config, self.tokenizer)
+
+
+def open_checkpoint(source: str | Path, *, base: str | None = None, tower: str | None = None) -> Opened:
+    """Read a checkpoint's config and tokenizer in any supported layout (see `load`)."""
+    directory = resolve_directory(source)
+    raw = read_raw_config(directory)
+    if fovea_format.is_fovea_checkpoint(raw):
+        config, tokenizer = fovea_format.read_config(directory, raw), _tokenizer(directory)
+    elif raw.get("model_type") == hf_llava_next.MODEL_TYPE:
+        config, tokenizer = hf_llava_next.read_config(directory, raw), _tokenizer(directory)
+    elif llava_original.is_original(raw):
+        tokenizer = _tokenizer(directory, fallback=base or raw.get("_name_or_path"))
+        config = llava_original.read_config(directory, raw, tokenizer, tower)
+    else:
+        kind = raw.get("model_type") or raw.get("format") or "unknown"
+        raise CheckpointError(
+            f"{directory / 'config.json'}: unsupported checkpoint layout {kind!r} (fovea, llava_next, llava_*)"
+        )
+    return Opened(directory, raw, config, tokenizer, base)
+
+
 def load(
     source: str | Path,
     *,
@@ -66,37 +116,12 @@ def load(
     `base`: the base LM for a stage-1 LLaVA output that holds only ``mm_projector.bin``;
     `tower`: overrides the tower named by an original LLaVA-NeXT config (a directory or preset).
     """
-    from ..model.vlm import VisionLanguageModel
-
-    directory = resolve_directory(source)
-    raw = read_raw_config(directory)
-    if fovea_format.is_fovea_checkpoint(raw):
-        config = fovea_format.read_config(directory, raw)
-        tokenizer = _tokenizer(directory)
-    elif raw.get("model_type") == hf_llava_next.MODEL_TYPE:
-        config = hf_llava_next.read_config(directory, raw)
-        tokenizer = _tokenizer(directory)
-    elif llava_original.is_original(raw):
-        tokenizer = _tokenizer(directory, fallback=base or raw.get("_name_or_path"))
-        config = llava_original.read_config(directory, raw, tokenizer, tower)
-    else:
-        kind = raw.get("model_type") or raw.get("format") or "unknown"
-        raise CheckpointError(
-            f"{directory / 'config.json'}: unsupported checkpoint layout {kind!r} (fovea, llava_next, llava_*)"
-        )
-    with init_empty_weights():
-        model = VisionLanguageModel(config, tokenizer)
-    keys = set(model.state_dict())
-    if fovea_format.is_fovea_checkpoint(raw):
-        sources = [Source(weight_files(directory), lambda k: k)]
-    elif raw.get("model_type") == hf_llava_next.MODEL_TYPE:
-        sources = [Source(weight_files(directory), hf_llava_next.key_map(keys))]
-    else:
-        sources = llava_original.sources(directory, raw, keys, model.tower.num_layers, base)
-    fill(model, plan_load(model, sources), dtype, device)
+    opened = open_checkpoint(source, base=base, tower=tower)
+    model = opened.skeleton()
+    fill(model, plan_load(model, opened.sources(model)), dtype, device)
     if model.lm.config.tie_word_embeddings:
         model.lm.tie_weights()
-    _check_filled(model, directory)
+    _check_filled(model, opened.directory)
     model.to(device)
     return model.eval()
 

@@ -1,0 +1,149 @@
+"""`fovea convert`: exports load in transformers and agree with fovea on the source.
+
+Sources: fovea's tiny model (tokenizer with <image>) and an original LLaVA-NeXT checkpoint
+(tokenizer without <image>, so the export adds it). Each export is loaded with transformers'
+LlavaNextForConditionalGeneration + AutoProcessor; last-position logits (over the source
+vocabulary) and greedy text must match fovea on the source, and the exported chat template must
+render what fovea's template renders.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+import fovea
+from fovea.checkpoints.export import convert
+from fovea.cli import main
+from fovea.errors import ConfigError
+from fovea.tiny import tiny_vlm
+from llava_layouts import write_original
+from test_llava_original import PINPOINTS, _reference_next, _tower_dir, _vision
+
+
+def _images():
+    rng = np.random.default_rng(9)
+    return [Image.fromarray((rng.random(s + (3,)) * 255).astype("uint8")) for s in [(30, 70), (64, 40)]]
+
+
+def _agree(source_model, export_dir, template):
+    hf = LlavaNextForConditionalGeneration.from_pretrained(export_dir).eval()
+    processor = AutoProcessor.from_pretrained(export_dir)
+    images = _images()
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare."}],
+        }
+    ]
+    if template:
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        assert text == source_model.render_prompt("<image>\n<image>\nCompare.", 2, template)
+    else:
+        text = "<image>\n<image>\nCompare."
+    ref = processor(images=images, text=text, return_tensors="pt")
+    vocab = source_model.lm.config.vocab_size
+    with torch.no_grad():
+        expected = hf(**ref).logits[0, -1, :vocab]
+        got = source_model(
+            **source_model.prepare("<image>\n<image>\nCompare.", images=images, template=template)
+        )
+    assert (got.logits[0, -1] - expected).abs().max().item() < 1e-4
+    eos = processor.tokenizer.eos_token_id
+    with torch.no_grad():
+        out = hf.generate(**ref, max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+    answer = processor.tokenizer.decode(out[0, ref["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert (
+        source_model.generate(
+            "<image>\n<image>\nCompare.", images=images, template=template, max_new_tokens=8
+        )
+        == answer
+    )
+
+
+def test_fovea_model_exports_to_transformers(tmp_path, capsys):
+    model = tiny_vlm(grid_pinpoints=[[28, 56], [56, 84], [84, 28]], template="qwen_1_5")
+    model.save_pretrained(tmp_path / "src")
+    code = main(
+        ["convert", str(tmp_path / "src"), str(tmp_path / "hf"), "--quiet", "--max-shard-size", "30KB"]
+    )
+    assert code == 0 and "shard(s)" in capsys.readouterr().out
+    assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 1
+    _agree(model, tmp_path / "hf", "qwen_1_5")
+
+
+def test_original_checkpoint_exports_and_gains_an_image_token(tmp_path):
+    tower = _tower_dir(tmp_path / "tower", "mlcd", _vision("mlcd"))
+    reference, _ = _reference_next("mlcd", tower)
+    source = write_original(reference, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
+    # The original vocabulary has exactly one spare row (like Qwen2.5's padding); drop it, so the
+    # export must grow the vocabulary for <image>.
+    report = convert(source, tmp_path / "hf")
+    assert report.tensors > 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["image_token_index"] == 320 and config["image_grid_pinpoints"] == PINPOINTS
+    _agree(fovea.load(source), tmp_path / "hf", None)
+
+
+def test_vocabulary_without_a_free_row_grows(tmp_path):
+    """Vicuna-style: the vocabulary is exactly the tokenizer's, so <image> needs a new row."""
+    from transformers import LlavaNextConfig
+
+    tower = _tower_dir(tmp_path / "tower", "clip", _vision("clip"))
+    reference, _ = _reference_next("clip", tower)
+    config = reference.config.to_dict()
+    config["text_config"]["vocab_size"] = 320
+    small = LlavaNextForConditionalGeneration(LlavaNextConfig(**config)).eval()
+    small.load_state_dict(
+        {k: v[:320] if v.shape[:1] == (321,) else v for k, v in reference.state_dict().items()}
+    )
+    source = write_original(small, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
+    convert(source, tmp_path / "hf")
+    exported = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert exported["text_config"]["vocab_size"] == 384 and exported["image_token_index"] == 320
+    hf = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    ours = fovea.load(source)
+    images = _images()[:1]
+    ref = processor(images=images, text="<image>\nHi", return_tensors="pt")
+    with torch.no_grad():
+        expected = hf(**ref).logits[0, -1]
+        got = ours(**ours.prepare("<image>\nHi", images=images)).logits[0, -1]
+    assert (got - expected[:320]).abs().max().item() < 1e-4
+    assert torch.all(expected[320:] == 0)  # new output rows are zero: no existing logit moved
+
+
+def test_round_trip_through_fovea_format(tmp_path):
+    tower = _tower_dir(tmp_path / "tower", "clip", _vision("clip"))
+    reference, _ = _reference_next("clip", tower)
+    source = write_original(reference, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
+    convert(source, tmp_path / "fv", to="fovea", dtype=torch.bfloat16)
+    a, b = fovea.load(source, dtype=torch.bfloat16), fovea.load(tmp_path / "fv")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"projector": "linear"}, "projector 'linear'"),
+        ({"mode": "square"}, "image mode 'square'"),
+    ],
+)
+def test_inexpressible_exports_are_refused_by_name(tmp_path, change, message, capsys):
+    from fovea.model.vlm import VisionLanguageModel
+
+    model = tiny_vlm(mode=change.get("mode", "anyres"))
+    if "projector" in change:
+        model.config.connector.projector = change["projector"]
+        model = VisionLanguageModel(model.config, model.tokenizer)
+    model.save_pretrained(tmp_path / "src")
+    with pytest.raises(ConfigError, match=message):
+        convert(tmp_path / "src", tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "hf2"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "hf.partial").exists()
