@@ -75,7 +75,7 @@ def _tower_dir(path, kind: str, vision: dict):
     return tower
 
 
-def _reference_next(kind: str, tower, layers=-2, pinpoints=PINPOINTS):
+def _reference_next(kind: str, tower, layers=-2, pinpoints=PINPOINTS, lm_type="qwen2"):
     """transformers LlavaNext whose tower is `tower` (SigLIP: run as LLaVA-NeXT does, last block cut)."""
     tokenizer = tiny_tokenizer()
     vision = tower.config.to_dict()
@@ -85,7 +85,7 @@ def _reference_next(kind: str, tower, layers=-2, pinpoints=PINPOINTS):
         layers = -1
     config = LlavaNextConfig(
         vision_config=vision,
-        text_config=tiny_lm_config(len(tokenizer)),
+        text_config=tiny_lm_config(len(tokenizer), lm_type),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=layers,
         vision_feature_select_strategy="full" if siglip else "default",
@@ -186,7 +186,7 @@ def test_range_pinpoints_and_slicefour(tmp_path):
     _compare(ours, reference, processor)
 
 
-def _reference_llava(tower):
+def _reference_llava(tower, strategy="default"):
     """transformers Llava (LLaVA-1.5 style: square crop, flat tokens, no newline)."""
     tokenizer = tiny_tokenizer()
     config = LlavaConfig(
@@ -194,6 +194,7 @@ def _reference_llava(tower):
         text_config=tiny_lm_config(len(tokenizer)),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,
+        vision_feature_select_strategy=strategy,
     )
     model = LlavaForConditionalGeneration(config).eval()
     _randomise(model)
@@ -203,7 +204,7 @@ def _reference_llava(tower):
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=14,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=strategy,
         num_additional_image_tokens=1,
     )
     return model, processor
@@ -222,6 +223,53 @@ def test_square_flat_checkpoint_matches_transformers_llava(tmp_path):
         tower_inside=False,
     )
     _compare(fovea.load(tmp_path / "ck"), reference, processor)
+
+
+def test_llama_lm_checkpoint(tmp_path):
+    tower = _tower_dir(tmp_path / "tower", "clip", _vision("clip"))
+    reference, processor = _reference_next("clip", tower, lm_type="llama")
+    write_original(
+        reference,
+        tmp_path / "ck",
+        tower_dir=tmp_path / "tower",
+        pinpoints_hw=PINPOINTS,
+        model_type="llava_llama",
+    )
+    ours = fovea.load(tmp_path / "ck")
+    assert ours.lm.config.model_type == "llama"
+    _compare(ours, reference, processor)
+
+
+def test_cls_patch_keeps_the_cls_token(tmp_path):
+    tower = _tower_dir(tmp_path / "tower", "clip", _vision("clip"))
+    reference, processor = _reference_llava(tower, strategy="full")
+    write_original(
+        reference,
+        tmp_path / "ck",
+        tower_dir=tmp_path / "tower",
+        pinpoints_hw=None,
+        aspect="square",
+        merge="flat",
+        select_feature="cls_patch",
+        tower_inside=False,
+    )
+    ours = fovea.load(tmp_path / "ck")
+    assert ours.config.connector.keep_cls
+    _compare(ours, reference, processor)
+
+
+def test_max_length_counts_visual_tokens(tmp_path):
+    tower = _tower_dir(tmp_path / "tower", "clip", _vision("clip"))
+    reference, _ = _reference_next("clip", tower)
+    write_original(reference, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
+    ours = fovea.load(tmp_path / "ck")
+    assert ours.config.max_length == 8192
+    ours.config.max_length = 40
+    with pytest.raises(
+        fovea.ConfigError,
+        match=r"the prompt is \d+ tokens with its images, over the model's max_length of 40",
+    ):
+        ours.prepare("<image>\nHi", images=_images()[:1])
 
 
 def test_stage1_projector_on_a_base_lm(tmp_path):
