@@ -318,3 +318,89 @@ def test_bad_original_configs_are_one_line(tmp_path):
         (ck / "config.json").write_text(json.dumps({**raw, field: value}))
         with pytest.raises(CheckpointError, match=message):
             fovea.load(ck)
+
+
+def test_tower_named_by_hub_id_builds_offline(tmp_path):
+    """mm_vision_tower is a hub id with no network: its preset gives the architecture, the
+    checkpoint holds the weights (the socket guard would fail any download)."""
+    import json
+
+    from fovea.towers.presets import TOWER_PRESETS, TowerPreset
+
+    tower = _tower_dir(tmp_path / "tower", "mlcd", _vision("mlcd"))
+    hub_id = "fovea-tests/tiny-mlcd-vit-56"
+    if hub_id not in [TOWER_PRESETS.get(n).hub_id for n in TOWER_PRESETS]:
+        image = {
+            "size": 56,
+            "mean": CLIP_MEAN,
+            "std": CLIP_STD,
+            "resample": "bicubic",
+            "resize": "shortest_edge_crop",
+        }
+        TOWER_PRESETS.add("test-tiny-mlcd-56", TowerPreset({"hf_config": _vision("mlcd")}, image, hub_id))
+    reference, processor = _reference_next("mlcd", tower)
+    ck = write_original(reference, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
+    raw = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({**raw, "mm_vision_tower": hub_id}))
+    _compare(fovea.load(ck), reference, processor)
+
+
+def test_onevision_style_checkpoint_matches_transformers_onevision(tmp_path):
+    """llava + SigLIP (last block cut) + range pinpoints + anyres_max_N, as LLaVA-OneVision ships,
+    against transformers' LlavaOnevision, which implements anyres_max itself. Its processor needs
+    torchvision (absent here), so transformers' image processor makes the pixels and transformers'
+    model checks our placeholder count (it raises when tokens and packed features differ)."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tower = _tower_dir(tmp_path / "tower", "siglip", _vision("siglip"))
+    tokenizer = tiny_tokenizer()
+    vision = {**tower.config.to_dict(), "num_hidden_layers": 2, "vision_use_head": False}
+    pinpoints = [[h * 56, w * 56] for w in (1, 2, 3) for h in (1, 2, 3)]
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=tiny_lm_config(len(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_1",
+        image_grid_pinpoints=pinpoints,
+    )
+    reference = LlavaOnevisionForConditionalGeneration(config).eval()
+    _randomise(reference)
+    own = reference.model.vision_tower.state_dict()
+    reference.model.vision_tower.load_state_dict({k: v for k, v in tower.state_dict().items() if k in own})
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 56, "width": 56},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        image_grid_pinpoints=pinpoints,
+    )
+    ck = write_original(
+        reference,
+        tmp_path / "ck",
+        tower_dir=tmp_path / "tower",
+        pinpoints_hw="(1x1),...,(3x3)",
+        aspect="anyres_max_1",
+        model_type="llava",
+    )
+    ours = fovea.load(ck)
+    image = Image.fromarray((np.random.default_rng(3).random((150, 170, 3)) * 255).astype("uint8"))
+    pixels = image_processor(images=[image], return_tensors="pt")
+    inputs = ours.prepare("<image>\nWhat is it?", images=[image])
+    n = inputs["pixel_values"].shape[0]
+    assert (inputs["pixel_values"] - pixels["pixel_values"][0, :n]).abs().max() < 1e-5
+    ids = inputs["input_ids"].clone()
+    ids[ids == -200] = tokenizer.convert_tokens_to_ids("<image>")
+    with torch.no_grad():
+        expected = reference(
+            input_ids=ids,
+            pixel_values=pixels["pixel_values"],
+            image_sizes=pixels["image_sizes"],
+            batch_num_images=torch.tensor([1]),
+        ).logits[0, -1]
+        assert (ours(**inputs).logits[0, -1] - expected).abs().max().item() < 1e-4
+    full = ours.num_image_tokens(ours.processor.layout((150, 170), "anyres"))
+    assert full > ours.num_image_tokens(inputs["image_layouts"][0])  # anyres_max_1 did shrink the grid
