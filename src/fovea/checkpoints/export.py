@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from .jinja import chat_template
 from .loader import open_checkpoint
-from .weights import INDEX, TensorFile, plan_load
+from .weights import INDEX, plan_load, read_planned
 
 logger = logging.getLogger(__name__)
 
@@ -121,19 +121,11 @@ def convert(
     report = Report(dest)
     writer = ShardWriter(work, max_shard_size)
     rename: Callable[[str], str] = target.rename if target else (lambda k: k)
-    by_file: dict[Path, list] = {}
-    for plan in plans:
-        by_file.setdefault(plan.file, []).append(plan)
     bar = tqdm(total=len(plans), disable=not progress, desc="convert", unit="tensor")
-    for file, items in by_file.items():
-        with TensorFile(file) as handle:
-            for plan in items:
-                tensor = handle.get(plan.source_key)
-                if dtype is not None and tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                name = rename(plan.target)
-                writer.add(name, target.adjust(name, tensor) if target else tensor)
-                bar.update()
+    for plan, tensor in read_planned(plans, dtype):
+        name = rename(plan.target)
+        writer.add(name, target.adjust(name, tensor) if target else tensor)
+        bar.update()
     bar.close()
     report.shards, report.tensors, report.bytes = writer.close(), len(plans), writer.total
     if target:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,8 +148,8 @@ def plan_load(model: nn.Module, sources: list[Source], optional: set[str] = froz
     return plans
 
 
-def fill(model: nn.Module, plans: list[_Plan], dtype: torch.dtype | None, device: str | torch.device) -> None:
-    """Load the planned tensors into `model` (built on the meta device), one file at a time."""
+def read_planned(plans: list[_Plan], dtype: torch.dtype | None) -> Iterator[tuple[_Plan, torch.Tensor]]:
+    """(plan, tensor) for every plan, reading each file once and casting floats to `dtype`."""
     by_file: dict[Path, list[_Plan]] = {}
     for plan in plans:
         by_file.setdefault(plan.file, []).append(plan)
@@ -159,7 +159,13 @@ def fill(model: nn.Module, plans: list[_Plan], dtype: torch.dtype | None, device
                 tensor = handle.get(plan.source_key)
                 if dtype is not None and tensor.is_floating_point():
                     tensor = tensor.to(dtype)
-                _assign(model, plan.target, tensor.to(device))
+                yield plan, tensor
+
+
+def fill(model: nn.Module, plans: list[_Plan], dtype: torch.dtype | None, device: str | torch.device) -> None:
+    """Load the planned tensors into `model` (built on the meta device), one file at a time."""
+    for plan, tensor in read_planned(plans, dtype):
+        _assign(model, plan.target, tensor.to(device))
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
