@@ -85,7 +85,7 @@ def test_logits_to_keep(tiny_model):
 
 
 EXPECTED_PROMPTS = {
-    "plain": "<image>hi",
+    "plain": "<image>",
     "qwen_1_5": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>hi<|im_end|>\n"
     "<|im_start|>assistant\n",
     "vicuna_v1": "<s>A chat between a curious user and an artificial intelligence assistant. The assistant gives "

@@ -31,12 +31,18 @@ def chat_template(name: str) -> str:
         )
     parts.append("{% for message in messages %}")
     parts.append(_by_role(t.prefix))
+    text_part = "''" if t.user_images_only else f"part['text']{trim}"
+    text_whole = f"message['content']{trim}"
+    image_part = "'<image>'" if t.user_images_only else "'<image>\\n'"
+    if t.user_images_only:  # user turns keep only their images (LLaVA plain); answers stay whole
+        text_whole = f"('<image>' * message['content'].count('<image>')) if message['role'] == 'user' else {text_whole}"
     parts.append(
         "{% if message['content'] is string %}"
-        f"{{{{ message['content']{trim} }}}}"
+        f"{{{{ {text_whole} }}}}"
         "{% else %}{% for part in message['content'] %}"
-        "{% if part['type'] == 'image' %}{{ '<image>\\n' }}"
-        f"{{% elif part['type'] == 'text' %}}{{{{ part['text']{trim} }}}}"
+        f"{{% if part['type'] == 'image' %}}{{{{ {image_part} }}}}"
+        f"{{% elif part['type'] == 'text' and message['role'] != 'user' %}}{{{{ part['text']{trim} }}}}"
+        f"{{% elif part['type'] == 'text' %}}{{{{ {text_part} }}}}"
         "{% endif %}{% endfor %}{% endif %}"
     )
     parts.append(_by_role(t.suffix))

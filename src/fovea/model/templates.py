@@ -7,7 +7,8 @@ LLaVA-style training: a prompt format at inference that differs from the one tra
 
 Formats follow LLaVA-NeXT ``llava/conversation.py`` (behaviour, not code):
 
-* ``plain``: stage-1 alignment; user content as is, each answer followed by ``\\n``;
+* ``plain``: stage-1 alignment; a user turn is reduced to its image tags, each answer is followed
+  by ``\\n`` — LLaVA's ``<image>`` + caption + ``\\n``;
 * ``qwen_1_5``: ChatML, always with a system turn (default "You are a helpful assistant.");
 * ``vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``;
 * ``llama3``: Llama-3 header tokens with LLaVA's vision-assistant system prompt.
@@ -24,6 +25,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 ROLES = ("system", "user", "assistant")
+IMAGE_TAG = "<image>"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Template:
     strip: bool = False
     """Strip whitespace around each content (Llama-3's template does)."""
     always_system: bool = True
+    user_images_only: bool = False
+    """Reduce user turns to their image tags (LLaVA's plain pretraining format)."""
 
     def render(
         self, messages: list[dict], add_generation_prompt: bool = False, bos_token: str | None = None
@@ -76,6 +80,8 @@ class Template:
             if msg["role"] == "system" and self.system is None:
                 raise ConfigError(f"template {self.name!r} has no system turn")
             content = msg["content"].strip() if self.strip else msg["content"]
+            if self.user_images_only and msg["role"] == "user":
+                content = IMAGE_TAG * content.count(IMAGE_TAG)
             text += self.prefix[msg["role"]]
             start = len(text)
             text += content
@@ -116,6 +122,7 @@ TEMPLATES.add(
         suffix={"user": "", "assistant": "\n"},
         generation_prompt="",
         stop=("\n",),
+        user_images_only=True,
     ),
     "stage-1 alignment: '<image>' + caption + '\\n'",
 )

@@ -1,0 +1,116 @@
+"""Conversation -> token ids and labels, through the same templates that build prompts.
+
+Supervision is decided on *characters*, then mapped to tokens by their offsets: a token is
+learned from when it overlaps an assistant turn's answer or its closing marker (so the model
+learns to stop). Overlap, not containment: BPE glues the space after ``ASSISTANT:`` to the
+answer's first word, and that token (`` The``) is exactly what the model must produce after a
+prompt ending in ``ASSISTANT:``. Everything else — system, user turns, template headers, image placeholders — is
+``IGNORE`` (-100). This is what makes a template mismatch impossible: the prompt at inference
+and the labels at training come from one `Template`.
+
+``quirk="llava_next_qwen"`` reproduces LLaVA-NeXT's ``preprocess_qwen`` instead: assistant turns
+learned *with* their ``<|im_start|>assistant\\n`` header, and the tokens ``\\n``, ``<|im_start|>``
+and ``<|im_end|>`` learned wherever they stand. Use it to reproduce MLCD-LLaVA-NeXT exactly.
+
+Visual tokens count towards `max_length`; a sequence that is too long is cut at the end, but
+never through an image's tokens (the whole image goes, and the caller drops its pixels). A sample
+left with nothing to learn is a `BadRecord`, never a silent zero loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model.templates import IMAGE_TAG, Template
+from .records import BadRecord
+
+IGNORE = -100
+QUIRKS = (None, "llava_next_qwen")
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    num_images: int
+    """Images still in the sequence after truncation (a prefix of the sample's images)."""
+
+
+def tokenize_with_offsets(tokenizer, text: str, image_id: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and their (start, end) character spans; each ``<image>`` tag becomes one `image_id`."""
+    ids, spans, pos = [], [], 0
+    for i, piece in enumerate(text.split(IMAGE_TAG)):
+        if i > 0:
+            ids.append(image_id)
+            spans.append((pos, pos + len(IMAGE_TAG)))
+            pos += len(IMAGE_TAG)
+        if piece:
+            enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            ids.extend(enc["input_ids"])
+            spans.extend((pos + a, pos + b) for a, b in enc["offset_mapping"])
+        pos += len(piece)
+    return ids, spans
+
+
+def encode(
+    sample_id: str,
+    messages: list[dict],
+    tokenizer,
+    template: Template,
+    image_id: int,
+    image_tokens: list[int],
+    max_length: int | None = None,
+    quirk: str | None = None,
+) -> Encoded:
+    """Token ids (images expanded to their visual-token counts) and labels for one conversation."""
+    if quirk not in QUIRKS:
+        raise ValueError(f"unknown label quirk {quirk!r}; expected one of {QUIRKS}")
+    rendered = template.render(messages, bos_token=tokenizer.bos_token)
+    spans = [
+        (t.start - (len(template.prefix["assistant"]) if quirk else 0), t.close)
+        for t in rendered.turns
+        if t.role == "assistant"
+    ]
+    ids, token_spans = tokenize_with_offsets(tokenizer, rendered.text, image_id)
+    always = _quirk_ids(tokenizer) if quirk else set()
+    labels = [
+        tok if tok != image_id and (tok in always or any(s < b and a < e for a, b in spans)) else IGNORE
+        for tok, (s, e) in zip(ids, token_spans)
+    ]
+    if ids.count(image_id) != len(image_tokens):
+        raise BadRecord(
+            f"record {sample_id}: {ids.count(image_id)} image tags after templating, {len(image_tokens)} images"
+        )
+    ids, labels, kept = _expand_and_truncate(ids, labels, image_id, image_tokens, max_length)
+    if all(label == IGNORE for label in labels):
+        limit = f" after truncation to {max_length} tokens" if max_length else ""
+        raise BadRecord(f"record {sample_id}: nothing left to learn from{limit}")
+    return Encoded(ids, labels, kept)
+
+
+def _quirk_ids(tokenizer) -> set[int]:
+    found = set()
+    for text in ("\n", "<|im_start|>", "<|im_end|>"):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            found.add(ids[0])
+    return found
+
+
+def _expand_and_truncate(ids, labels, image_id, image_tokens, max_length):
+    out_ids, out_labels, kept, k = [], [], 0, 0
+    for tok, label in zip(ids, labels):
+        if tok == image_id:
+            n = image_tokens[k]
+            k += 1
+            if max_length is not None and len(out_ids) + n > max_length:
+                break  # never cut through an image: it goes whole
+            out_ids.extend([image_id] * n)
+            out_labels.extend([IGNORE] * n)
+            kept += 1
+        else:
+            if max_length is not None and len(out_ids) >= max_length:
+                break
+            out_ids.append(tok)
+            out_labels.append(label)
+    return out_ids, out_labels, kept
