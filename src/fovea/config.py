@@ -91,11 +91,29 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+            node = _child(node, part, key)
+        value = yaml.safe_load(raw) if raw else ""
+        if isinstance(node, list):
+            node[_index(node, parts[-1], key)] = value
+        else:
+            node[parts[-1]] = value
     return out
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {key!r}: {part!r} is not an index of a {len(node)}-item list")
+    return int(part)
+
+
+def _child(node, part: str, key: str):
+    """The section `part` of `node` (a dict key, created if missing, or a list index)."""
+    if isinstance(node, list):
+        return node[_index(node, part, key)]
+    child = node.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    return child
 
 
 def _deepcopy(value: Any) -> Any:

@@ -27,12 +27,15 @@ _CORPUS = [
 ]
 
 
-def tiny_tokenizer(vocab_size: int = 320, image_token: bool = True) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(
+    vocab_size: int = 320, image_token: bool = True, corpus: list[str] | None = None
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (never produces unknown tokens) with chat special tokens.
 
     ``<image>`` is added after the trained vocabulary (id `vocab_size`), so the tokenizer with and
     without it agree on every other id — as an original LLaVA tokenizer (no ``<image>``) and its
-    transformers conversion (``<image>`` added) do.
+    transformers conversion (``<image>`` added) do. `corpus` adds training text (e.g. the answer
+    words of a synthetic dataset, so each becomes one token).
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -42,7 +45,7 @@ def tiny_tokenizer(vocab_size: int = 320, image_token: bool = True) -> PreTraine
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(_CORPUS + list(corpus or []), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>"
     )

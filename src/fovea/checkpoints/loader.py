@@ -81,7 +81,10 @@ class Opened:
         from ..model.vlm import VisionLanguageModel
 
         with init_empty_weights():
-            return VisionLanguageModel(self.config, self.tokenizer)
+            model = VisionLanguageModel(self.config, self.tokenizer)
+        if model.lm.config.tie_word_embeddings:
+            model.lm.tie_weights()  # so the checkpoint need not (and usually does not) hold lm_head
+        return model
 
 
 def open_checkpoint(source: str | Path, *, base: str | None = None, tower: str | None = None) -> Opened:

@@ -35,7 +35,7 @@ class SupervisedDataset(Dataset):
         model,
         *,
         template: str,
-        image_root: str | Path | None = None,
+        image_root: str | Path | None = None,  # default: each data file's own directory
         max_length: int | None = None,
         label_quirk: str | None = None,
     ):
@@ -53,7 +53,7 @@ class SupervisedDataset(Dataset):
         raw, fallback = self.source.read(index)
         rid = fallback
         try:
-            sample = normalise(raw, self.image_root, fallback)
+            sample = normalise(raw, self.image_root or self.source.folder(index), fallback)
             rid = sample.id
             processed = self.model.processor(sample.images) if sample.images else None
             layouts = processed.layouts if processed else []

@@ -104,9 +104,13 @@ class RecordSource:
         return len(self.refs)
 
     def read(self, index: int) -> tuple[object, str]:
-        """(raw record, fallback id 'file:line-or-index')."""
+        """(raw record, fallback id 'file#index')."""
         ref = self.refs[index]
         return self.files[ref.file].read(ref.position), f"{ref.file.name}#{index}"
+
+    def folder(self, index: int) -> Path:
+        """Directory of the file record `index` comes from (default root of its images)."""
+        return self.refs[index].file.parent
 
 
 def _entries(spec: Path) -> list[tuple[Path, str]]:

@@ -31,15 +31,25 @@ logger = logging.getLogger(__name__)
 class VisionLanguageModel(PromptMixin, nn.Module):
     """A LLaVA-NeXT-style model; see the module docstring for the data flow."""
 
-    def __init__(self, config: VLMConfig, tokenizer: PreTrainedTokenizerBase | None = None):
+    def __init__(
+        self,
+        config: VLMConfig,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        tower: VisionTower | None = None,
+        lm: nn.Module | None = None,
+    ):
+        """Build from `config` (random weights), or around a pre-built `tower` / `lm` (pretrained)."""
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
         self.processor = ImageProcessor(config.image)
-        self.tower = VisionTower(config.tower)
-        self.lm = AutoModelForCausalLM.from_config(
-            config.lm_config(), attn_implementation=config.attn_implementation
-        )
+        self.tower = tower if tower is not None else VisionTower(config.tower)
+        if lm is None:
+            lm = AutoModelForCausalLM.from_config(
+                config.lm_config(), attn_implementation=config.attn_implementation
+            )
+        self.lm = lm
         lm_width = self.lm.config.hidden_size
         self.connector = Connector(
             config.connector,

@@ -1,0 +1,1 @@
+"""Staged training: recipes, parts and stages, the accelerate loop, checkpoints with exact resume."""

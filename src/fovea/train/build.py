@@ -1,0 +1,135 @@
+"""Build the model a recipe describes: pretrained parts from the hub or disk, or tiny random ones.
+
+The tokenizer gains an ``<image>`` token when it lacks one; its id takes a free embedding row if
+the LM's vocabulary has padding (as Qwen2.5's does), else the embeddings grow to the next
+multiple of 64. LoRA and QLoRA go through peft on the LM (and optionally the tower).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..errors import ConfigError
+from ..imaging.processor import ImageConfig
+from ..model.config import VLMConfig
+from ..model.vlm import VisionLanguageModel
+from ..towers.base import TowerConfig, VisionTower
+from ..towers.presets import build_tower
+from .recipe import LoraSpec, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(spec: ModelSpec, lora: LoraSpec | None = None) -> VisionLanguageModel:
+    if spec.init is not None:
+        from ..checkpoints import load
+
+        model = load(spec.init, dtype=getattr(torch, spec.dtype)).train()
+    else:
+        model = _fresh(spec, lora)
+    if spec.gradient_checkpointing:
+        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model.tower.model, "gradient_checkpointing_enable"):
+            model.tower.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+    if lora is not None:
+        apply_lora(model, lora)
+    return model.train()
+
+
+def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, spec.dtype)
+    if spec.tower_config is not None:
+        tower = VisionTower(TowerConfig(hf_config=spec.tower_config))
+        size = int(spec.tower_config.get("image_size", 224))
+        image_defaults = {"size": size}
+    else:
+        tower, image_defaults = build_tower(spec.tower, pretrained=spec.tower_pretrained)
+    tower.to(dtype)
+    if spec.lm_config is not None:
+        from ..tiny import tiny_tokenizer
+
+        tokenizer = tiny_tokenizer(corpus=spec.tokenizer_corpus)
+        kind = spec.lm_config.get("model_type", "qwen2")
+        config = AutoConfig.for_model(kind, **{k: v for k, v in spec.lm_config.items() if k != "model_type"})
+        config.vocab_size = max(config.vocab_size, len(tokenizer))
+        lm = AutoModelForCausalLM.from_config(config).to(dtype)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(spec.lm)
+        lm = AutoModelForCausalLM.from_pretrained(spec.lm, dtype=dtype, **_quantization(lora))
+    image_id = add_image_token(tokenizer, lm)
+    config = VLMConfig(
+        tower=tower.config,
+        connector=spec.connector,
+        lm=lm.config.to_dict(),
+        image=ImageConfig(**{**image_defaults, **spec.image}),
+        image_token_id=image_id,
+        template=spec.template,
+        max_length=spec.max_length,
+    )
+    return VisionLanguageModel(config, tokenizer, tower=tower, lm=lm)
+
+
+def add_image_token(tokenizer, lm) -> int:
+    """Id of ``<image>`` in `tokenizer`, adding it (and an embedding row if none is free)."""
+    if "<image>" not in tokenizer.get_vocab():
+        tokenizer.add_tokens(["<image>"], special_tokens=True)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    if image_id >= lm.get_input_embeddings().weight.shape[0]:
+        lm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    return image_id
+
+
+def _quantization(lora: LoraSpec | None) -> dict:
+    if lora is None or lora.quantize == "none":
+        return {}
+    if not torch.cuda.is_available():
+        raise ConfigError(f"QLoRA ({lora.quantize}) needs a CUDA GPU and bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    if lora.quantize == "4bit":
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    else:
+        bnb = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": bnb}
+
+
+def apply_lora(model: VisionLanguageModel, spec: LoraSpec) -> None:
+    """Wrap the LM (and the tower's transformer, if asked) with peft LoRA adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        bias="none",
+    )
+    model.lm = get_peft_model(model.lm, config)
+    if spec.tower:
+        tower_config = LoraConfig(
+            r=spec.r,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        )
+        model.tower.model = get_peft_model(model.tower.model, tower_config)
+
+
+def merge_lora(model: VisionLanguageModel) -> VisionLanguageModel:
+    """Fold LoRA adapters into the weights (peft's merge_and_unload); a no-op without adapters."""
+    from peft import PeftModel
+
+    if isinstance(model.lm, PeftModel):
+        model.lm = model.lm.merge_and_unload()
+    if isinstance(model.tower.model, PeftModel):
+        model.tower.model = model.tower.model.merge_and_unload()
+    model.config.lm = model.lm.config.to_dict()
+    return model

@@ -1,0 +1,335 @@
+"""`fovea train`: run a recipe's stages with accelerate (one process, DDP, FSDP or DeepSpeed).
+
+One optimizer step = `accum` micro-batches per process. The loss is the sum of token losses over
+the whole step divided by the number of supervised tokens of the whole step (counted across
+processes first), so the gradient does not depend on how samples are split over processes or
+accumulation steps. Checkpoints (accelerate's full training state + the data position) are
+written atomically every `save_every` steps; a restarted run continues from the newest one and
+reaches the same weights as an uninterrupted run. A NaN/inf loss stops the run with a clear
+error; bad records are skipped, counted and logged by id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import to_dict
+from ..data.dataset import SupervisedDataset, collate
+from ..data.labels import IGNORE
+from ..data.sources import RecordSource
+from ..errors import ConfigError, FoveaError
+from ..imaging.processor import ImageConfig, ImageProcessor
+from .build import apply_lora, build_model, merge_lora
+from .data_order import micro_batches
+from .parts import assign, describe, make_optimizer
+from .recipe import Recipe, StageSpec
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FoveaError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Position:
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    skipped: int = 0
+
+
+def make_accelerator(recipe: Recipe):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    run = recipe.run
+    plugins = {}
+    if run.distributed == "fsdp":
+        from accelerate import FullyShardedDataParallelPlugin
+
+        plugins["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
+    elif run.distributed.startswith("deepspeed"):
+        from accelerate import DeepSpeedPlugin
+
+        plugins["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=int(run.distributed[-1]))
+    trackers = [t for t in run.report_to if t in ("tensorboard", "wandb")]
+    return Accelerator(
+        mixed_precision=run.precision,
+        log_with=trackers or None,
+        project_dir=run.out_dir,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **plugins,
+    )
+
+
+def train(recipe: Recipe) -> Path:
+    """Run every stage (resuming where a previous run stopped); returns the final checkpoint."""
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(recipe)
+    out = Path(recipe.run.out_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2))
+    set_seed(recipe.run.seed)
+    model = build_model(recipe.model, recipe.lora)
+    if accelerator.log_with:
+        accelerator.init_trackers("fovea", config={"seed": recipe.run.seed, "stages": len(recipe.stages)})
+    final = out
+    for index, stage in enumerate(recipe.stages):
+        final = out / f"stage-{index}-{stage.name}" / "final"
+        if (final / "config.json").is_file():
+            logger.info("stage %s already finished: %s", stage.name, final)
+            model = _reload(final, recipe)
+            continue
+        model = run_stage(accelerator, recipe, model, stage, final.parent)
+    accelerator.end_training()
+    return final
+
+
+def _reload(final: Path, recipe: Recipe):
+    from ..checkpoints import load
+
+    model = load(final).train()
+    if recipe.lora is not None:
+        apply_lora(model, recipe.lora)
+    return model
+
+
+def _apply_stage_settings(model, stage: StageSpec) -> None:
+    if stage.image_mode is not None:
+        fields = {**to_dict(model.config.image), "mode": stage.image_mode}
+        model.config.image = ImageConfig(**fields)
+        model.processor = ImageProcessor(model.config.image)
+    if stage.merge is not None:
+        model.config.merge = stage.merge
+
+
+def run_stage(accelerator, recipe: Recipe, model, stage: StageSpec, stage_dir: Path):
+    _apply_stage_settings(model, stage)
+    dataset = SupervisedDataset(
+        RecordSource(stage.data, recipe.run.seed),
+        model,
+        template=stage.template or recipe.model.template,
+        image_root=stage.image_root,
+        max_length=model.config.max_length,
+        label_quirk=stage.label_quirk,
+    )
+    world = accelerator.num_processes
+    micro = stage.micro_batch_size or max(1, stage.batch_size // world)
+    if stage.batch_size % (micro * world):
+        raise ConfigError(
+            f"stage {stage.name}: batch_size {stage.batch_size} is not a multiple of "
+            f"micro_batch_size {micro} x {world} processes"
+        )
+    accum = stage.batch_size // (micro * world)
+    per_epoch = max(1, len(dataset) // (micro * world)) // accum or 1
+    total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
+    rates = assign(model, stage.train)
+    for part, trainable, size, lrs in describe(model, rates):
+        logger.info(
+            "stage %s: %-14s %12s of %12s params train (lr %s)",
+            stage.name,
+            part,
+            f"{trainable:,}",
+            f"{size:,}",
+            lrs,
+        )
+    optimizer, scheduler = make_optimizer(model, rates, stage.weight_decay, total, stage.warmup_ratio)
+    accelerator.gradient_accumulation_steps = accum
+    # The scheduler stays unprepared: accelerate would step it once per process per call.
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    position = _resume(accelerator, stage_dir, scheduler)
+    loop = _StageLoop(accelerator, recipe, stage, dataset, wrapped, optimizer, scheduler, micro, accum, total)
+    loop.run(position, stage_dir)
+    model = accelerator.unwrap_model(wrapped)
+    accelerator.free_memory()
+    if recipe.lora is not None:
+        merge_lora(model)
+    if accelerator.is_main_process:
+        _atomic_save(model, stage_dir / "final")
+    accelerator.wait_for_everyone()
+    if recipe.lora is not None and stage is not recipe.stages[-1]:
+        apply_lora(model, recipe.lora)
+    return model
+
+
+def _atomic_save(model, final: Path) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _checkpoints(stage_dir: Path) -> list[Path]:
+    root = stage_dir / "checkpoints"
+    return (
+        sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        if root.is_dir()
+        else []
+    )
+
+
+def _resume(accelerator, stage_dir: Path, scheduler) -> Position:
+    found = _checkpoints(stage_dir)
+    if not found:
+        return Position()
+    latest = found[-1]
+    accelerator.load_state(str(latest))
+    scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
+    position = Position(**json.loads((latest / "position.json").read_text()))
+    logger.warning("resuming from %s (step %d)", latest, position.step)
+    return position
+
+
+class _StageLoop:
+    """The step loop of one stage; kept as a small class so each piece reads on its own."""
+
+    def __init__(self, accelerator, recipe, stage, dataset, model, optimizer, scheduler, micro, accum, total):
+        self.acc, self.recipe, self.stage, self.dataset = accelerator, recipe, stage, dataset
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.micro, self.accum, self.total = micro, accum, total
+        self.pad = dataset.model.tokenizer.pad_token_id or 0
+
+    def batches(self, position: Position):
+        lengths = _lengths(self.dataset) if self.stage.group_by_length else None
+        order = micro_batches(
+            len(self.dataset),
+            micro=self.micro,
+            world=self.acc.num_processes,
+            rank=self.acc.process_index,
+            seed=self.recipe.run.seed,
+            start=(position.epoch, position.batch),
+            lengths=lengths,
+        )
+        for epoch, index, indices in order:
+            yield epoch, index, collate([self.dataset[i] for i in indices], self.pad)
+
+    def run(self, position: Position, stage_dir: Path) -> None:
+        run = self.recipe.run
+        bar = tqdm(
+            total=self.total,
+            initial=position.step,
+            disable=not (run.progress and self.acc.is_main_process),
+            desc=f"stage {self.stage.name}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        source = self.batches(position)
+        window, started, tokens = [], time.perf_counter(), 0
+        while position.step < self.total:
+            loss, seen, last = self.step(source, position)
+            position.step += 1
+            position.epoch, position.batch = last[0], last[1] + 1
+            window.append(loss)
+            tokens += seen
+            if position.step % run.log_every == 0 or position.step == self.total:
+                rate = tokens / max(1e-9, time.perf_counter() - started)
+                lr = max(group["lr"] for group in self.optimizer.param_groups)
+                stats = {
+                    "loss": sum(window) / len(window),
+                    "lr": lr,
+                    "tokens_per_s": rate,
+                    "skipped": position.skipped,
+                }
+                self.acc.log({f"{self.stage.name}/{k}": v for k, v in stats.items()}, step=position.step)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+                window, started, tokens = [], time.perf_counter(), 0
+            bar.update()
+            if position.step % run.save_every == 0 and position.step < self.total:
+                self.save(stage_dir, position)
+        bar.close()
+
+    def step(self, source, position: Position) -> tuple[float, int, tuple[int, int]]:
+        group = [next(source) for _ in range(self.accum)]
+        for _, _, batch in group:
+            for _, reason in batch["skipped"]:
+                logger.warning("skipped: %s", reason)
+        local = torch.tensor(
+            [
+                sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in group if b["size"]),
+                sum(len(b["skipped"]) for _, _, b in group),
+                sum(int(b["attention_mask"].sum()) for _, _, b in group if b["size"]),
+            ],
+            dtype=torch.float64,
+            device=self.acc.device,
+        )
+        supervised, skipped, seen = self.acc.reduce(local, reduction="sum").tolist()
+        position.skipped += int(skipped)
+        loss_sum = torch.zeros((), device=self.acc.device)
+        for _, _, batch in group:
+            with self.acc.accumulate(self.model):
+                token_loss = self.forward(batch)
+                # accelerate divides by the accumulation steps; undo it, normalise by the step's tokens
+                self.acc.backward(token_loss * self.acc.num_processes * self.accum / max(supervised, 1.0))
+                loss_sum += token_loss.detach()
+                if self.acc.sync_gradients and self.stage.grad_clip:
+                    self.acc.clip_grad_norm_(self.model.parameters(), self.stage.grad_clip)
+                self.optimizer.step()
+                if self.acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad()
+        loss = float(self.acc.reduce(loss_sum, reduction="sum")) / max(supervised, 1.0)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"stage {self.stage.name}: loss is {loss} at step {position.step + 1}; "
+                "lower the learning rate or check the data"
+            )
+        return loss, int(seen), group[-1][:2]
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Summed token cross-entropy of one micro-batch (0 with a graph if it is empty)."""
+        if not batch["size"]:
+            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+        device = self.acc.device
+        with self.acc.autocast():
+            out = self.model(
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                batch["pixel_values"],
+                batch["image_layouts"],
+            )
+        labels = batch["labels"].to(device)
+        return F.cross_entropy(
+            out.logits[:, :-1].flatten(0, 1).float(),
+            labels[:, 1:].flatten(),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+
+    def save(self, stage_dir: Path, position: Position) -> None:
+        root = stage_dir / "checkpoints"
+        tmp, final = root / f"step-{position.step:08d}.tmp", root / f"step-{position.step:08d}"
+        self.acc.save_state(str(tmp))
+        if self.acc.is_main_process:
+            (tmp / "position.json").write_text(json.dumps(position.__dict__))
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in _checkpoints(stage_dir)[: -self.recipe.run.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+
+
+def _lengths(dataset: SupervisedDataset) -> list[int]:
+    """Cheap length estimates (characters + images) for length-grouped sampling."""
+    out = []
+    for i in range(len(dataset)):
+        raw, _ = dataset.source.read(i)
+        text = json.dumps(raw.get("conversations", "")) if isinstance(raw, dict) else ""
+        images = raw.get("images", raw.get("image")) if isinstance(raw, dict) else None
+        out.append(
+            len(text) // 4 + (len(images) if isinstance(images, list) else int(images is not None)) * 500
+        )
+    return out

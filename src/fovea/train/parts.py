@@ -1,0 +1,131 @@
+"""Which parameters train, at which learning rate: stages name *parts*, never parameter names.
+
+Parts: ``tower``, ``tower.embeddings``, ``tower.layers.A-B`` (blocks A..B inclusive, or one
+``tower.layers.N``), ``connector``, ``lm``, ``lm.embeddings`` (input and output embeddings),
+``newline``. A parameter takes the learning rate of the most specific part that contains it;
+parameters of no listed part are frozen. `describe` gives the table the run logs.
+
+Optimizer groups follow common practice: no weight decay on biases and normalisation weights
+(any parameter with fewer than two dimensions). The schedule is linear warmup then cosine decay
+to zero, applied to every group's own learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+_LAYER_RANGE = re.compile(r"^tower\.layers\.(\d+)(?:-(\d+))?$")
+_LAYER_OF = re.compile(r"\.layers\.(\d+)\.")
+
+
+def _lm_embedding_names(model) -> set[str]:
+    names = set()
+    for module in (model.lm.get_input_embeddings(), model.lm.get_output_embeddings()):
+        if module is not None:
+            names.update(n for n, p in model.named_parameters() if any(p is q for q in module.parameters()))
+    return names
+
+
+def part_of(name: str, part: str, embeddings: set[str]) -> bool:
+    """Does parameter `name` belong to `part`?"""
+    if part == "tower":
+        return name.startswith("tower.")
+    if part == "tower.embeddings":
+        return name.startswith("tower.") and ".embeddings." in name
+    match = _LAYER_RANGE.match(part)
+    if match:
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        layer = _LAYER_OF.search(name)
+        return name.startswith("tower.") and layer is not None and first <= int(layer.group(1)) <= last
+    if part == "connector":
+        return name.startswith("connector.")
+    if part == "lm":
+        return name.startswith("lm.")
+    if part == "lm.embeddings":
+        return name in embeddings
+    if part == "newline":
+        return name == "image_newline"
+    raise ConfigError(
+        f"unknown part {part!r}; parts are tower, tower.embeddings, tower.layers.A-B, connector, lm, "
+        "lm.embeddings, newline"
+    )
+
+
+_SPECIFICITY = {"tower": 0, "lm": 0, "connector": 1, "newline": 1, "tower.embeddings": 1, "lm.embeddings": 1}
+
+
+def assign(model: nn.Module, train: dict[str, float]) -> dict[str, float]:
+    """Parameter name -> learning rate for every trainable parameter; freezes all others."""
+    embeddings = _lm_embedding_names(model)
+    order = sorted(train, key=lambda p: _SPECIFICITY.get(p, 2))  # later = more specific, wins
+    rates: dict[str, float] = {}
+    for name, param in model.named_parameters():
+        lr = None
+        for part in order:
+            if part_of(name, part, embeddings):
+                lr = train[part]
+        param.requires_grad_(lr is not None and lr > 0)
+        if param.requires_grad:
+            rates[name] = lr
+    if not rates:
+        raise ConfigError(f"stage trains nothing: parts {sorted(train)} match no parameter with lr > 0")
+    return rates
+
+
+def describe(model: nn.Module, rates: dict[str, float]) -> list[tuple[str, int, int, str]]:
+    """(part, trainable params, total params, learning rates) per top-level part, for the log."""
+    rows = []
+    for top in ("tower", "connector", "lm", "image_newline"):
+        params = [(n, p) for n, p in model.named_parameters() if n.split(".")[0] == top]
+        if not params:
+            continue
+        trainable = sum(p.numel() for n, p in params if n in rates)
+        lrs = sorted({rates[n] for n, _ in params if n in rates})
+        rows.append(
+            (
+                top,
+                trainable,
+                sum(p.numel() for _, p in params),
+                ", ".join(f"{lr:g}" for lr in lrs) or "frozen",
+            )
+        )
+    return rows
+
+
+def param_groups(model: nn.Module, rates: dict[str, float], weight_decay: float) -> list[dict]:
+    groups: dict[tuple[float, bool], list] = {}
+    for name, param in model.named_parameters():
+        if name in rates:
+            decay = weight_decay > 0 and param.ndim >= 2
+            groups.setdefault((rates[name], decay), []).append(param)
+    return [
+        {"params": params, "lr": lr, "weight_decay": weight_decay if decay else 0.0}
+        for (lr, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    ]
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float):
+    """LambdaLR factor: linear warmup over ceil(ratio * total) steps, then cosine to zero."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_optimizer(
+    model: nn.Module, rates: dict[str, float], weight_decay: float, total_steps: int, warmup_ratio: float
+):
+    optimizer = torch.optim.AdamW(param_groups(model, rates, weight_decay), betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_ratio))
+    return optimizer, scheduler
