@@ -58,6 +58,7 @@ def run_demo(
     eval_size: int = 600,
     epochs: float = 3.0,
     seed: int = 0,
+    kinds: tuple[str, ...] = tuple(ANSWERS),
     progress: bool = True,
 ) -> DemoResult:
     from .checkpoints import load
@@ -67,9 +68,9 @@ def run_demo(
     out = Path(out_dir)
     data, held_out = out / "data" / "train", out / "data" / "held_out"
     if not (data / "qa.json").is_file():
-        generate(data, train_size, seed=seed)
+        generate(data, train_size, seed=seed, kinds=kinds)
     if not (held_out / "qa.json").is_file():
-        generate(held_out, eval_size, seed=seed + 10_000)
+        generate(held_out, eval_size, seed=seed + 10_000, kinds=kinds)
     recipe = load_recipe(RECIPE)
     fields = to_dict(recipe)
     fields["run"].update(out_dir=str(out / "train"), seed=seed, progress=progress)

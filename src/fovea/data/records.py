@@ -33,6 +33,8 @@ def record_id(record: object, fallback: str) -> str:
 def normalise(record: object, image_root: Path | None, fallback_id: str, check_files: bool = True) -> Sample:
     """A checked Sample from a raw record, or BadRecord."""
     rid = record_id(record, fallback_id)
+    if isinstance(record, str):  # a JSONL line that did not parse: the string says why
+        raise BadRecord(f"record {rid}: {record}")
     if not isinstance(record, dict):
         raise BadRecord(f"record {rid}: not a JSON object")
     turns = record.get("conversations") or record.get("messages")

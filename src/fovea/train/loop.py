@@ -64,12 +64,19 @@ def make_accelerator(recipe: Recipe):
         plugins["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=int(run.distributed[-1]))
     trackers = [t for t in run.report_to if t in ("tensorboard", "wandb")]
     return Accelerator(
+        # accelerate only runs several CPU processes (gloo) when told the device is the CPU
+        cpu=not _has_accelerator_device(),
         mixed_precision=run.precision,
         log_with=trackers or None,
         project_dir=run.out_dir,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         **plugins,
     )
+
+
+def _has_accelerator_device() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
 
 
 def train(recipe: Recipe) -> Path:
@@ -135,7 +142,7 @@ def run_stage(accelerator, recipe: Recipe, model, stage: StageSpec, stage_dir: P
     accum = stage.batch_size // (micro * world)
     per_epoch = max(1, len(dataset) // (micro * world)) // accum or 1
     total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
-    rates = assign(model, stage.train)
+    rates = assign(model, stage.train, recipe.lora.lr if recipe.lora else None)
     for part, trainable, size, lrs in describe(model, rates):
         logger.info(
             "stage %s: %-14s %12s of %12s params train (lr %s)",
@@ -244,12 +251,19 @@ class _StageLoop:
                     "skipped": position.skipped,
                 }
                 self.acc.log({f"{self.stage.name}/{k}": v for k, v in stats.items()}, step=position.step)
+                self.record({"stage": self.stage.name, "step": position.step, **stats})
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
                 window, started, tokens = [], time.perf_counter(), 0
             bar.update()
             if position.step % run.save_every == 0 and position.step < self.total:
                 self.save(stage_dir, position)
         bar.close()
+
+    def record(self, row: dict) -> None:
+        """Append a metrics row to out_dir/metrics.jsonl (main process)."""
+        if self.acc.is_main_process:
+            with (Path(self.recipe.run.out_dir) / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def step(self, source, position: Position) -> tuple[float, int, tuple[int, int]]:
         group = [next(source) for _ in range(self.accum)]

@@ -60,16 +60,25 @@ def part_of(name: str, part: str, embeddings: set[str]) -> bool:
 _SPECIFICITY = {"tower": 0, "lm": 0, "connector": 1, "newline": 1, "tower.embeddings": 1, "lm.embeddings": 1}
 
 
-def assign(model: nn.Module, train: dict[str, float]) -> dict[str, float]:
-    """Parameter name -> learning rate for every trainable parameter; freezes all others."""
+def assign(model: nn.Module, train: dict[str, float], lora_lr: float | None = None) -> dict[str, float]:
+    """Parameter name -> learning rate for every trainable parameter; freezes all others.
+
+    With LoRA (`lora_lr` set), a part covering adapted weights trains only their adapters, at
+    the part's rate; adapters of parts not listed train at `lora_lr`.
+    """
     embeddings = _lm_embedding_names(model)
     order = sorted(train, key=lambda p: _SPECIFICITY.get(p, 2))  # later = more specific, wins
+    adapted = {n.split(".lora_")[0] for n, _ in model.named_parameters() if ".lora_" in n}
     rates: dict[str, float] = {}
     for name, param in model.named_parameters():
         lr = None
         for part in order:
             if part_of(name, part, embeddings):
                 lr = train[part]
+        if lora_lr is not None and ".lora_" in name:
+            lr = lr if lr is not None else lora_lr
+        elif lora_lr is not None and name.rsplit(".", 1)[0].removesuffix(".base_layer") in adapted:
+            lr = None  # an adapted weight stays frozen: its adapters learn instead
         param.requires_grad_(lr is not None and lr > 0)
         if param.requires_grad:
             rates[name] = lr

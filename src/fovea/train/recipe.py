@@ -84,6 +84,8 @@ class LoraSpec:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    lr: float = 2e-4
+    """Learning rate of adapters whose part the stage does not list."""
     tower: bool = False
     """Also put LoRA on the tower's attention and MLP."""
     quantize: Literal["none", "4bit", "8bit"] = "none"

@@ -1,0 +1,172 @@
+"""Training: loss falls, exact resume, N processes = 1 process, bad data, divergence, LoRA, recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fovea
+from fovea.cli import main
+from fovea.config import from_dict, to_dict
+from fovea.data.synthetic import generate
+from fovea.train.loop import train
+from fovea.train.recipe import Recipe, load_recipe
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, 96, seed=1)
+    return out
+
+
+def _recipe(root: Path, out: Path, **stage1) -> Recipe:
+    recipe = load_recipe(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"run.out_dir={out}",
+            "run.progress=false",
+            "run.log_every=1",
+            "run.report_to=[]",
+            f"stages.0.data={root / 'captions.json'}",
+            "stages.0.max_steps=3",
+            f"stages.1.data={root / 'qa.json'}",
+            "stages.1.max_steps=12",
+            "stages.1.batch_size=8",
+        ],
+    )
+    fields = to_dict(recipe)
+    fields["stages"][1].update(stage1)
+    return from_dict(Recipe, fields)
+
+
+def _metrics(out: Path, stage: str = "finetune") -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["stage"] == stage]
+
+
+def _weights(path: Path) -> dict:
+    return fovea.load(path).state_dict()
+
+
+def test_two_stages_train_and_the_loss_falls(data, tmp_path):
+    final = train(_recipe(data, tmp_path))
+    losses = _metrics(tmp_path)
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    model = fovea.load(final)
+    assert isinstance(model.generate("What colour is the shape?", images=[data / "images/000000.png"]), str)
+    assert (tmp_path / "recipe.json").is_file()
+
+
+def test_killed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
+    reference = train(_recipe(data, tmp_path / "a", epochs=1))
+    from fovea.train import loop
+
+    original, calls = loop._StageLoop.step, {"n": 0}
+
+    def dying_step(self, source, position):
+        if self.stage.name == "finetune":
+            calls["n"] += 1
+            if calls["n"] == 8:
+                raise KeyboardInterrupt  # killed between step 7 and 8
+        return original(self, source, position)
+
+    recipe = _recipe(data, tmp_path / "b", epochs=1)
+    recipe.run.save_every = 5
+    monkeypatch.setattr(loop._StageLoop, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe)
+    monkeypatch.setattr(loop._StageLoop, "step", original)
+    assert (tmp_path / "b" / "stage-1-finetune" / "checkpoints" / "step-00000005").is_dir()
+    resumed = train(recipe)
+    a, b = _weights(reference), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_equal_one(data, tmp_path):
+    """torchrun with gloo on CPU: 2 processes x 4 samples = 1 process x 8 samples, step by step."""
+    train(_recipe(data, tmp_path / "one"))
+    recipe = tmp_path / "recipe.yaml"
+    import yaml
+
+    recipe.write_text(yaml.safe_dump(to_dict(_recipe(data, tmp_path / "two"))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "fovea.cli",
+        "train",
+        str(recipe),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert len(one) == len(two) == 12
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4 * max(one)
+
+
+def test_bad_records_are_skipped_counted_and_named(data, tmp_path, caplog):
+    records = json.loads((data / "qa.json").read_text())
+    records[3]["image"] = "images/missing.png"
+    records[5]["conversations"][0]["value"] = "<image><image> two tags"
+    records[7]["conversations"] = []
+    bad = tmp_path / "qa.json"
+    bad.write_text(json.dumps(records))
+    (tmp_path / "images").symlink_to(data / "images")
+    caplog.set_level("WARNING")
+    train(_recipe(data, tmp_path / "out", data=str(bad), epochs=1, max_steps=None))
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped"] == 3
+    for rid in ("position-3", "chart-5", "shape-7"):
+        assert rid in caplog.text
+    assert main(["data", "check", str(bad)]) == 1
+
+
+def test_divergence_stops_with_one_line(data, tmp_path, monkeypatch, capsys):
+    from fovea.train import loop
+
+    monkeypatch.setattr(
+        loop._StageLoop, "forward", lambda self, batch: torch.tensor(float("nan"), requires_grad=True)
+    )
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(to_dict(_recipe(data, tmp_path / "out"))))
+    assert main(["train", str(recipe)]) == 2
+    assert "loss is nan at step 1" in capsys.readouterr().err
+
+
+def test_lora_trains_adapters_and_merges(data, tmp_path):
+    recipe = _recipe(data, tmp_path, train={"connector": 1e-3})
+    fields = to_dict(recipe)
+    fields["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+    final = train(from_dict(Recipe, fields))
+    model = fovea.load(final)  # merged: plain weights, no peft needed
+    assert not any("lora" in k for k in model.state_dict())
+    base = fovea.load(tmp_path / "stage-0-align" / "final")
+    changed = [
+        k
+        for k in base.state_dict()
+        if k.startswith("lm.") and not torch.equal(base.state_dict()[k], model.state_dict()[k])
+    ]
+    assert changed and all("proj" in k for k in changed)  # only LoRA-targeted projections moved
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert recipe.stages
