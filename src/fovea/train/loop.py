@@ -234,26 +234,29 @@ class _StageLoop:
             dynamic_ncols=True,
         )
         source = self.batches(position)
-        window, started, tokens = [], time.perf_counter(), 0
+        window, started, tokens, samples = [], time.perf_counter(), 0, 0
         while position.step < self.total:
-            loss, seen, last = self.step(source, position)
+            loss, (seen, count), last = self.step(source, position)
             position.step += 1
             position.epoch, position.batch = last[0], last[1] + 1
             window.append(loss)
-            tokens += seen
+            tokens, samples = tokens + seen, samples + count
             if position.step % run.log_every == 0 or position.step == self.total:
-                rate = tokens / max(1e-9, time.perf_counter() - started)
+                elapsed = max(1e-9, time.perf_counter() - started)
                 lr = max(group["lr"] for group in self.optimizer.param_groups)
                 stats = {
                     "loss": sum(window) / len(window),
                     "lr": lr,
-                    "tokens_per_s": rate,
+                    "tokens_per_s": tokens / elapsed,
+                    "samples_per_s": samples / elapsed,
                     "skipped": position.skipped,
                 }
                 self.acc.log({f"{self.stage.name}/{k}": v for k, v in stats.items()}, step=position.step)
                 self.record({"stage": self.stage.name, "step": position.step, **stats})
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
-                window, started, tokens = [], time.perf_counter(), 0
+                bar.set_postfix(
+                    loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{stats['tokens_per_s']:,.0f}"
+                )
+                window, started, tokens, samples = [], time.perf_counter(), 0, 0
             bar.update()
             if position.step % run.save_every == 0 and position.step < self.total:
                 self.save(stage_dir, position)
@@ -265,7 +268,8 @@ class _StageLoop:
             with (Path(self.recipe.run.out_dir) / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def step(self, source, position: Position) -> tuple[float, int, tuple[int, int]]:
+    def step(self, source, position: Position) -> tuple[float, tuple[int, int], tuple[int, int]]:
+        """One optimizer step; returns (loss, (tokens, samples) seen by all processes, position)."""
         group = [next(source) for _ in range(self.accum)]
         for _, _, batch in group:
             for _, reason in batch["skipped"]:
@@ -275,11 +279,12 @@ class _StageLoop:
                 sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in group if b["size"]),
                 sum(len(b["skipped"]) for _, _, b in group),
                 sum(int(b["attention_mask"].sum()) for _, _, b in group if b["size"]),
+                sum(b["size"] for _, _, b in group),
             ],
             dtype=torch.float64,
             device=self.acc.device,
         )
-        supervised, skipped, seen = self.acc.reduce(local, reduction="sum").tolist()
+        supervised, skipped, seen, count = self.acc.reduce(local, reduction="sum").tolist()
         position.skipped += int(skipped)
         loss_sum = torch.zeros((), device=self.acc.device)
         for _, _, batch in group:
@@ -300,7 +305,7 @@ class _StageLoop:
                 f"stage {self.stage.name}: loss is {loss} at step {position.step + 1}; "
                 "lower the learning rate or check the data"
             )
-        return loss, int(seen), group[-1][:2]
+        return loss, (int(seen), int(count)), group[-1][:2]
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Summed token cross-entropy of one micro-batch (0 with a graph if it is empty)."""
