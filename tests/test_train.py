@@ -170,3 +170,11 @@ def test_lora_trains_adapters_and_merges(data, tmp_path):
 def test_recipes_validate(path):
     recipe = load_recipe(path)
     assert recipe.stages
+
+
+def test_gradient_checkpointing_gives_the_same_step(data, tmp_path):
+    plain = _recipe(data, tmp_path / "plain", max_steps=2)
+    checkpointed = _recipe(data, tmp_path / "ckpt", max_steps=2)
+    checkpointed.model.gradient_checkpointing = True
+    a, b = _weights(train(plain)), _weights(train(checkpointed))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fovea {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_demo(sub)
+    _add_chat(sub)
     _add_train(sub)
     _add_data(sub)
     _add_extract(sub)
@@ -89,9 +90,67 @@ def _run_demo(args) -> int:
     print(f"\nsample: {sample['path']}\n  Q: {sample['conversations'][0]['value'].split(chr(10))[-1]}")
     print(f"  model: {sample['model_answer']!r}   expected: {sample['answer']!r}")
     print(f"\ncheckpoint: {result.checkpoint}")
+    print(f"chat with it:\n  fovea chat --model {result.checkpoint} --image {sample['path']}")
     print("use it from Python:")
     print(f"  import fovea; m = fovea.load({str(result.checkpoint)!r})")
     print(f"  m.generate('What colour is the shape?', images=[{sample['path']!r}])")
+    return 0
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="talk to a model about images (interactive, or one shot with --prompt)",
+        description=(
+            "Chat with a model. Interactive: image paths are asked when the history is empty "
+            "(comma-separated), then 'User:' turns; 'reset' clears the history, 'exit' quits. "
+            "With --prompt the answer is printed once ('-' reads the prompt from stdin). Images without "
+            "<image> tags are placed before the text. Without --model, the `fovea demo` model is used."
+        ),
+        epilog="example: fovea chat --model runs/demo/train/stage-1-finetune/final --image a.png --prompt 'What shape is it?'",
+    )
+    p.add_argument("--model", help="checkpoint directory or hub id (default: the demo's model if present)")
+    p.add_argument("--image", default="", help="image paths, comma-separated")
+    p.add_argument("--prompt", help="answer this once and exit ('-': read from stdin)")
+    p.add_argument("--template", help="chat template (default: the model's)")
+    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args) -> int:
+    import torch
+
+    from .checkpoints import load
+    from .infer.chat import DEMO_CHECKPOINT, one_shot, repl, split_images
+
+    source = args.model
+    if source is None:
+        if not (DEMO_CHECKPOINT / "config.json").is_file():
+            raise _user_error(
+                "no --model given and no demo model found; run `fovea demo` or pass --model DIR"
+            )
+        source = str(DEMO_CHECKPOINT)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    model = load(source, device=args.device)
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.temperature > 0,
+        "temperature": args.temperature or 1.0,
+        "top_p": args.top_p,
+    }
+    if args.template:
+        options["template"] = args.template
+    images = split_images(args.image)
+    if args.prompt is not None:
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        one_shot(model, prompt, images, options)
+    else:
+        repl(model, images, options)
     return 0
 
 

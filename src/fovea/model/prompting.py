@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from .vlm import VisionLanguageModel
 
 
+def _joined(pieces, worker):
+    """Yield the streamed pieces, then wait for the generating thread to finish."""
+    try:
+        yield from pieces
+    finally:
+        worker.join()
+
+
 class PromptMixin:
     """`prepare` and `generate` for VisionLanguageModel (kept apart to keep each file readable)."""
 
@@ -132,6 +140,77 @@ class PromptMixin:
                 if len(ids) == 1 and ids[0] not in stops:
                     stops.append(ids[0])
         return stops
+
+    def prepare_chat(
+        self: VisionLanguageModel,
+        messages: list[dict],
+        images: list[ImageSource] = (),
+        template: str | None = "default",
+    ) -> dict:
+        """Model inputs for a whole conversation (``[{"role", "content"}, ...]``), ready for the
+        assistant's next turn. Images without tags go before the first user turn's text."""
+        template = self.config.template if template == "default" else template
+        if template is None:
+            raise ConfigError("chat needs a template; this model has none configured (pass template=...)")
+        tag, found = (
+            self.config.image_token,
+            sum(m["content"].count(self.config.image_token) for m in messages),
+        )
+        if found == 0 and images:
+            first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if first is None:
+                raise ConfigError("a conversation with images needs a user turn")
+            messages = [dict(m) for m in messages]
+            messages[first]["content"] = f"{tag}\n" * len(images) + messages[first]["content"]
+        elif found != len(images):
+            raise ConfigError(f"the conversation has {found} {tag} tags but {len(images)} images were given")
+        text = TEMPLATES.get(template).render(messages, True, self.tokenizer.bos_token).text
+        processed = self.processor(list(images))
+        ids = self._expand_placeholders(self._tokenize(text, add_special_tokens=False), processed.layouts)
+        input_ids, attention_mask = self._pad_left([ids])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": processed.pixels if images else None,
+            "image_layouts": processed.layouts or None,
+        }
+
+    @torch.inference_mode()
+    def chat(
+        self: VisionLanguageModel,
+        messages: list[dict],
+        images: list[ImageSource] = (),
+        template: str | None = "default",
+        stream: bool = False,
+        max_new_tokens: int = 512,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ):
+        """The assistant's reply to a conversation; with ``stream=True`` an iterator of text pieces."""
+        from threading import Thread
+
+        from transformers import TextIteratorStreamer
+
+        template = self.config.template if template == "default" else template
+        inputs = self.prepare_chat(messages, images, template)
+        device = self.device
+        embeds = self.embed(inputs["input_ids"].to(device), inputs["pixel_values"], inputs["image_layouts"])
+        kwargs = {
+            "inputs_embeds": embeds,
+            "attention_mask": inputs["attention_mask"].to(device),
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "eos_token_id": self.stop_token_ids(template),
+            "pad_token_id": self.tokenizer.pad_token_id or 0,
+            **({"temperature": temperature, "top_p": top_p} if do_sample else {}),
+        }
+        if not stream:
+            return self.tokenizer.decode(self.lm.generate(**kwargs)[0], skip_special_tokens=True).strip()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_special_tokens=True)
+        worker = Thread(target=lambda: torch.inference_mode()(self.lm.generate)(**kwargs, streamer=streamer))
+        worker.start()
+        return _joined(streamer, worker)
 
     @torch.inference_mode()
     def generate(

@@ -1,0 +1,1 @@
+"""Inference front ends: the chat REPL (and, later, the server)."""

@@ -1,0 +1,67 @@
+"""`fovea chat`: talk to a model about images, interactively or in one shot.
+
+The interaction follows the MLCD-Embodied CLI: a hint line, image paths asked (comma-separated)
+whenever the history is empty, ``User:`` turns, ``exit`` and ``reset``. Differences users asked
+for: images given without ``<image>`` tags are placed automatically, a wrong tag count is a
+message (the turn is dropped, the session goes on), and answers stream as they are generated.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+HINT = "Enter 'exit' to end the conversation, 'reset' to clear the chat history."
+DEMO_CHECKPOINT = Path("runs/demo/train/stage-1-finetune/final")
+
+
+def split_images(line: str) -> list[str]:
+    return [part.strip() for part in line.split(",") if part.strip()]
+
+
+def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = input, out=sys.stdout) -> None:
+    """The interactive loop; `ask` reads a line (input() by default), `out` receives the text."""
+    from ..errors import FoveaError
+
+    print(HINT, file=out)
+    history: list[dict] = []
+    ask_images = not images  # at the start (unless given) and after every reset
+    while True:
+        if ask_images:
+            images = split_images(ask("Enter image file paths (comma-separated): "))
+            ask_images = False
+        try:
+            text = ask("User: ")
+        except EOFError:
+            print("", file=out)
+            return
+        if text.strip().lower() == "exit":
+            print("Exiting the conversation.", file=out)
+            return
+        if text.strip().lower() == "reset":
+            history, images, ask_images = [], [], True
+            print("Conversation history reset.", file=out)
+            continue
+        turn = [*history, {"role": "user", "content": text}]
+        try:
+            pieces = model.chat(turn, images, stream=True, **options)
+        except FoveaError as err:
+            print(f"error: {err}", file=out)
+            continue
+        answer = _print_stream("Assistant: ", pieces, out)
+        history = [*turn, {"role": "assistant", "content": answer}]
+
+
+def _print_stream(prefix: str, pieces: Iterable[str], out) -> str:
+    print(prefix, end="", file=out, flush=True)
+    parts = []
+    for piece in pieces:
+        parts.append(piece)
+        print(piece, end="", file=out, flush=True)
+    print("", file=out)
+    return "".join(parts).strip()
+
+
+def one_shot(model, prompt: str, images: list[str], options: dict, out=sys.stdout) -> None:
+    _print_stream("", model.chat([{"role": "user", "content": prompt}], images, stream=True, **options), out)

@@ -1,0 +1,86 @@
+"""`fovea chat` driven as a user drives it: piped stdin, images, two turns, reset, exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fovea.tiny import tiny_vlm
+
+EXAMPLES = Path(__file__).parents[1] / "examples" / "images"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_vlm().save_pretrained(tmp_path_factory.mktemp("chat") / "model")
+
+
+def _chat(args: list[str], stdin: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "fovea.cli", "chat", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_repl_turns_reset_and_exit(checkpoint):
+    images = f"{EXAMPLES / 'shapes.png'},{EXAMPLES / 'bar_chart.png'}"
+    session = (
+        "\n".join([images, "Compare the two pictures.", "And now?", "reset", "", "<image> one tag", "exit"])
+        + "\n"
+    )
+    proc = _chat(["--model", str(checkpoint), "--temperature", "0", "--max-new-tokens", "5"], session)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    assert out.startswith("Enter 'exit' to end the conversation, 'reset' to clear the chat history.")
+    assert out.count("Assistant: ") == 2 and "Conversation history reset." in out
+    assert out.count("Enter image file paths (comma-separated): ") == 2
+    assert "error: the conversation has 1 <image> tags but 0 images were given" in out
+    assert out.rstrip().endswith("Exiting the conversation.")
+
+
+def test_one_shot_reads_stdin_and_matches_the_api(checkpoint):
+    import fovea
+
+    image = EXAMPLES / "shapes.png"
+    proc = _chat(
+        [
+            "--model",
+            str(checkpoint),
+            "--image",
+            str(image),
+            "--prompt",
+            "-",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+        ],
+        "What is this?",
+    )
+    assert proc.returncode == 0, proc.stderr
+    model = fovea.load(checkpoint)
+    expected = model.chat([{"role": "user", "content": "What is this?"}], [image], max_new_tokens=6)
+    assert proc.stdout.strip() == expected
+
+
+def test_no_model_gives_a_hint(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fovea.cli", "chat", "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "run `fovea demo` or pass --model DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr
