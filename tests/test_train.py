@@ -91,32 +91,28 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_processes_equal_one(data, tmp_path):
-    """torchrun with gloo on CPU: 2 processes x 4 samples = 1 process x 8 samples, step by step."""
-    train(_recipe(data, tmp_path / "one"))
-    recipe = tmp_path / "recipe.yaml"
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_processes_equal_one(data, tmp_path, engine):
+    """torchrun with gloo on CPU: 2 processes x 4 samples = 1 process x 8 samples, step by step,
+    and (FSDP) the gathered final weights equal the single-process ones."""
     import yaml
 
-    recipe.write_text(yaml.safe_dump(to_dict(_recipe(data, tmp_path / "two"))))
+    single = train(_recipe(data, tmp_path / "one"))
+    two = _recipe(data, tmp_path / "two")
+    two.run.distributed = engine
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(to_dict(two)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        "-m",
-        "fovea.cli",
-        "train",
-        str(recipe),
-    ]
+    port = "29533" if engine == "ddp" else "29534"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "fovea.cli", "train", str(recipe)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
-    assert len(one) == len(two) == 12
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4 * max(one)
+    one, both = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert len(one) == len(both) == 12
+    assert max(abs(a - b) for a, b in zip(one, both)) < 1e-4 * max(one)
+    a, b = _weights(single), _weights(tmp_path / "two" / "stage-1-finetune" / "final")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
 def test_bad_records_are_skipped_counted_and_named(data, tmp_path, caplog):
