@@ -104,8 +104,19 @@ def test_two_processes_equal_one(data, tmp_path, engine):
     recipe.write_text(yaml.safe_dump(to_dict(two)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     port = "29533" if engine == "ddp" else "29534"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           "-m", "fovea.cli", "train", str(recipe)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        "-m",
+        "fovea.cli",
+        "train",
+        str(recipe),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, both = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
