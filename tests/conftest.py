@@ -19,15 +19,36 @@ class NetworkBlocked(RuntimeError):
     pass
 
 
-def _refuse(*args, **kwargs):
-    raise NetworkBlocked("tests must not touch the network")
+_LOOPBACK = ("127.", "::1", "localhost")
+_connect, _connect_ex, _create_connection = (
+    socket.socket.connect,
+    socket.socket.connect_ex,
+    socket.create_connection,
+)
+
+
+def _host(address) -> str:
+    return str(address[0]) if isinstance(address, tuple) else str(address)
+
+
+def _loopback_only(original):
+    """Allow the project's own servers on loopback (and local unix sockets); refuse the rest."""
+
+    def guarded(*args, **kwargs):
+        address = args[1] if original is not _create_connection else args[0]
+        host = _host(address)
+        if isinstance(address, (str, bytes)) or host.startswith(_LOOPBACK):
+            return original(*args, **kwargs)
+        raise NetworkBlocked(f"tests must not touch the network (tried {host})")
+
+    return guarded
 
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
-    monkeypatch.setattr(socket.socket, "connect", _refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", _refuse)
-    monkeypatch.setattr(socket, "create_connection", _refuse)
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only(_connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", _loopback_only(_connect_ex))
+    monkeypatch.setattr(socket, "create_connection", _loopback_only(_create_connection))
 
 
 @pytest.fixture(autouse=True)

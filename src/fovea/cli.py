@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_demo(sub)
     _add_chat(sub)
+    _add_serve(sub)
     _add_train(sub)
     _add_data(sub)
     _add_extract(sub)
@@ -151,6 +152,76 @@ def _run_chat(args) -> int:
         one_shot(model, prompt, images, options)
     else:
         repl(model, images, options)
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible chat server (/v1/chat/completions, /v1/models, /health)",
+        description=(
+            "Serve a model over OpenAI's chat API: images as data: URLs in image_url parts (remote URLs and "
+            "local files only when enabled), streaming by SSE, concurrent requests batched together. Binds "
+            "to 127.0.0.1 unless --host says otherwise."
+        ),
+        epilog="example: fovea serve --model runs/demo/train/stage-1-finetune/final --port 8000 --api-key secret",
+    )
+    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p.add_argument("--name", help="model id clients ask for (default: the directory name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
+    p.add_argument("--image-dir", help="allow local image paths inside this directory")
+    p.add_argument("--max-images", type=int, default=8, help="images per request (default: %(default)s)")
+    p.add_argument(
+        "--max-pixels", type=int, default=16_000_000, help="pixels per image (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=1024, help="largest max_tokens accepted (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-body-mb", type=float, default=32, help="largest request body (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=16, help="requests decoded together (default: %(default)s)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    from pathlib import Path
+
+    import uvicorn
+
+    from .checkpoints import load
+    from .infer.requests import Limits
+    from .infer.server import ServeConfig, create_app
+
+    model = load(args.model, device=args.device)
+    limits = Limits(
+        max_images=args.max_images,
+        max_pixels=args.max_pixels,
+        max_tokens=args.max_tokens,
+        allow_remote_images=args.allow_remote_images,
+        image_dir=Path(args.image_dir) if args.image_dir else None,
+    )
+    config = ServeConfig(
+        name=args.name or Path(args.model).name,
+        api_key=args.api_key,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        limits=limits,
+        max_batch=args.max_batch,
+    )
+    print(f"serving {config.name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C to stop)")
+    uvicorn.run(
+        create_app(model, config),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
     return 0
 
 
