@@ -11,6 +11,14 @@ import logging
 import sys
 
 EXIT_USER_ERROR = 2
+_EXTRAS = {
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "peft": "train",
+    "tensorboard": "train",
+    "wandb": "wandb",
+    "deepspeed": "deepspeed",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (FoveaError, FileNotFoundError) as err:
         print(f"fovea: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ModuleNotFoundError as err:
+        extra = _EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"fovea: error: this command needs {err.name!r}: pip install 'fovea[{extra}]'", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("fovea: interrupted", file=sys.stderr)

@@ -34,6 +34,8 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     template: str | None = "default"
+    ignore_eos: bool = False
+    """Decode exactly max_tokens tokens (for benchmarks)."""
     emit: Callable[[str, object], None] = lambda kind, value: None
     """Receives ("text", str) pieces, then ("done", Result) or ("error", exception)."""
 
@@ -91,6 +93,8 @@ class Engine:
     def __init__(self, model, max_batch: int = 16, max_wait: float = 0.01):
         self.model, self.max_batch, self.max_wait = model, max_batch, max_wait
         self.queue: queue.Queue[Request] = queue.Queue()
+        self.trace: list[float] | None = None
+        """Set to a list to record the time of every token step (benchmarks)."""
         self.busy = threading.Event()
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._loop, name="fovea-engine", daemon=True)
@@ -165,14 +169,21 @@ class Engine:
         model, pad = self.model, self.model.tokenizer.pad_token_id or 0
         while True:
             logits = out.logits[:, -1]
+            greedy = logits.argmax(-1).tolist()  # one op for every greedy row of the batch
             step = []
             for i, seq in enumerate(sequences):
                 token = pad
                 if seq.finish is None:
                     r = seq.request
-                    token = choose(logits[i], r.temperature, r.top_p, seq.generator)
+                    token = (
+                        greedy[i]
+                        if r.temperature <= 0
+                        else choose(logits[i], r.temperature, r.top_p, seq.generator)
+                    )
                     seq.push(token)
                 step.append(token)
+            if self.trace is not None:
+                self.trace.append(time.perf_counter())
             if all(seq.finish is not None for seq in sequences):
                 break
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
