@@ -84,3 +84,22 @@ def test_no_model_gives_a_hint(tmp_path):
     )
     assert proc.returncode == 2 and "run `fovea demo` or pass --model DIR" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_session_keeps_the_cache_between_turns():
+    """Each turn prefills only what is new, and answers equal model.chat on the full history."""
+    from PIL import Image
+
+    from fovea.infer.session import ChatSession
+
+    model = tiny_vlm()
+    image = Image.open(EXAMPLES / "shapes.png")
+    session, history = ChatSession(model, [image]), []
+    for question in ["What is it?", "And its colour?", "Anything else?"]:
+        answer = "".join(session.ask(question, max_new_tokens=6)).strip()
+        history.append({"role": "user", "content": question})
+        assert answer == model.chat(history, [image], max_new_tokens=6)
+        history.append({"role": "assistant", "content": answer})
+    first, *later = session.prefilled
+    assert all(n < first for n in later)  # the image and the earlier turns were not re-encoded
+    assert len(session.messages) == 6

@@ -154,9 +154,9 @@ def _run_chat(args) -> int:
     model = load(source, device=args.device)
     options = {
         "max_new_tokens": args.max_new_tokens,
-        "do_sample": args.temperature > 0,
-        "temperature": args.temperature or 1.0,
+        "temperature": args.temperature,
         "top_p": args.top_p,
+        "seed": args.seed,
     }
     if args.template:
         options["template"] = args.template

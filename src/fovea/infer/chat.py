@@ -21,15 +21,17 @@ def split_images(line: str) -> list[str]:
 
 
 def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = input, out=sys.stdout) -> None:
-    """The interactive loop; `ask` reads a line (input() by default), `out` receives the text."""
+    """The interactive loop; `ask` reads a line (input() by default), `out` receives the text.
+    Turns reuse the KV cache of the conversation so far (see `ChatSession`)."""
     from ..errors import FoveaError
+    from .session import ChatSession
 
     print(HINT, file=out)
-    history: list[dict] = []
+    session = ChatSession(model, images, options.pop("template", "default"))
     ask_images = not images  # at the start (unless given) and after every reset
     while True:
         if ask_images:
-            images = split_images(ask("Enter image file paths (comma-separated): "))
+            session.reset(split_images(ask("Enter image file paths (comma-separated): ")))
             ask_images = False
         try:
             text = ask("User: ")
@@ -40,23 +42,21 @@ def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = in
             print("Exiting the conversation.", file=out)
             return
         if text.strip().lower() == "reset":
-            history, images, ask_images = [], [], True
+            ask_images = True
             print("Conversation history reset.", file=out)
             continue
-        turn = [*history, {"role": "user", "content": text}]
         try:
-            pieces = model.chat(turn, images, stream=True, **options)
+            _print_stream("Assistant: ", session.ask(text, **options), out)
         except FoveaError as err:
             print(f"error: {err}", file=out)
-            continue
-        answer = _print_stream("Assistant: ", pieces, out)
-        history = [*turn, {"role": "assistant", "content": answer}]
 
 
 def _print_stream(prefix: str, pieces: Iterable[str], out) -> str:
     print(prefix, end="", file=out, flush=True)
     parts = []
     for piece in pieces:
+        if not parts:
+            piece = piece.lstrip()  # as model.chat's answers: no leading space
         parts.append(piece)
         print(piece, end="", file=out, flush=True)
     print("", file=out)
@@ -64,4 +64,7 @@ def _print_stream(prefix: str, pieces: Iterable[str], out) -> str:
 
 
 def one_shot(model, prompt: str, images: list[str], options: dict, out=sys.stdout) -> None:
-    _print_stream("", model.chat([{"role": "user", "content": prompt}], images, stream=True, **options), out)
+    from .session import ChatSession
+
+    session = ChatSession(model, images, options.pop("template", "default"))
+    _print_stream("", session.ask(prompt, **options), out)
