@@ -76,3 +76,21 @@ def test_tower_directory_loads_its_weights(tmp_path):
         expected = reference(pixels, output_hidden_states=True).hidden_states[-2]
         assert torch.equal(tower(pixels).hidden_states[-2], expected)
     assert image["size"] == 28
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_shortened_tower_gives_the_same_states_and_skips_the_rest(name):
+    tower, image = build_tower(name)
+    pixels = torch.randn(2, 3, image["size"], image["size"])
+    ran = []
+    hooks = [
+        layer.register_forward_hook(lambda *a, i=i: ran.append(i))
+        for i, layer in enumerate(tower.model.encoder.layers)
+    ]
+    with torch.no_grad():
+        full, short = tower(pixels).hidden_states, tower(pixels, depth=1).hidden_states
+    for hook in hooks:
+        hook.remove()
+    assert ran == [0, 1, 0]  # the full run, then the shortened one stops after block 0
+    assert len(short) == 2 and all(torch.equal(a, b) for a, b in zip(short, full[:2]))
+    assert len(tower.model.encoder.layers) == tower.num_layers  # restored

@@ -55,6 +55,8 @@ class Connector(nn.Module):
                 raise ConfigError(
                     f"connector.layers: {index} is outside the tower's {tower_layers + 1} hidden states"
                 )
+        # hidden states are indexed as transformers returns them for the *full* tower: 0..L
+        self.layer_index = [i if i >= 0 else tower_layers + 1 + i for i in config.layers]
         self.fuser = FUSERS.get(config.fuser)(tower_width, len(config.layers))
         self.projector = build_projector(
             config.projector,
@@ -68,12 +70,16 @@ class Connector(nn.Module):
         """(rows, cols) of visual tokens per view for a tower patch grid (CLS not counted)."""
         return self.fuser.out_grid(grid)
 
+    def tower_depth(self) -> int:
+        """Tower blocks that must run: the deepest selected hidden state (0 = embeddings only)."""
+        return max(self.layer_index)
+
     def extra_tokens(self) -> int:
         """Tokens per view outside the grid (the kept CLS)."""
         return 1 if self.config.keep_cls else 0
 
     def forward(self, tower_out: TowerOutput, context: torch.Tensor | None = None) -> torch.Tensor:
         skip = 0 if self.config.keep_cls else tower_out.num_prefix_tokens
-        layers = [tower_out.hidden_states[i][:, skip:] for i in self.config.layers]  # each (V, N, D)
+        layers = [tower_out.hidden_states[i][:, skip:] for i in self.layer_index]  # each (V, N, D)
         fused = self.fuser(FuserInput(layers=layers, grid=tower_out.grid, context=context))
         return self.projector(fused)

@@ -83,7 +83,7 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         self, pixel_values: torch.Tensor, layouts: list[ImageLayout], context: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """All views (V, 3, S, S) -> one (n_i, D) token sequence per image."""
-        tower_out = self.tower(pixel_values.to(self.tower_device))
+        tower_out = self.tower(pixel_values.to(self.tower_device), depth=self.connector.tower_depth())
         views = self.connector(tower_out, context)  # (V, N', D)
         expected = sum(layout.num_views for layout in layouts)
         if views.shape[0] != expected:

@@ -13,6 +13,7 @@ config says ``has_cls``.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,10 +128,13 @@ class VisionTower(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         return height // self.patch_size, width // self.patch_size
 
-    def forward(self, pixels: torch.Tensor) -> TowerOutput:
+    def forward(self, pixels: torch.Tensor, depth: int | None = None) -> TowerOutput:
+        """All hidden states, or (with `depth`) only those of the embeddings and the first `depth`
+        blocks: a connector that reads layer -2 need not run the last block (LLaVA's default)."""
         first = next(self.parameters())
         pixels = pixels.to(device=first.device, dtype=first.dtype)
-        out = self.model(pixel_values=pixels, output_hidden_states=True, return_dict=True)
+        with _shortened(self.model, depth):
+            out = self.model(pixel_values=pixels, output_hidden_states=True, return_dict=True)
         return TowerOutput(
             hidden_states=tuple(out.hidden_states),
             num_prefix_tokens=1 if self.config.cls_token else 0,
@@ -168,6 +172,22 @@ class VisionTower(nn.Module):
             self.model.load_state_dict(state)
         except RuntimeError as err:
             raise CheckpointError(f"{path}: {str(err).splitlines()[-1].strip()}") from None
+
+
+@contextmanager
+def _shortened(model: nn.Module, depth: int | None):
+    """Temporarily run only the first `depth` encoder blocks. transformers records hidden states
+    with hooks on each block, so the states it returns are exactly those of the full model."""
+    encoder = getattr(model, "encoder", None)
+    layers = getattr(encoder, "layers", None)
+    if depth is None or not isinstance(layers, nn.ModuleList) or depth >= len(layers):
+        yield
+        return
+    encoder.layers = layers[:depth]
+    try:
+        yield
+    finally:
+        encoder.layers = layers
 
 
 def _as_int(value) -> int:
