@@ -66,39 +66,45 @@ def create_app(model, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def completions(request: HttpRequest):
-        try:
-            _authorise(request, config)
-            body = await _json_body(request, config.max_body_bytes)
-            if body.get("model") != config.name:
-                raise ApiError(
-                    404,
-                    f"model {body.get('model')!r} not found; this server has {config.name!r}",
-                    "model",
-                    "model_not_found",
-                )
-            messages, images = parse_messages(body.get("messages"), config.limits)
-            options = sampling(body, config.limits)
-        except ApiError as err:
-            return fail(err)
-        events: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        engine.submit(
-            Request(
-                messages,
-                images,
-                **options,
-                emit=lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
-            )
-        )
-        first = await events.get()
-        if first[0] == "error":
-            return fail(_as_api_error(first[1]))
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": config.name}
-        if body.get("stream"):
-            return StreamingResponse(_sse(first, events, meta), media_type="text/event-stream")
-        return await _complete(first, events, meta)
+        return await _chat_completion(request, config, engine)
 
     return app
+
+
+async def _chat_completion(request, config: ServeConfig, engine: Engine):
+    """One /v1/chat/completions request: check it, queue it, answer (JSON or an SSE stream)."""
+    try:
+        _authorise(request, config)
+        body = await _json_body(request, config.max_body_bytes)
+        if body.get("model") != config.name:
+            raise ApiError(
+                404,
+                f"model {body.get('model')!r} not found; this server has {config.name!r}",
+                "model",
+                "model_not_found",
+            )
+        messages, images = parse_messages(body.get("messages"), config.limits)
+        options = sampling(body, config.limits)
+    except ApiError as err:
+        return JSONResponse(err.body(), status_code=err.status)
+    events: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    engine.submit(
+        Request(
+            messages,
+            images,
+            **options,
+            emit=lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
+        )
+    )
+    first = await events.get()  # the first event decides between a 4xx and a reply
+    if first[0] == "error":
+        err = _as_api_error(first[1])
+        return JSONResponse(err.body(), status_code=err.status)
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": config.name}
+    if body.get("stream"):
+        return StreamingResponse(_sse(first, events, meta), media_type="text/event-stream")
+    return await _complete(first, events, meta)
 
 
 def _authorise(request, config: ServeConfig) -> None:
