@@ -42,3 +42,9 @@ def test_only_the_cli_and_the_repl_print():
             continue
         calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)]
         assert not any(isinstance(c.func, ast.Name) and c.func.id == "print" for c in calls), path
+
+
+def test_metrics_are_pure_python():
+    """Scoring must not depend on torch (DESIGN: metrics are pure functions)."""
+    imports = _imports(SRC / "eval" / "metrics.py")
+    assert not {m for m in imports if m.split(".")[0] in ("torch", "numpy", "transformers")}

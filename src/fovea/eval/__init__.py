@@ -1,0 +1,1 @@
+"""Evaluation: scoring functions of the published protocols (pure Python, no torch)."""

@@ -1,0 +1,270 @@
+"""Benchmark scoring as the published protocols define it: pure functions, no torch.
+
+Each function names the protocol it follows (lmms-eval 0.7.2 for the general benchmarks, the
+MLCD-Embodied scripts for RoboVQA); where a protocol has a quirk, fovea reproduces it and says so,
+because matching published numbers is the point. Scores are fractions in [0, 1] unless stated.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from fractions import Fraction
+
+# -- ChartQA -------------------------------------------------------------------------------------
+
+
+def _to_float(text: str) -> float | None:
+    try:
+        if text.endswith("%"):
+            return float(text.rstrip("%")) / 100.0
+        return float(text)
+    except ValueError:
+        return None
+
+
+def relaxed_correctness(prediction: str, target: str, max_relative_change: float = 0.05) -> bool:
+    """ChartQA (lmms-eval, from Qwen-VL): numbers within 5% of a non-zero target, else exact
+    case-insensitive match. "12%" reads as 0.12. The prediction is *not* stripped (as there)."""
+    pred, gold = _to_float(prediction), _to_float(target)
+    if pred is not None and gold:
+        return abs(pred - gold) / abs(gold) <= max_relative_change
+    return prediction.lower() == target.lower()
+
+
+# -- DocVQA / InfoVQA ----------------------------------------------------------------------------
+
+
+def levenshtein(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
+    """Average Normalised Levenshtein Similarity for one question (DocVQA, InfoVQA; lmms-eval).
+
+    Distances are between whitespace-normalised lower-case strings, but divided by the longer of
+    the *raw* lengths — lmms-eval's quirk, kept so scores match. Below `threshold`, the score is 0.
+    """
+    det = " ".join(prediction.strip().lower().split())
+    best = 1.0
+    for answer in answers:
+        gold = " ".join(answer.strip().lower().split())
+        length = max(len(answer.upper()), len(prediction.upper()))
+        best = min(best, levenshtein(gold, det) / length if length else 0.0)
+    score = 1.0 - best
+    return score if score >= threshold else 0.0
+
+
+# -- OCRBench ------------------------------------------------------------------------------------
+
+OCRBENCH_CATEGORIES = {
+    "Regular Text Recognition": "Text Recognition",
+    "Irregular Text Recognition": "Text Recognition",
+    "Artistic Text Recognition": "Text Recognition",
+    "Handwriting Recognition": "Text Recognition",
+    "Digit String Recognition": "Text Recognition",
+    "Non-Semantic Text Recognition": "Text Recognition",
+    "Scene Text-centric VQA": "Scene Text-centric VQA",
+    "Doc-oriented VQA": "Doc-oriented VQA",
+    "Key Information Extraction": "Key Information Extraction",
+    "Handwritten Mathematical Expression Recognition": "Handwritten Mathematical Expression Recognition",
+}
+
+
+def _fold_fullwidth(text: str) -> str:
+    return "".join(unicodedata.normalize("NFKC", ch) if "\uff01" <= ch <= "\uff5e" else ch for ch in text)
+
+
+def ocrbench_match(prediction: str, answers: Sequence[str], dataset: str = "") -> bool:
+    """OCRBench: any answer is a substring of the prediction. Full-width ASCII folded; lower-cased,
+    stripped, newlines to spaces — except handwritten maths (dataset HME100k): spaces removed,
+    case kept."""
+    pred = _fold_fullwidth(prediction)
+    for answer in answers:
+        gold = _fold_fullwidth(answer)
+        if dataset == "HME100k":
+            if gold.strip().replace("\n", " ").replace(" ", "") in pred.strip().replace("\n", " ").replace(
+                " ", ""
+            ):
+                return True
+        elif gold.lower().strip().replace("\n", " ") in pred.lower().strip().replace("\n", " "):
+            return True
+    return False
+
+
+def ocrbench_score(results: Sequence[tuple[str, bool]]) -> dict[str, float]:
+    """(question_type, correct) pairs -> points per category, the final score out of 1000, and
+    lmms-eval's returned metric (final / 1000). Fresh state every call (unlike lmms-eval's global)."""
+    points = Counter()
+    for question_type, correct in results:
+        points[OCRBENCH_CATEGORIES.get(question_type, question_type)] += int(correct)
+    final = sum(points.values())
+    return {**{k: float(v) for k, v in points.items()}, "final_score": float(final), "ocrbench": final / 1000}
+
+
+# -- MME -----------------------------------------------------------------------------------------
+
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+
+
+def mme_parse(prediction: str) -> str:
+    """yes / no / other, as lmms-eval's parse_pred_ans."""
+    text = prediction.lower().strip().replace(".", "")
+    if text in ("yes", "no"):
+        return text
+    if len(text) == 1:
+        return {"y": "yes", "n": "no"}.get(text, "other")
+    head = text[:4]
+    if "yes" in head:
+        return "yes"
+    if "no" in head:
+        return "no"
+    return "other"
+
+
+def mme_scores(results: Sequence[tuple[str, str, str, str]]) -> dict[str, float]:
+    """(category, question_id, prediction, answer) -> per-category acc + acc+ (max 200 each),
+    perception (max 2000) and cognition (max 800). Every image (question_id) has two questions."""
+    by_category: dict[str, dict[str, list[bool]]] = {}
+    for category, qid, prediction, answer in results:
+        by_category.setdefault(category, {}).setdefault(qid, []).append(
+            mme_parse(prediction) == answer.lower()
+        )
+    out = {}
+    for category, images in by_category.items():
+        if any(len(v) != 2 for v in images.values()):
+            raise ValueError(f"MME category {category}: every image needs exactly two questions")
+        acc = sum(sum(v) for v in images.values()) / (2 * len(images)) * 100
+        acc_plus = sum(all(v) for v in images.values()) / len(images) * 100
+        out[category] = acc + acc_plus
+    out["perception"] = sum(out.get(c, 0.0) for c in MME_PERCEPTION)
+    out["cognition"] = sum(out.get(c, 0.0) for c in MME_COGNITION)
+    return out
+
+
+# -- multiple choice -----------------------------------------------------------------------------
+
+_LETTER_PATTERNS = [
+    re.compile(r"^\s*\(?([A-Z])\)?\s*$"),  # "B", "(B)"
+    re.compile(r"^\s*\(?([A-Z])[\).:]\s"),  # "B. text", "(B) text", "B: text"
+    re.compile(r"answer(?: is)?\s*[:：]?\s*\(?([A-Z])\)?(?![A-Za-z])", re.IGNORECASE),  # "The answer is (C)"
+]
+
+
+def choice_letter(prediction: str, options: dict[str, str]) -> str | None:
+    """The option letter a free-form answer picks, or None when it picks none (scored wrong).
+
+    fovea's documented, deterministic rule for MMStar / SEED / AI2D / MMBench / RealWorldQA-style
+    questions: a bare or bracketed letter, a letter opening the answer ("B. ..."), "the answer
+    is X", or the full text of exactly one option. Letters outside `options` do not count.
+    """
+    text = prediction.strip()
+    for pattern in _LETTER_PATTERNS:
+        match = pattern.search(text)
+        if match and match.group(1) in options:
+            return match.group(1)
+    named = [
+        letter
+        for letter, option in options.items()
+        if option and option.strip().lower() == text.rstrip(".").lower()
+    ]
+    return named[0] if len(named) == 1 else None
+
+
+# -- BLEU (RoboVQA) ------------------------------------------------------------------------------
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def sentence_bleu(
+    references: Sequence[Sequence[str]],
+    hypothesis: Sequence[str],
+    weights: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
+) -> float:
+    """Sentence BLEU with clipped n-gram precision and the brevity penalty, *no smoothing*,
+    exactly as nltk's ``sentence_bleu`` computes it (an order with no match contributes
+    log(min float), so a positive weight on it makes BLEU ~0; no unigram match gives 0)."""
+    numerators, denominators = [], []
+    for n in range(1, len(weights) + 1):
+        counts = _ngrams(hypothesis, n)
+        best = Counter()
+        for ref in references:
+            for gram, c in _ngrams(ref, n).items():
+                best[gram] = max(best[gram], c)
+        numerators.append(sum(min(c, best[g]) for g, c in counts.items()))
+        denominators.append(max(1, sum(counts.values())))
+    if numerators[0] == 0:
+        return 0.0
+    hyp_len = len(hypothesis)
+    ref_len = min((len(r) for r in references), key=lambda r: (abs(r - hyp_len), r))
+    bp = 1.0 if hyp_len > ref_len else (0.0 if hyp_len == 0 else math.exp(1 - ref_len / hyp_len))
+    logs = [
+        w * math.log(Fraction(num, den) if num else 2.2250738585072014e-308)
+        for w, num, den in zip(weights, numerators, denominators)
+    ]
+    return bp * math.exp(math.fsum(logs))
+
+
+_ROBOVQA_WEIGHTS = {
+    1: [(1, 0, 0, 0)] * 4,
+    2: [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (0.5, 0.5, 0, 0), (0.5, 0.5, 0, 0)],
+    3: [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (0.33, 0.33, 0.33, 0), (0.33, 0.33, 0.33, 0)],
+}
+_STANDARD = [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (1 / 3, 1 / 3, 1 / 3, 0), (0.25, 0.25, 0.25, 0.25)]
+
+
+def robovqa_bleu_mlcd(prediction: str, answer: str) -> dict[str, float]:
+    """RoboVQA BLEU-1..4 as the MLCD-Embodied scripts score it (robo_metric.py): lower-case,
+    newlines removed, whitespace tokens; for yes/no answers every predicted word containing "yes"
+    (or else "no") becomes that word; the n-gram weights shrink with the answer's length (answers of
+    1, 2, 3 words cannot have longer n-grams); ``score`` = mean of BLEU-1..4. Not comparable with
+    plain sentence BLEU (`robovqa_bleu_plain`); never mix the two in one table."""
+    gold = answer.lower().replace("\n", "").split()
+    pred = prediction.lower().replace("\n", "").split()
+    if gold in (["yes"], ["no"]):
+        pred = ["yes" if "yes" in w else "no" if "no" in w else w for w in pred]
+    weights = _ROBOVQA_WEIGHTS.get(max(len(gold), 1), _STANDARD)  # 4+ words: the standard weights
+    scores = [sentence_bleu([gold], pred, w) for w in weights]
+    return {
+        "bleu1": scores[0],
+        "bleu2": scores[1],
+        "bleu3": scores[2],
+        "bleu4": scores[3],
+        "score": sum(scores) / 4,
+    }
+
+
+def robovqa_bleu_plain(prediction: str, answer: str) -> dict[str, float]:
+    """Plain sentence BLEU-1..4 (standard cumulative weights, no length adaptation)."""
+    gold, pred = answer.lower().split(), prediction.lower().split()
+    scores = [sentence_bleu([gold], pred, w) for w in _STANDARD]
+    return {
+        "bleu1": scores[0],
+        "bleu2": scores[1],
+        "bleu3": scores[2],
+        "bleu4": scores[3],
+        "score": sum(scores) / 4,
+    }
