@@ -247,24 +247,15 @@ def robovqa_bleu_mlcd(prediction: str, answer: str) -> dict[str, float]:
     if gold in (["yes"], ["no"]):
         pred = ["yes" if "yes" in w else "no" if "no" in w else w for w in pred]
     weights = _ROBOVQA_WEIGHTS.get(max(len(gold), 1), _STANDARD)  # 4+ words: the standard weights
-    scores = [sentence_bleu([gold], pred, w) for w in weights]
-    return {
-        "bleu1": scores[0],
-        "bleu2": scores[1],
-        "bleu3": scores[2],
-        "bleu4": scores[3],
-        "score": sum(scores) / 4,
-    }
+    return _bleu_1_to_4(gold, pred, weights)
 
 
 def robovqa_bleu_plain(prediction: str, answer: str) -> dict[str, float]:
     """Plain sentence BLEU-1..4 (standard cumulative weights, no length adaptation)."""
     gold, pred = answer.lower().split(), prediction.lower().split()
-    scores = [sentence_bleu([gold], pred, w) for w in _STANDARD]
-    return {
-        "bleu1": scores[0],
-        "bleu2": scores[1],
-        "bleu3": scores[2],
-        "bleu4": scores[3],
-        "score": sum(scores) / 4,
-    }
+    return _bleu_1_to_4(gold, pred, _STANDARD)
+
+
+def _bleu_1_to_4(gold: list[str], pred: list[str], weights: list[tuple]) -> dict[str, float]:
+    scores = [sentence_bleu([gold], pred, w) for w in weights]
+    return {**{f"bleu{n}": v for n, v in enumerate(scores, 1)}, "score": sum(scores) / 4}
