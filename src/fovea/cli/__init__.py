@@ -1,0 +1,70 @@
+"""The ``fovea`` command: one console script, one small function per subcommand.
+
+Errors a user can cause (a bad image, an unknown preset, a broken checkpoint, a missing file)
+print one line, ``fovea: error: ...``, and exit with status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EXIT_USER_ERROR = 2
+_EXTRAS = {
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "peft": "train",
+    "tensorboard": "train",
+    "wandb": "wandb",
+    "deepspeed": "deepspeed",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="fovea: %(message)s")
+    from ..errors import FoveaError
+
+    try:
+        return args.func(args)
+    except (FoveaError, FileNotFoundError) as err:
+        print(f"fovea: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ModuleNotFoundError as err:
+        extra = _EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"fovea: error: this command needs {err.name!r}: pip install 'fovea[{extra}]'", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("fovea: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fovea",
+        description="Multimodal LLMs whose strength is their vision: towers, AnyRes, LLaVA-NeXT models.",
+    )
+    parser.add_argument("--version", action="version", version=f"fovea {_version()}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    from . import evaluate, models, pipeline
+
+    for module in (pipeline, models, evaluate):
+        module.add_commands(sub)
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def user_error(message: str):
+    from ..errors import ConfigError
+
+    return ConfigError(message)
+
