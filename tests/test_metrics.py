@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
 import warnings
 
 import pytest
+from nltk.translate.bleu_score import sentence_bleu as nltk_bleu
 
 from fovea.eval.metrics import (
     anls,
@@ -114,8 +116,6 @@ def test_choice_letter(pred, letter):
 
 
 def test_sentence_bleu_equals_nltk():
-    from nltk.translate.bleu_score import sentence_bleu as nltk_bleu
-
     rng = random.Random(0)
     words = "the a robot arm picks up put cup red blue on table yes no".split()
     weights = [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (0.33, 0.33, 0.33, 0), (0.25, 0.25, 0.25, 0.25)]
@@ -130,9 +130,52 @@ def test_sentence_bleu_equals_nltk():
 
 
 def test_robovqa_protocols_differ_and_are_named():
-    mlcd = robovqa_bleu_mlcd("Yes, it is", "yes")
-    assert mlcd["bleu4"] == pytest.approx(sentence_bleu([["yes"]], ["yes", "it", "is"], (1, 0, 0, 0)))
+    # the MLCD protocol tokenises with split(" "): "yes," stays "yes," and scores 0 against "yes"
+    assert robovqa_bleu_mlcd("Yes, it is", "yes")["score"] == 0.0
+    # one-word answer: BLEU-1 weights throughout; 1 of 3 unigrams matches, no brevity penalty
+    assert robovqa_bleu_mlcd("Yes it is", "yes")["bleu4"] == pytest.approx(1 / 3)
     assert robovqa_bleu_mlcd("nothing", "no")["bleu1"] == 1.0  # "nothing" contains "no": the MLCD quirk
+    assert robovqa_bleu_mlcd("yesterday", "no")["bleu1"] == 0.0  # "yesterday" becomes "yes" first
     short = robovqa_bleu_mlcd("pick up the cup", "pick cup")
     plain = robovqa_bleu_plain("pick up the cup", "pick cup")
     assert short["bleu4"] > plain["bleu4"]  # length-adapted weights vs standard: not comparable
+
+
+def _robovqa_oracle(prediction, answer):
+    """The MLCD-Embodied robo_metric.py behaviour restated on nltk, as the test oracle."""
+    pred, gold = prediction.replace("\n", "").lower(), answer.replace("\n", "").lower()
+    if gold in ("yes", "no"):
+        pred = re.sub(r"\b\w*no\w*\b", "no", re.sub(r"\b\w*yes\w*\b", "yes", pred))
+    ref, cand = [gold.split(" ")], pred.split(" ")
+    n = len(ref[0])
+    table = {
+        1: [(1, 0, 0, 0)] * 4,
+        2: [(1, 0, 0, 0)] + [(0.5, 0.5, 0, 0)] * 3,
+        3: [(1, 0, 0, 0), (0.5, 0.5, 0, 0)] + [(0.33, 0.33, 0.33, 0)] * 2,
+    }.get(n, [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (0.33, 0.33, 0.33, 0), (0.25,) * 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [nltk_bleu(ref, cand, weights=w) for w in table]
+
+
+@pytest.mark.parametrize(
+    "prediction,answer",
+    [
+        ("yes", "yes"),
+        ("Yes.", "yes"),
+        ("I know it", "no"),
+        ("", "yes"),
+        ("put the cup\nin the sink", "put the cup in the sink"),
+        ("put  the cup in the sink", "put the cup in the sink"),  # double space: an empty token
+        ("the cup in the sink", "put the cup in the sink"),
+        ("pick the red block", "pick red block"),
+        ("place it on the table now", "place it on the table"),
+        ("done", ""),
+        ("move the arm left then grasp", "move arm left grasp the mug"),
+    ],
+)
+def test_robovqa_mlcd_matches_the_original_on_nltk(prediction, answer):
+    ours = robovqa_bleu_mlcd(prediction, answer)
+    expected = _robovqa_oracle(prediction, answer)
+    assert [ours[f"bleu{n}"] for n in range(1, 5)] == pytest.approx(expected, abs=1e-12)
+    assert ours["score"] == pytest.approx(sum(expected) / 4, abs=1e-12)

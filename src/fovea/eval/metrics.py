@@ -232,22 +232,29 @@ _ROBOVQA_WEIGHTS = {
     1: [(1, 0, 0, 0)] * 4,
     2: [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (0.5, 0.5, 0, 0), (0.5, 0.5, 0, 0)],
     3: [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (0.33, 0.33, 0.33, 0), (0.33, 0.33, 0.33, 0)],
+    4: [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (0.33, 0.33, 0.33, 0), (0.25, 0.25, 0.25, 0.25)],
 }
 _STANDARD = [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (1 / 3, 1 / 3, 1 / 3, 0), (0.25, 0.25, 0.25, 0.25)]
+_YES, _NO = re.compile(r"\b\w*yes\w*\b"), re.compile(r"\b\w*no\w*\b")
 
 
 def robovqa_bleu_mlcd(prediction: str, answer: str) -> dict[str, float]:
-    """RoboVQA BLEU-1..4 as the MLCD-Embodied scripts score it (robo_metric.py): lower-case,
-    newlines removed, whitespace tokens; for yes/no answers every predicted word containing "yes"
-    (or else "no") becomes that word; the n-gram weights shrink with the answer's length (answers of
-    1, 2, 3 words cannot have longer n-grams); ``score`` = mean of BLEU-1..4. Not comparable with
-    plain sentence BLEU (`robovqa_bleu_plain`); never mix the two in one table."""
-    gold = answer.lower().replace("\n", "").split()
-    pred = prediction.lower().replace("\n", "").split()
-    if gold in (["yes"], ["no"]):
-        pred = ["yes" if "yes" in w else "no" if "no" in w else w for w in pred]
-    weights = _ROBOVQA_WEIGHTS.get(max(len(gold), 1), _STANDARD)  # 4+ words: the standard weights
-    return _bleu_1_to_4(gold, pred, weights)
+    """RoboVQA BLEU-1..4 as the MLCD-Embodied scripts score it (robo_metric.py).
+
+    Newlines removed and lower-cased; for a yes/no answer, every predicted word containing "yes"
+    becomes "yes", then every word containing "no" becomes "no" (so "nothing" and "know" read as
+    "no" — the original's quirk); tokens are ``split(" ")`` (so double spaces give empty tokens, as
+    there); the n-gram weights depend on the answer's length: 1 word (1,0,0,0) for all four, 2 words
+    (.5,.5) from BLEU-2 on, 3+ words use 0.33 (not 1/3) for BLEU-3, and BLEU-4 is uniform only from
+    4 words. ``score`` = mean of BLEU-1..4. Not comparable with `robovqa_bleu_plain`; never mix the
+    two in one table."""
+    pred = prediction.replace("\n", "").lower()
+    gold = answer.replace("\n", "").lower()
+    if gold in ("yes", "no"):
+        pred = _NO.sub("no", _YES.sub("yes", pred))
+    gold_tokens, pred_tokens = gold.split(" "), pred.split(" ")
+    weights = _ROBOVQA_WEIGHTS[min(len(gold_tokens), 4)]
+    return _bleu_1_to_4(gold_tokens, pred_tokens, weights)
 
 
 def robovqa_bleu_plain(prediction: str, answer: str) -> dict[str, float]:
