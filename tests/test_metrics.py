@@ -14,6 +14,9 @@ from fovea.eval.metrics import (
     choice_letter,
     mme_parse,
     mme_scores,
+    mmmu_choice,
+    mmmu_open_correct,
+    mmmu_scores,
     ocrbench_match,
     ocrbench_score,
     relaxed_correctness,
@@ -179,3 +182,60 @@ def test_robovqa_mlcd_matches_the_original_on_nltk(prediction, answer):
     expected = _robovqa_oracle(prediction, answer)
     assert [ours[f"bleu{n}"] for n in range(1, 5)] == pytest.approx(expected, abs=1e-12)
     assert ours["score"] == pytest.approx(sum(expected) / 4, abs=1e-12)
+
+
+OPTIONS = ["a red cube", "a blue sphere", "two green cones", "nothing at all"]
+
+
+@pytest.mark.parametrize(
+    ("response", "letter"),
+    [
+        ("B", "B"),
+        ("(C)", "C"),
+        ("The answer is (A).", "A"),
+        ("A. a red cube", "A"),
+        ("Between (A) and (D), I pick (D)", "D"),  # several: the last mentioned
+        ("I think D is right, not A", "A"),  # "D " and "A " both match; " A " comes last
+        ("The DNA shows it", "A"),  # "A " inside "DNA ": the official rule's quirk
+        ("C.", "C"),  # trailing punctuation stripped first
+        ("It is clearly a picture of two green cones on a table", "C"),  # option text, > 5 words
+        ("two green cones", None),  # option text only counts for answers over five words
+        ("", None),
+        ("E", None),  # not an option
+    ],
+)
+def test_mmmu_choice(response, letter):
+    assert mmmu_choice(response, OPTIONS) == letter
+
+
+def test_mmmu_choice_random_fallback_is_opt_in_and_reproducible():
+    draws = [mmmu_choice("no idea", OPTIONS, rng=random.Random(s)) for s in range(20)]
+    assert set(draws) <= set("ABCD") and len(set(draws)) > 1
+    assert draws == [mmmu_choice("no idea", OPTIONS, rng=random.Random(s)) for s in range(20)]
+    assert mmmu_choice("B", OPTIONS, rng=random.Random(0)) == "B"  # the draw only when nothing parses
+
+
+@pytest.mark.parametrize(
+    ("response", "answer", "ok"),
+    [
+        ("42", "42", True),
+        ("The total is 1,234.", "1234", True),  # commas dropped from numbers
+        ("so the result is 3.14159", "3.14", True),  # numbers compared at 2 decimals
+        ("x = 2.5e3", "2500", True),  # scientific notation
+        ("Therefore the answer is Paris", "paris", True),
+        ("The answer is B", "b", True),  # one character: matched as " b" / "b "
+        ("The answer is about", "b", False),  # ... so it does not match inside "about"
+        ("17", "18", False),
+        ("", "0", False),
+        ("It is 12 or 13", ["13", "14"], True),  # several gold answers
+    ],
+)
+def test_mmmu_open(response, answer, ok):
+    assert mmmu_open_correct(response, answer) is ok
+
+
+def test_mmmu_scores_are_instance_weighted():
+    results = [("Art", True), ("Art", False), ("Math", True), ("Physics", True), ("Physics", True)]
+    scores = mmmu_scores(results)
+    assert scores["Art"] == 0.5 and scores["Science"] == 1.0 and scores["Art and Design"] == 0.5
+    assert scores["mmmu"] == pytest.approx(4 / 5)  # not the mean of domain means (0.75)

@@ -266,3 +266,132 @@ def robovqa_bleu_plain(prediction: str, answer: str) -> dict[str, float]:
 def _bleu_1_to_4(gold: list[str], pred: list[str], weights: list[tuple]) -> dict[str, float]:
     scores = [sentence_bleu([gold], pred, w) for w in weights]
     return {**{f"bleu{n}": v for n, v in enumerate(scores, 1)}, "score": sum(scores) / 4}
+
+
+# -- MMMU ----------------------------------------------------------------------------------------
+# The official MMMU rules (MMMU-Benchmark eval_utils, as lmms-eval 0.7.2 runs them). Where nothing
+# parses, lmms-eval draws a random option; fovea scores such an answer wrong unless `rng` is given
+# (pass a seeded `random.Random`, or the `random` module seeded as lmms-eval seeds it, to compare).
+
+_MMMU_STRIP = ",.!?;:'"
+_MMMU_KEYS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
+
+
+def mmmu_choice(response: str, options: Sequence[str], rng=None) -> str | None:
+    """The option letter (A, B, ...) a free-form MMMU answer picks.
+
+    In order: a bracketed letter "(B)"; else a letter followed by a space ("B " — which also
+    matches a word ending in a capital, e.g. "DNA ", as in the original); else a letter followed by
+    a full stop; else, for answers of more than five words, an option's text. Several candidates:
+    the one mentioned last wins. None (or ``rng.choice`` of the letters) when nothing matches."""
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    for ch in _MMMU_STRIP:
+        response = response.strip(ch)
+    text = f" {response} "
+    for form in ("({})", "{} ", "{}."):
+        found = [c for c in letters if form.format(c) in text]
+        if found:
+            tail = "({})" if form == "({})" else " {} "
+            return max(found, key=lambda c: text.rfind(tail.format(c)))  # ties: the first letter
+    if len(text.split()) > 5:
+        lower = text.lower()
+        found = [c for c, o in zip(letters, options) if str(o).lower() in lower]
+        if found:
+            return max(found, key=lambda c: lower.rfind(str(options[letters.index(c)]).lower()))
+    return rng.choice(letters) if rng is not None else None
+
+
+_NUMBER_FORMS = (
+    re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b"),  # 1,234,567
+    re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+"),  # 1.5e-3
+    re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])"),  # 42, 3.14, .5
+)
+
+
+def _mmmu_normalise(text: str) -> list:
+    """A number becomes a float rounded to 2 decimals; text is lower-cased, and a single character
+    is padded with a space on either side (two forms) so it cannot match inside a word."""
+    text = text.strip()
+    try:
+        return [round(float(text.replace(",", "")), 2)]
+    except ValueError:
+        text = text.lower()
+        return [" " + text, text + " "] if len(text) == 1 else [text]
+
+
+def mmmu_open_candidates(response: str) -> list:
+    """What an open MMMU answer may be saying: the tail after the last key phrase ("so ", "is ",
+    "therefore ", "answer ", ... and "=" in the last sentence) of each sentence, or the whole answer
+    when there is none, plus every number in them; all normalised."""
+    text = response.strip().strip(".").lower()
+    sentences = re.split(r"\.\s(?=[A-Z])|\n", text)
+    keys = []
+    for i, sentence in enumerate(sentences):
+        markers = _MMMU_KEYS + (("=",) if i == len(sentences) - 1 else ())
+        tails = [sentence.split(m)[-1].strip() for m in markers if m in sentence]
+        if tails:
+            shortest = min(tails, key=len)
+            if shortest and shortest not in (":", ",", ".", "!", "?", ";", "'"):
+                keys.append(shortest)
+    keys = keys or [text]
+    found = keys + [n for k in keys for form in _NUMBER_FORMS for n in form.findall(k)]
+    out = []
+    for item in found:
+        for norm in _mmmu_normalise(item):
+            if norm not in out:
+                out.append(norm)
+    return out
+
+
+def mmmu_open_correct(response: str, answer: str | Sequence[str]) -> bool:
+    """An open MMMU answer is right when a normalised gold string is a substring of a candidate
+    string, or a candidate number equals a normalised gold number."""
+    golds = [answer] if isinstance(answer, str) else list(answer)
+    norm = [g for a in golds for g in _mmmu_normalise(a)]
+    for cand in mmmu_open_candidates(response):
+        if isinstance(cand, str):
+            if any(isinstance(g, str) and g in cand for g in norm):
+                return True
+        elif cand in norm:
+            return True
+    return False
+
+
+MMMU_DOMAINS = {
+    "Art and Design": ("Art", "Art_Theory", "Design", "Music"),
+    "Business": ("Accounting", "Economics", "Finance", "Manage", "Marketing"),
+    "Science": ("Biology", "Chemistry", "Geography", "Math", "Physics"),
+    "Health and Medicine": (
+        "Basic_Medical_Science",
+        "Clinical_Medicine",
+        "Diagnostics_and_Laboratory_Medicine",
+        "Pharmacy",
+        "Public_Health",
+    ),
+    "Humanities and Social Science": ("History", "Literature", "Sociology", "Psychology"),
+    "Tech and Engineering": (
+        "Agriculture",
+        "Architecture_and_Engineering",
+        "Computer_Science",
+        "Electronics",
+        "Energy_and_Power",
+        "Materials",
+        "Mechanical_Engineering",
+    ),
+}
+
+
+def mmmu_scores(results: Sequence[tuple[str, bool]]) -> dict[str, float]:
+    """(subject, correct) -> accuracy per subject, per domain and overall, all weighted by
+    question count (MMMU's instance-level accuracy); ``mmmu`` is the overall figure."""
+    per: dict[str, list[bool]] = {}
+    for subject, correct in results:
+        per.setdefault(subject, []).append(bool(correct))
+    out = {s: sum(v) / len(v) for s, v in per.items()}
+    for domain, subjects in MMMU_DOMAINS.items():
+        hits = [c for s in subjects for c in per.get(s, [])]
+        if hits:
+            out[domain] = sum(hits) / len(hits)
+    total = [c for v in per.values() for c in v]
+    out["mmmu"] = sum(total) / len(total) if total else 0.0
+    return out
