@@ -18,6 +18,11 @@ _EXTRAS = {
     "tensorboard": "train",
     "wandb": "wandb",
     "deepspeed": "deepspeed",
+    "datasets": "eval",
+    "pyarrow": "eval",
+    "matplotlib": "eval",
+    "openai": "eval",
+    "tfrecord": "eval",
 }
 
 
@@ -67,4 +72,3 @@ def user_error(message: str):
     from ..errors import ConfigError
 
     return ConfigError(message)
-

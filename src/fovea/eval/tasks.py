@@ -1,0 +1,271 @@
+"""Benchmark tasks: where the data is, how a question becomes a prompt, which scorer reads the answer.
+
+A task is a small YAML file (``fovea/eval/tasks/*.yaml`` ships the published benchmarks; a path to
+your own file works the same way)::
+
+    name: chartqa
+    protocol: lmms-eval 0.7.2 chartqa — relaxed accuracy (5%), greedy, 16 new tokens
+    data: {local: ChartQA, hub: lmms-lab-encoder/ChartQA, split: test}
+    images: [image]
+    prompt: "{question}\\nAnswer the question with a single word."
+    max_new_tokens: 16
+    scorer: chartqa
+
+Data is read from ``<data-root>/<data.local>``: a parquet file or a folder of them (searched
+recursively, as the MLCD-Embodied loaders do), a JSON / JSONL file or folder, or a folder written by
+``datasets``' ``save_to_disk``. With ``hub=True`` and no local copy, ``datasets.load_dataset`` fetches
+``data.hub``. Rows that cannot become a sample (a missing field, an unreadable image) become
+`BadSample`s naming the row's id; the rest of the task runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import from_dict, load_yaml
+from ..errors import ConfigError, FoveaError
+from ..registry import suggest
+
+BUILTIN = Path(__file__).parent / "tasks"
+
+
+class DataError(FoveaError):
+    """Benchmark data is missing or unreadable (names the task, the file or the sample id)."""
+
+
+@dataclass
+class DataSpec:
+    local: str = ""
+    """Path under the data root (file or folder); default: the task name."""
+    hub: str = ""
+    """Dataset id for `datasets.load_dataset` when there is no local copy and the hub is allowed."""
+    config: str = ""
+    split: str = "test"
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    scorer: str
+    protocol: str = ""
+    """The published protocol this task reproduces, printed beside every score."""
+    data: DataSpec = field(default_factory=DataSpec)
+    id: str = ""
+    """Column holding the sample id; empty: the row number."""
+    images: list[str] = field(default_factory=lambda: ["image"])
+    """Columns holding an image, a list of images, or a path (relative to the data file)."""
+    prompt: str = "{question}"
+    """A format string over the row's columns; the scorer may build it instead (MMMU, choices)."""
+    answer: str = "answer"
+    group: str = ""
+    """Column that splits the score into categories (question type, subject, ...)."""
+    max_new_tokens: int = 32
+    where: dict[str, str] = field(default_factory=dict)
+    """Keep only rows whose column equals the value (one benchmark file, several tasks)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Scorer options (e.g. which columns hold multiple-choice options)."""
+    source: str = ""
+
+
+@dataclass
+class Sample:
+    task: str
+    id: str
+    prompt: str
+    images: list
+    doc: dict
+    """The row without its image payloads: what the scorer and the record need."""
+
+
+@dataclass
+class BadSample:
+    task: str
+    id: str
+    error: str
+
+
+GROUPS = {
+    "synthetic": [f"synth_{kind}" for kind in ("colour", "shape", "count", "position", "word", "chart")],
+    "embodied": ["robovqa", "openeqa"],
+}
+"""Names that stand for several tasks."""
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in BUILTIN.glob("*.yaml"))
+
+
+def expand(names: list[str]) -> list[str]:
+    """Task names with groups replaced by their members (order kept, duplicates dropped)."""
+    out = [m for n in names for m in GROUPS.get(n, [n])]
+    return list(dict.fromkeys(out))
+
+
+def load_task(name: str | Path) -> TaskSpec:
+    """A built-in task by name, or a task YAML file by path."""
+    path = Path(name)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = BUILTIN / f"{name}.yaml"
+        if not path.is_file():
+            known = available() + list(GROUPS)
+            raise ConfigError(f"unknown task {str(name)!r}{suggest(str(name), known)}")
+    spec = from_dict(TaskSpec, load_yaml(path), path=path.stem)
+    spec.source = str(path)
+    from .scorers import SCORERS
+
+    if spec.scorer not in SCORERS:
+        SCORERS.get(spec.scorer)  # raises with the known names
+    return spec
+
+
+# -- reading rows ------------------------------------------------------------------------------
+
+
+def locate(spec: TaskSpec, data_root: str | Path) -> Path:
+    return Path(data_root).expanduser() / (spec.data.local or spec.name)
+
+
+def read_rows(spec: TaskSpec, data_root: str | Path, hub: bool = False) -> Iterator[tuple[dict, Path]]:
+    """Rows of the task's data as dicts, each with the folder its relative image paths start from."""
+    where = locate(spec, data_root)
+    if where.exists():
+        yield from _read_local(where, spec)
+    elif spec.scorer == "synthetic":  # the bundled benchmark: drawn on first use, same seed every time
+        from .scorers import make_synthetic
+
+        make_synthetic(where)
+        yield from _read_local(where, spec)
+    elif hub and spec.data.hub:
+        import datasets
+
+        ds = datasets.load_dataset(spec.data.hub, spec.data.config or None, split=spec.data.split)
+        for row in ds:
+            yield dict(row), where
+    else:
+        hint = f" or allow the hub (--hub) for {spec.data.hub}" if spec.data.hub else ""
+        raise DataError(f"task {spec.name}: no data at {where}; put the benchmark there{hint}")
+
+
+def _read_local(where: Path, spec: TaskSpec) -> Iterator[tuple[dict, Path]]:
+    if where.is_dir() and (
+        (where / "dataset_info.json").is_file() or (where / "dataset_dict.json").is_file()
+    ):
+        import datasets
+
+        ds = datasets.load_from_disk(str(where))
+        if isinstance(ds, datasets.DatasetDict):
+            if spec.data.split not in ds:
+                raise DataError(f"task {spec.name}: {where} has splits {list(ds)}, not {spec.data.split!r}")
+            ds = ds[spec.data.split]
+        for row in ds:
+            yield dict(row), where
+        return
+    files = (
+        [where]
+        if where.is_file()
+        else sorted(
+            p for p in where.rglob("*") if p.suffix in (".parquet", ".jsonl", ".json") and p.is_file()
+        )
+    )
+    if not files:
+        raise DataError(f"task {spec.name}: {where} holds no parquet, JSON or JSONL files")
+    for path in files:
+        yield from ((row, path.parent) for row in _read_file(path, spec.name))
+
+
+def _read_file(path: Path, task: str) -> Iterator[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.ParquetFile(path)
+            for batch in table.iter_batches(batch_size=64):
+                yield from batch.to_pylist()
+        except (OSError, ValueError) as err:  # pyarrow's errors subclass these
+            raise DataError(f"task {task}: {path} is not a readable parquet file ({err})") from None
+        return
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield {"__error__": f"{path}:{n}: not JSON ({err.msg})", "__line__": n}
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"task {task}: {path}: not JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, list):
+        raise DataError(f"task {task}: {path}: expected a list of records")
+    yield from data
+
+
+# -- rows to samples ---------------------------------------------------------------------------
+
+
+def samples(spec: TaskSpec, data_root: str | Path, hub: bool = False) -> Iterator[Sample | BadSample]:
+    """Every row of the task as a `Sample` ready to generate, or a `BadSample` saying why not."""
+    from .scorers import SCORERS
+
+    scorer = SCORERS.get(spec.scorer)
+    for index, (row, base) in enumerate(read_rows(spec, data_root, hub)):
+        if spec.where and not all(str(row.get(k)) == str(v) for k, v in spec.where.items()):
+            continue
+        sample_id = (
+            str(row.get(spec.id, index) if spec.id else index) if isinstance(row, dict) else str(index)
+        )
+        try:
+            if not isinstance(row, dict) or "__error__" in row:
+                raise DataError(
+                    row.get("__error__", "not a record") if isinstance(row, dict) else "not a record"
+                )
+            if spec.answer and row.get(spec.answer) is None and not scorer.answer_optional:
+                raise DataError(f"no {spec.answer!r} field")
+            columns = scorer.image_columns(spec, row) if scorer.image_columns else spec.images
+            images = [_image(value, base) for column in columns for value in _values(row, column)]
+            doc = {k: _plain(v) for k, v in row.items() if k not in columns}
+            prompt = scorer.prompt(spec, row) if scorer.prompt else spec.prompt.format(**row)
+            yield Sample(spec.name, sample_id, prompt, images, doc)
+        except (DataError, KeyError, TypeError, ValueError) as err:
+            message = f"missing field {err}" if isinstance(err, KeyError) else str(err)
+            yield BadSample(spec.name, sample_id, message)
+
+
+def _values(row: dict, column: str) -> list:
+    value = row.get(column)
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _image(value: Any, base: Path):
+    """An image cell as something `load_image` reads: PIL as is, bytes, or a path."""
+    if isinstance(value, dict):  # datasets' Image feature in parquet: {"bytes": ..., "path": ...}
+        if value.get("bytes"):
+            return value["bytes"]
+        value = value.get("path")
+    if isinstance(value, str):
+        path = Path(value)
+        return path if path.is_absolute() else base / path
+    if value is None:
+        raise DataError("an image cell is empty")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy of a cell (image-like payloads dropped)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not isinstance(v, bytes)}
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,215 @@
+"""`fovea eval`: bundled tasks end to end, resume after a stop, bad data, local formats, reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from fovea.cli import main
+from fovea.eval.report import load_results, markdown, radar
+from fovea.eval.runner import evaluate, read_errors, read_records
+from fovea.eval.tasks import expand, load_task, samples
+from fovea.tiny import tiny_vlm
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_vlm().save_pretrained(tmp_path_factory.mktemp("eval") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("benchmarks")
+
+
+class Counting:
+    """A model wrapper that counts the prompts it answers and can stop after some batches."""
+
+    def __init__(self, model, stop_after: int | None = None):
+        self.model, self.stop_after, self.prompts, self.batches = model, stop_after, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def generate(self, prompts, **kwargs):
+        if self.stop_after is not None and self.batches == self.stop_after:
+            raise KeyboardInterrupt  # what a kill looks like from inside the loop
+        self.batches += 1
+        self.prompts += len(prompts)
+        return self.model.generate(prompts, **kwargs)
+
+
+def test_cli_eval_on_bundled_tasks_writes_json_markdown_and_radar(checkpoint, data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(
+        ["eval", "--model", str(checkpoint), "--tasks", "synthetic", "--data-root", str(data_root)]
+        + ["--out", str(run), "--batch-size", "16", "--quiet"]
+    )
+    assert code == 0
+    results = json.loads((run / "results.json").read_text())
+    assert list(results["tasks"]) == expand(["synthetic"])
+    for res in results["tasks"].values():
+        assert res["samples"] == 40 and res["errors"] == 0
+        assert 0.0 <= res["headline_percent"] <= 100.0 and res["protocol"]
+    assert "| synth_colour (accuracy, %) |" in (run / "results.md").read_text()
+    assert (run / "radar.png").read_bytes()[:8] == PNG
+    assert "results:" in capsys.readouterr().out
+    info = json.loads((run / "run.json").read_text())
+    assert info["tasks"]["synth_word"]["protocol"].startswith("fovea synthetic")
+
+
+def test_a_stopped_run_resumes_without_recomputing(checkpoint, data_root, tmp_path):
+    import fovea
+
+    model = fovea.load(checkpoint)
+    tasks = ["synth_colour", "synth_count"]
+    stopped = Counting(model, stop_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(stopped, tasks, tmp_path / "run", data_root, batch_size=8, progress=False)
+    assert stopped.prompts == 24
+    first = tmp_path / "run" / "synth_colour" / "samples.jsonl"
+    with first.open("a") as f:
+        f.write('{"id": "colour-999", "predic')  # a line torn by the kill
+    resumed = Counting(model)
+    results = evaluate(resumed, tasks, tmp_path / "run", data_root, batch_size=8, progress=False)
+    assert resumed.prompts == 80 - 24  # only the unfinished samples were generated
+    straight = evaluate(model, tasks, tmp_path / "straight", data_root, batch_size=8, progress=False)
+    assert results["tasks"] == straight["tasks"]
+    got = {r["id"]: r["prediction"] for r in read_records(tmp_path / "run" / "synth_colour")}
+    want = {r["id"]: r["prediction"] for r in read_records(tmp_path / "straight" / "synth_colour")}
+    assert got == want and len(got) == 40
+
+
+def _write_custom_task(root, rows, name="mine", fmt="jsonl"):
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(folder / "red.png")
+    if fmt == "jsonl":
+        text = "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows)
+        (folder / "data.jsonl").write_text(text + "\n")
+    task = root / f"{name}.yaml"
+    task.write_text(
+        f"name: {name}\nprotocol: test\ndata: {{local: {name}}}\nid: qid\n"
+        "prompt: '{question}'\nmax_new_tokens: 4\nscorer: exact\n"
+    )
+    return task
+
+
+def test_bad_samples_are_named_and_the_rest_is_scored(checkpoint, tmp_path):
+    import fovea
+
+    rows = [
+        {"qid": "ok-1", "question": "What colour?", "answer": "red", "image": "red.png"},
+        {"qid": "no-image", "question": "What colour?", "answer": "red", "image": "missing.png"},
+        {"qid": "no-answer", "question": "What colour?", "image": "red.png"},
+        '{"qid": "torn", "question": ',
+        {"qid": "no-question", "answer": "red", "image": "red.png"},
+        {"qid": "ok-2", "question": "Colour?", "answer": "red", "image": "red.png"},
+    ]
+    task = _write_custom_task(tmp_path, rows)
+    results = evaluate(fovea.load(checkpoint), [task], tmp_path / "run", tmp_path, progress=False)
+    res = results["tasks"]["mine"]
+    assert res["samples"] == 2 and res["errors"] == 4
+    errors = {e["id"]: e["error"] for e in read_errors(tmp_path / "run" / "mine")}
+    assert "missing.png" in errors["no-image"]
+    assert "'answer'" in errors["no-answer"]
+    assert "not JSON" in errors["3"]  # a torn line has no id: its row number stands in
+    assert "question" in errors["no-question"]
+
+
+def test_unknown_task_fails_before_loading_anything(tmp_path, capsys):
+    code = main(["eval", "--model", str(tmp_path / "nowhere"), "--tasks", "chartqa,chrtqa"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'chrtqa'" in err and "did you mean 'chartqa'" in err and "Traceback" not in err
+
+
+def test_missing_benchmark_data_says_where_to_put_it(tmp_path):
+    spec = load_task("chartqa")
+    with pytest.raises(Exception, match="no data at .*ChartQA.*--hub.*lmms-lab-encoder/ChartQA"):
+        list(samples(spec, tmp_path))
+
+
+def test_parquet_with_embedded_images_jsonl_and_save_to_disk_read_alike(tmp_path):
+    import io
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(buf, format="PNG")
+    rows = [
+        {
+            "type": "human_test",
+            "question": f"q{i}",
+            "answer": str(i),
+            "image": {"bytes": buf.getvalue(), "path": None},
+        }
+        for i in range(3)
+    ]
+    (tmp_path / "ChartQA").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "ChartQA" / "test-0.parquet")
+    spec = load_task("chartqa")
+    from_parquet = list(samples(spec, tmp_path))
+    assert [s.prompt for s in from_parquet] == [
+        f"q{i}\nAnswer the question with a single word." for i in range(3)
+    ]
+    assert isinstance(from_parquet[0].images[0], bytes) and "image" not in from_parquet[0].doc
+
+    features = datasets.Features(
+        {
+            "type": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "image": datasets.Image(),
+        }
+    )
+    ds = datasets.Dataset.from_list(
+        [{**r, "image": Image.open(io.BytesIO(buf.getvalue()))} for r in rows], features=features
+    )
+    datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "disk" / "ChartQA"))
+    from_disk = list(samples(spec, tmp_path / "disk"))
+    assert [s.prompt for s in from_disk] == [s.prompt for s in from_parquet]
+    assert from_disk[0].images[0].size == (32, 32)
+
+    broken = tmp_path / "broken"
+    (broken / "ChartQA").mkdir(parents=True)
+    (broken / "ChartQA" / "test.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(Exception, match="test.parquet is not a readable parquet file"):
+        list(samples(spec, broken))
+
+
+def test_report_puts_runs_side_by_side(tmp_path):
+    def fake(name, scores):
+        tasks = {
+            t: {
+                "protocol": "p",
+                "samples": 10,
+                "errors": 0,
+                "headline": "accuracy",
+                "headline_percent": v,
+                "metrics": {"accuracy": v / 100},
+                "notes": [],
+            }
+            for t, v in scores.items()
+        }
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"model": name, "tasks": tasks}))
+        return tmp_path / name
+
+    a = fake("mlcd", {"chartqa": 70.0, "docvqa_val": 80.0, "mme": 60.0})
+    b = fake("clip", {"chartqa": 60.0, "docvqa_val": 75.0, "ocrbench": 50.0})
+    runs = [load_results(a), load_results(b)]
+    table = markdown(runs)
+    assert "| task | mlcd | clip |" in table and "| mme (accuracy, %) | 60.00 | – |" in table
+    assert radar(runs, tmp_path / "r.png").read_bytes()[:8] == PNG
+    assert main(["eval", "report", str(a), str(b), "--report-out", str(tmp_path / "cmp.md")]) == 0
+    assert (tmp_path / "radar.png").read_bytes()[:8] == PNG
+    with pytest.raises(Exception, match="at least 3 tasks"):
+        radar([{"name": "x", "tasks": {"a": {}, "b": {}}}], tmp_path / "x.png")
+    assert main(["eval", "report", str(tmp_path / "nothing")]) == 2
