@@ -2,7 +2,8 @@
 
 ``--model_args`` (all optional but ``pretrained``): ``pretrained`` (directory or hub id, any layout
 fovea loads), ``device`` (default: this process's GPU, or the CPU), ``dtype`` (fp32, bf16, fp16),
-``template`` (default: the checkpoint's), ``batch_size`` (prompts generated together). Under
+``template`` (default: the checkpoint's); lmms-eval's own ``--batch_size`` sets how many prompts are
+generated together. Under
 ``accelerate launch`` each process holds the whole model on its own device; lmms-eval splits the
 requests. Multi-round generation is not offered: fovea's chat sessions cover that outside lmms-eval.
 """
