@@ -213,3 +213,41 @@ def test_report_puts_runs_side_by_side(tmp_path):
     with pytest.raises(Exception, match="at least 3 tasks"):
         radar([{"name": "x", "tasks": {"a": {}, "b": {}}}], tmp_path / "x.png")
     assert main(["eval", "report", str(tmp_path / "nothing")]) == 2
+
+
+def test_two_processes_split_the_samples_and_score_like_one(checkpoint, data_root, tmp_path):
+    """torchrun, 2 CPU processes (gloo): each answers every other sample into its own file; the
+    main process scores them all, and the predictions equal a one-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    import fovea
+
+    tasks = "synth_colour,synth_shape,synth_word"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29551"]
+    cmd += [
+        "-m",
+        "fovea.cli",
+        "eval",
+        "--model",
+        str(checkpoint),
+        "--tasks",
+        tasks,
+        "--data-root",
+        str(data_root),
+    ]
+    cmd += ["--out", str(tmp_path / "two"), "--limit", "12", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        lines = (tmp_path / "two" / "synth_colour" / f"samples.rank{rank}.jsonl").read_text().splitlines()
+        assert len(lines) == 6
+    one = evaluate(
+        fovea.load(checkpoint), tasks.split(","), tmp_path / "one", data_root, limit=12, progress=False
+    )
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["tasks"] == json.loads(json.dumps(one["tasks"]))
+    got = {r["id"]: r["prediction"] for r in read_records(tmp_path / "two" / "synth_word")}
+    assert got == {r["id"]: r["prediction"] for r in read_records(tmp_path / "one" / "synth_word")}

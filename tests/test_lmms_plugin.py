@@ -138,4 +138,3 @@ def test_missing_pretrained_is_a_clear_error():
 
     with pytest.raises(ValueError, match="pretrained="):
         FoveaLMM()
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
@@ -81,24 +80,32 @@ OCRBENCH_CATEGORIES = {
 
 
 def _fold_fullwidth(text: str) -> str:
-    return "".join(unicodedata.normalize("NFKC", ch) if "\uff01" <= ch <= "\uff5e" else ch for ch in text)
+    """Full-width ASCII (U+FF01..FF5E) to ASCII and the ideographic space to a space; nothing else."""
+    return "".join(
+        chr(ord(ch) - 0xFEE0) if "\uff01" <= ch <= "\uff5e" else " " if ch == "\u3000" else ch for ch in text
+    )
 
 
 def ocrbench_match(prediction: str, answers: Sequence[str], dataset: str = "") -> bool:
-    """OCRBench: any answer is a substring of the prediction. Full-width ASCII folded; lower-cased,
-    stripped, newlines to spaces — except handwritten maths (dataset HME100k): spaces removed,
-    case kept."""
-    pred = _fold_fullwidth(prediction)
+    """OCRBench: any answer is a substring of the (stripped) prediction. Full-width ASCII folded,
+    lower-cased, stripped, newlines to spaces — except handwritten maths (dataset HME100k): no
+    folding, case kept, all spaces removed."""
+    pred = prediction.strip()
     for answer in answers:
-        gold = _fold_fullwidth(answer)
         if dataset == "HME100k":
-            if gold.strip().replace("\n", " ").replace(" ", "") in pred.strip().replace("\n", " ").replace(
-                " ", ""
-            ):
+            if _no_spaces(answer) in _no_spaces(pred):
                 return True
-        elif gold.lower().strip().replace("\n", " ") in pred.lower().strip().replace("\n", " "):
+        elif _ocr_norm(answer) in _ocr_norm(pred):
             return True
     return False
+
+
+def _no_spaces(text: str) -> str:
+    return text.strip().replace("\n", " ").replace(" ", "")
+
+
+def _ocr_norm(text: str) -> str:
+    return _fold_fullwidth(text).lower().strip().replace("\n", " ")
 
 
 def ocrbench_score(results: Sequence[tuple[str, bool]]) -> dict[str, float]:
@@ -149,7 +156,7 @@ def mme_scores(results: Sequence[tuple[str, str, str, str]]) -> dict[str, float]
     by_category: dict[str, dict[str, list[bool]]] = {}
     for category, qid, prediction, answer in results:
         by_category.setdefault(category, {}).setdefault(qid, []).append(
-            mme_parse(prediction) == answer.lower()
+            mme_parse(prediction) == answer.lower().strip().replace(".", "")
         )
     out = {}
     for category, images in by_category.items():

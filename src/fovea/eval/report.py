@@ -44,7 +44,8 @@ def markdown(runs: list[dict]) -> str:
         cells = []
         for run in runs:
             res = run["tasks"].get(task)
-            cells.append(_fmt(res["headline_percent"]) if res else "–")
+            value = res["headline_percent"] if res else None
+            cells.append("–" if value is None else f"{value:.2f}")
         first = next(r["tasks"][task] for r in runs if task in r["tasks"])
         lines.append(f"| {task} ({first['headline']}, %) | " + " | ".join(cells) + " |")
     lines.append("")

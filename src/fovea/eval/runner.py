@@ -74,9 +74,15 @@ def evaluate(
 def _distributed() -> tuple[int, int, Callable[[], None]]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, lambda: None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"))
+    # accelerate only forms a CPU process group (gloo) when told the device is the CPU
+    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in (
+        "1",
+        "true",
+    )
+    state = PartialState(cpu=use_cpu)
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 

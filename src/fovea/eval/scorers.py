@@ -155,7 +155,8 @@ SCORERS.add(
 
 
 def _mme(spec: TaskSpec, doc: dict, prediction: str) -> dict[str, float]:
-    return {"correct": float(metrics.mme_parse(prediction) == str(doc[spec.answer]).lower())}
+    gold = str(doc[spec.answer]).lower().strip().replace(".", "")
+    return {"correct": float(metrics.mme_parse(prediction) == gold)}
 
 
 def _mme_aggregate(spec: TaskSpec, records: list[Record]) -> dict[str, float]:
