@@ -161,3 +161,14 @@ def test_pad_mode_fills_with_the_mean_colour():
     corner = pixels[:, 0, 0]  # top rows are padding
     expected = torch.tensor([(int(m * 255) / 255 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
     assert torch.allclose(corner, expected, atol=1e-6)
+
+
+def test_truncated_images_fail_even_when_pil_is_told_to_allow_them(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as lmms-eval sets it on import
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(_png_bytes(_noise(64, 64))[:300])
+    with pytest.raises(ImageError, match="cannot decode"):
+        load_image(truncated)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was

@@ -12,11 +12,13 @@ What "safe" means here:
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
 
@@ -49,12 +51,29 @@ def load_image(
         image = _open(source, name)
     _check_pixels(image, name, max_pixels)
     try:
-        image.load()
+        with _strict_decoding():
+            image.load()
         if image.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
             image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as err:  # truncated data, bad EXIF, broken codec
         raise ImageError(f"{name}: cannot decode image ({_first_line(err)})") from None
     return to_rgb(image, alpha)
+
+
+_STRICT = threading.Lock()
+
+
+@contextmanager
+def _strict_decoding():
+    """Truncated data is an error here even when another library in the process (lmms-eval's task
+    module, for one) has set PIL's global ``LOAD_TRUNCATED_IMAGES``, which would pad it silently."""
+    with _STRICT:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def to_rgb(image: Image.Image, alpha: AlphaRule = "drop") -> Image.Image:
