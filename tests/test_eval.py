@@ -251,3 +251,37 @@ def test_two_processes_split_the_samples_and_score_like_one(checkpoint, data_roo
     assert two["tasks"] == json.loads(json.dumps(one["tasks"]))
     got = {r["id"]: r["prediction"] for r in read_records(tmp_path / "two" / "synth_word")}
     assert got == {r["id"]: r["prediction"] for r in read_records(tmp_path / "one" / "synth_word")}
+
+
+def test_a_task_without_data_fails_alone_and_bad_parquet_rows_are_named(checkpoint, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "root" / "ChartQA"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (40, 30), (0, 0, 200)).save(folder / "blue.png")
+    rows = [
+        {"type": "human_test", "question": "What colour?", "answer": "blue", "image": "blue.png"},
+        {"type": "human_test", "question": "What colour?", "answer": None, "image": "blue.png"},  # malformed
+        {"type": "human_test", "question": "What colour?", "answer": "3", "image": "gone.png"},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "test.parquet")
+    run = tmp_path / "run"
+    args = [
+        "eval",
+        "--model",
+        str(checkpoint),
+        "--tasks",
+        "chartqa,docvqa_val",
+        "--data-root",
+        str(tmp_path / "root"),
+    ]
+    assert (
+        main(args + ["--out", str(run), "--quiet"]) == 1
+    )  # docvqa_val has no data: it fails, chartqa is kept
+    results = json.loads((run / "results.json").read_text())
+    assert results["tasks"]["chartqa"]["samples"] == 1 and results["tasks"]["chartqa"]["errors"] == 2
+    assert "no data at" in results["tasks"]["docvqa_val"]["failed"]
+    errors = {e["id"]: e["error"] for e in read_errors(run / "chartqa")}
+    assert "'answer'" in errors["1"] and "gone.png" in errors["2"]
+    assert "docvqa_val: failed: task docvqa_val: no data at" in capsys.readouterr().err

@@ -138,6 +138,8 @@ def _run_eval(args) -> int:
         return 0
     print((out / "results.md").read_text().split("\n\n")[0])
     for task, res in results["tasks"].items():
+        if res.get("failed"):
+            print(f"{task}: failed: {res['failed']}", file=sys.stderr)
         if res["errors"]:
             print(
                 f"{task}: {res['errors']} sample(s) could not run; see {out / task / 'errors.jsonl'}",
@@ -151,7 +153,7 @@ def _run_eval(args) -> int:
         f"\nresults: {out / 'results.json'}, {out / 'results.md'}"
         + (f", {out / 'radar.png'}" if len(results["tasks"]) >= 3 else "")
     )
-    return 0
+    return 1 if any(res.get("failed") for res in results["tasks"].values()) else 0
 
 
 def _report(args) -> int:

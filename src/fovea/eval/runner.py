@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import FoveaError
 from .scorers import SCORERS, aggregate, headline
-from .tasks import BadSample, Sample, TaskSpec, load_task, samples
+from .tasks import BadSample, DataError, Sample, TaskSpec, load_task, samples
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,23 @@ def evaluate(
     rank, world, barrier = _distributed()
     if rank == 0:
         _write_json(out / "run.json", _run_info(model_name, specs))
+    failed: dict[str, str] = {}
     for spec in specs:
-        generate_task(model, spec, out / spec.name, data_root, batch_size, limit, hub, rank, world, progress)
+        try:
+            generate_task(
+                model, spec, out / spec.name, data_root, batch_size, limit, hub, rank, world, progress
+            )
+        except DataError as err:  # no data, an unreadable file: this task fails, the others run
+            failed[spec.name] = str(err)
+            logger.error("%s", err)
     barrier()
     if rank != 0:
         return {}
     results = {"model": model_name, "tasks": {}}
     for spec in specs:
         results["tasks"][spec.name] = score_task(spec, out / spec.name, judge, progress)
+        if spec.name in failed:
+            results["tasks"][spec.name]["failed"] = failed[spec.name]
     _write_json(out / "results.json", results)
     from .report import markdown
 
