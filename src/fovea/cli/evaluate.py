@@ -94,27 +94,15 @@ def _run_eval(args) -> int:
         raise user_error(
             f"unexpected arguments {args.runs}; did you mean `fovea eval report {' '.join(args.runs)}`?"
         )
-    import torch
-
-    from ..checkpoints import load
-    from ..eval.report import radar
     from ..eval.runner import evaluate
     from ..eval.tasks import expand, load_task
-    from ..infer.chat import DEMO_CHECKPOINT
 
     names = expand([t.strip() for t in args.tasks.split(",") if t.strip()])
     for name in names:
         load_task(name)  # an unknown task fails before the model loads
-    source = args.model or str(DEMO_CHECKPOINT)
-    if args.model is None and not (DEMO_CHECKPOINT / "config.json").is_file():
-        raise user_error("no --model given and no demo model found; run `fovea demo` or pass --model DIR")
     if args.batch_size < 1:
         raise user_error("--batch-size must be at least 1")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process, never sharded
-    model = load(source, dtype=dtype, device=device)
+    source, model = _load_model(args)
     name = Path(source.rstrip("/")).name
     out = Path(args.out or Path("runs/eval") / name)
     judge = None
@@ -136,6 +124,29 @@ def _run_eval(args) -> int:
     )
     if not results:  # not the main process
         return 0
+    _summarise(results, out, name)
+    return 1 if any(res.get("failed") for res in results["tasks"].values()) else 0
+
+
+def _load_model(args):
+    import torch
+
+    from ..checkpoints import load
+    from ..infer.chat import DEMO_CHECKPOINT
+
+    source = args.model or str(DEMO_CHECKPOINT)
+    if args.model is None and not (DEMO_CHECKPOINT / "config.json").is_file():
+        raise user_error("no --model given and no demo model found; run `fovea demo` or pass --model DIR")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process, never sharded
+    return source, load(source, dtype=dtype, device=device)
+
+
+def _summarise(results: dict, out: Path, name: str) -> None:
+    from ..eval.report import radar
+
     print((out / "results.md").read_text().split("\n\n")[0])
     for task, res in results["tasks"].items():
         if res.get("failed"):
@@ -153,7 +164,6 @@ def _run_eval(args) -> int:
         f"\nresults: {out / 'results.json'}, {out / 'results.md'}"
         + (f", {out / 'radar.png'}" if len(results["tasks"]) >= 3 else "")
     )
-    return 1 if any(res.get("failed") for res in results["tasks"].values()) else 0
 
 
 def _report(args) -> int:
