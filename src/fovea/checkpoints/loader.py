@@ -19,7 +19,7 @@ import torch
 from accelerate import init_empty_weights
 from transformers import AutoTokenizer
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from . import fovea_format, hf_llava_next, llava_original
 from .weights import Source, fill, plan_load, weight_files
 
@@ -104,6 +104,19 @@ def open_checkpoint(source: str | Path, *, base: str | None = None, tower: str |
             f"{directory / 'config.json'}: unsupported checkpoint layout {kind!r} (fovea, llava_next, llava_*)"
         )
     return Opened(directory, raw, config, tokenizer, base)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The dtype names the command line and ``--model_args`` accept."""
+
+
+def dtype_from_name(name: str | None) -> torch.dtype | None:
+    """``"bf16"`` -> torch.bfloat16; empty or None -> None (keep the checkpoint's dtype)."""
+    if not name:
+        return None
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def load(

@@ -65,15 +65,7 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="load the model in this dtype")
-    p.add_argument("--judge-url", help="OpenAI-compatible endpoint (…/v1) of the LLM-Match judge (OpenEQA)")
-    p.add_argument(
-        "--judge-model", default="gpt-4-1106-preview", help="judge model name (default: %(default)s)"
-    )
-    p.add_argument(
-        "--judge-key-env",
-        default="OPENAI_API_KEY",
-        help="environment variable with the judge's key (default: %(default)s)",
-    )
+    _add_judge_options(p)
     p.add_argument(
         "--radar", help="report: write the radar chart here (default: radar.png beside --report-out)"
     )
@@ -83,6 +75,18 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_eval)
+
+
+def _add_judge_options(p) -> None:
+    p.add_argument("--judge-url", help="OpenAI-compatible endpoint (…/v1) of the LLM-Match judge (OpenEQA)")
+    p.add_argument(
+        "--judge-model", default="gpt-4-1106-preview", help="judge model name (default: %(default)s)"
+    )
+    p.add_argument(
+        "--judge-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable with the judge's key (default: %(default)s)",
+    )
 
 
 def _run_eval(args) -> int:
@@ -131,13 +135,13 @@ def _run_eval(args) -> int:
 def _load_model(args):
     import torch
 
-    from ..checkpoints import load
+    from ..checkpoints import dtype_from_name, load
     from ..infer.chat import DEMO_CHECKPOINT
 
     source = args.model or str(DEMO_CHECKPOINT)
     if args.model is None and not (DEMO_CHECKPOINT / "config.json").is_file():
         raise user_error("no --model given and no demo model found; run `fovea demo` or pass --model DIR")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    dtype = dtype_from_name(args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process, never sharded

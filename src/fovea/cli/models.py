@@ -123,11 +123,10 @@ def _add_convert(sub) -> None:
 
 
 def _run_convert(args) -> int:
-    import torch
-
+    from ..checkpoints import dtype_from_name
     from ..checkpoints.export import convert
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    dtype = dtype_from_name(args.dtype)
     report = convert(
         args.source,
         args.destination,

@@ -17,9 +17,7 @@ import torch
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
-from ..checkpoints import load
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from ..checkpoints import dtype_from_name, load
 
 
 class FoveaLMM(lmms):
@@ -40,7 +38,7 @@ class FoveaLMM(lmms):
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if device in (None, "", "cuda") and torch.cuda.is_available():
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world > 1 else "cuda"
-        self.model = load(str(pretrained), dtype=_DTYPES.get(dtype), device=device or "cpu")
+        self.model = load(str(pretrained), dtype=dtype_from_name(dtype), device=device or "cpu")
         self.template = template
         self.batch_size_per_gpu = max(1, int(batch_size))
         if world > 1:
