@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -49,6 +50,33 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _loopback_only(_connect))
     monkeypatch.setattr(socket.socket, "connect_ex", _loopback_only(_connect_ex))
     monkeypatch.setattr(socket, "create_connection", _loopback_only(_create_connection))
+
+
+class _Deprecations(logging.Handler):
+    """transformers reports some deprecations through its logger (``warning_once``), not the
+    warnings module that pyproject's filterwarnings turns into errors."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "deprecat" in record.getMessage().lower():
+            self.found.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def _no_library_deprecations():
+    """Every test fails on a deprecation transformers logs about a call fovea made."""
+    import transformers.utils.logging  # noqa: F401  (defines Logger.warning_once)
+
+    logging.Logger.warning_once.cache_clear()  # transformers logs each message once per process
+    handler = _Deprecations()
+    target = logging.getLogger("transformers")
+    target.addHandler(handler)
+    yield
+    target.removeHandler(handler)
+    assert not handler.found, f"transformers logged a deprecation: {handler.found[0]}"
 
 
 @pytest.fixture(autouse=True)

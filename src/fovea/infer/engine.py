@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import FoveaError
+from ..model.kv_cache import cache_kwargs, output_cache
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +194,8 @@ class Engine:
                 input_ids=tokens,
                 attention_mask=mask,
                 position_ids=position,
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **cache_kwargs(output_cache(out)),
             )
         for seq, prompt in zip(sequences, prompt_lengths):
             seq.request.emit("done", Result(seq.flush(), prompt, len(seq.tokens), seq.finish))

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..model.kv_cache import cache_kwargs, output_cache
 from .engine import choose
 
 
@@ -66,10 +67,10 @@ class ChatSession:
                 sent = text_so_far
             out = model.lm(
                 input_ids=torch.tensor([[token]], device=model.device),
-                past_key_values=self.cache,
                 use_cache=True,
+                **cache_kwargs(self.cache),
             )
-            self.cache = out.past_key_values
+            self.cache = output_cache(out)
         final = model.tokenizer.decode(answer, skip_special_tokens=True)
         if final != sent:
             yield final[len(sent) :]
@@ -92,9 +93,9 @@ class ChatSession:
             if extra > 0:
                 self.cache.crop(-extra)  # transformers 5: a negative count removes that many tokens
             new = torch.tensor([ids[keep:]], device=device)
-            out = model.lm(input_ids=new, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            out = model.lm(input_ids=new, use_cache=True, logits_to_keep=1, **cache_kwargs(self.cache))
             self.prefilled.append(len(ids) - keep)
-        self.cache, self.ids = out.past_key_values, list(ids)
+        self.cache, self.ids = output_cache(out), list(ids)
         return out
 
 

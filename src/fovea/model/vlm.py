@@ -22,6 +22,7 @@ from ..connectors.connector import Connector
 from ..imaging.processor import ImageLayout, ImageProcessor
 from ..towers.base import VisionTower
 from .config import VLMConfig
+from .kv_cache import cache_kwargs
 from .packing import count_tokens, merge_tokens, pack_image
 from .prompting import PromptMixin
 
@@ -125,18 +126,19 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         pixel_values: torch.Tensor | None = None,
         image_layouts: list[ImageLayout] | None = None,
         labels: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
     ):
-        """Returns the LM's ``CausalLMOutputWithPast`` (logits (B, T or logits_to_keep, vocab))."""
+        """Returns the LM's ``CausalLMOutputWithPast`` (logits (B, T or logits_to_keep, vocab));
+        ``cache`` is a transformers ``Cache`` (passed under the name the installed release uses)."""
         embeds = self.embed(input_ids, pixel_values, image_layouts)
         return self.lm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             labels=labels,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **cache_kwargs(cache),
             logits_to_keep=logits_to_keep,
         )
 

@@ -8,6 +8,7 @@ multiple of 64. LoRA and QLoRA go through peft on the LM (and optionally the tow
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 
@@ -30,14 +31,20 @@ def build_model(spec: ModelSpec, lora: LoraSpec | None = None) -> VisionLanguage
     else:
         model = _fresh(spec, lora)
     if spec.gradient_checkpointing:
-        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model.tower.model, "gradient_checkpointing_enable"):
-            model.tower.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+        _checkpoint_activations(model.lm)
+        _checkpoint_activations(model.tower.model)
     if lora is not None:
         apply_lora(model, lora)
     return model.train()
+
+
+def _checkpoint_activations(module) -> None:
+    """Recompute activations in backward (non-reentrant), under the name the installed transformers
+    uses: ``activation_checkpointing_enable`` from 5.24, ``gradient_checkpointing_enable`` before."""
+    if hasattr(module, "activation_checkpointing_enable"):
+        module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(module, "gradient_checkpointing_enable"):
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
@@ -103,7 +110,7 @@ def _quantization(lora: LoraSpec | None) -> dict:
 
 def apply_lora(model: VisionLanguageModel, spec: LoraSpec) -> None:
     """Wrap the LM (and the tower's transformer, if asked) with peft LoRA adapters."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     config = LoraConfig(
         r=spec.r,
@@ -112,7 +119,7 @@ def apply_lora(model: VisionLanguageModel, spec: LoraSpec) -> None:
         target_modules=list(spec.target_modules),
         bias="none",
     )
-    model.lm = get_peft_model(model.lm, config)
+    model.lm = _peft_wrap(model.lm, config)
     if spec.tower:
         tower_config = LoraConfig(
             r=spec.r,
@@ -120,7 +127,17 @@ def apply_lora(model: VisionLanguageModel, spec: LoraSpec) -> None:
             lora_dropout=spec.dropout,
             target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
         )
-        model.tower.model = get_peft_model(model.tower.model, tower_config)
+        model.tower.model = _peft_wrap(model.tower.model, tower_config)
+
+
+def _peft_wrap(module, config):
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        # peft reads transformers' `is_gradient_checkpointing`, deprecated since transformers 5.24:
+        # peft's own call, nothing a user can act on.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(module, config)
 
 
 def merge_lora(model: VisionLanguageModel) -> VisionLanguageModel:

@@ -11,6 +11,7 @@ error; bad records are skipped, counted and logged by id.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -330,7 +331,8 @@ class _StageLoop:
     def save(self, stage_dir: Path, position: Position) -> None:
         root = stage_dir / "checkpoints"
         tmp, final = root / f"step-{position.step:08d}.tmp", root / f"step-{position.step:08d}"
-        self.acc.save_state(str(tmp))
+        with _tied_weights_quiet():
+            self.acc.save_state(str(tmp))
         if self.acc.is_main_process:
             (tmp / "position.json").write_text(json.dumps(position.__dict__))
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -339,6 +341,25 @@ class _StageLoop:
             for old in _checkpoints(stage_dir)[: -self.recipe.run.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
+
+
+class _TiedWeightsNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Removed shared tensor")
+
+
+@contextlib.contextmanager
+def _tied_weights_quiet():
+    """accelerate logs "Removed shared tensor {'lm.lm_head.weight'}" on every save of a model with
+    tied embeddings. The state is loaded back into the same, still tied, modules (resume is
+    bit-exact, tested), so the line tells a user nothing; it is dropped during our saves only."""
+    note = _TiedWeightsNote()
+    target = logging.getLogger("accelerate.utils.other")
+    target.addFilter(note)
+    try:
+        yield
+    finally:
+        target.removeFilter(note)
 
 
 def _lengths(dataset: SupervisedDataset) -> list[int]:
