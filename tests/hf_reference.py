@@ -31,7 +31,9 @@ def vision_config(kind: str) -> dict:
     raise ValueError(kind)
 
 
-def make_hf_llava_next(directory: Path, kind: str = "clip", pinpoints=None, layers=-2, seed: int = 0) -> Path:
+def make_hf_llava_next(
+    directory: Path, kind: str = "clip", pinpoints=None, layers=-2, seed: int = 0, chat_template=None
+) -> Path:
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -62,6 +64,7 @@ def make_hf_llava_next(directory: Path, kind: str = "clip", pinpoints=None, laye
         patch_size=14,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         num_additional_image_tokens=0 if siglip else 1,
+        chat_template=chat_template,
     )
     model.save_pretrained(directory)
     processor.save_pretrained(directory)

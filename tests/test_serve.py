@@ -224,45 +224,12 @@ def test_sixteen_concurrent_clients_are_batched(server):
 
 def test_sigterm_finishes_in_flight_requests(tmp_path):
     """`fovea serve` as users run it: a request in flight when SIGTERM arrives still completes."""
-    import os
     import signal
-    import socket
-    import subprocess
-    import sys
+
+    from serve_process import serve_process
 
     checkpoint = tiny_vlm().save_pretrained(tmp_path / "model")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fovea.cli",
-            "serve",
-            "--model",
-            str(checkpoint),
-            "--name",
-            "tiny",
-            "--port",
-            str(port),
-            "--max-tokens",
-            "512",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    with serve_process(checkpoint, "--name", "tiny", "--max-tokens", "512") as (server, url):
         body = {
             "model": "tiny",
             "messages": [{"role": "user", "content": "Talk."}],
@@ -276,6 +243,3 @@ def test_sigterm_finishes_in_flight_requests(tmp_path):
             reply = pending.result(timeout=120)
         assert reply.status_code == 200 and reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
         assert server.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
-    finally:
-        if server.poll() is None:
-            server.kill()

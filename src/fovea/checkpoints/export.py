@@ -224,7 +224,7 @@ class HFTarget:
             patch_size=int(tower.hf_config.get("patch_size", 14)),
             vision_feature_select_strategy=hf.vision_feature_select_strategy,
             num_additional_image_tokens=1 if tower.cls_token else 0,
-            chat_template=chat_template(cfg.template) if cfg.template else None,
+            chat_template=chat_template(cfg.template) if cfg.template else cfg.chat_template,
         )
         processor.save_pretrained(work)
         if image.alpha == "drop":

@@ -95,6 +95,7 @@ def open_checkpoint(source: str | Path, *, base: str | None = None, tower: str |
         config, tokenizer = fovea_format.read_config(directory, raw), _tokenizer(directory)
     elif raw.get("model_type") == hf_llava_next.MODEL_TYPE:
         config, tokenizer = hf_llava_next.read_config(directory, raw), _tokenizer(directory)
+        _adopt_chat_template(config, directory, tokenizer)
     elif llava_original.is_original(raw):
         tokenizer = _tokenizer(directory, fallback=base or raw.get("_name_or_path"))
         config = llava_original.read_config(directory, raw, tokenizer, tower)
@@ -156,6 +157,23 @@ def _tokenizer(directory: Path, fallback: str | None = None):
         raise CheckpointError(
             f"{where}: tokenizer files cannot be loaded ({str(err).splitlines()[0]})"
         ) from None
+
+
+def _adopt_chat_template(config: VLMConfig, directory: Path, tokenizer) -> None:
+    """A transformers checkpoint's own Jinja template becomes the model's default; when one of
+    fovea's templates renders exactly the same prompts, that one is named (training labels work).
+    (Original LLaVA layouts are left alone: their tokenizer's template is the base LM's, not the
+    one the model was trained with.)"""
+    from ..model.checkpoint_template import JinjaTemplate, read_chat_template, recognise
+
+    source = read_chat_template(directory)
+    if source is None:
+        return
+    config.chat_template = source
+    if tokenizer is not None and config.template is None:
+        config.template = recognise(JinjaTemplate(source, tokenizer, config.image_token))
+        if config.template:
+            logger.info("%s: its chat template renders as fovea's %r", directory, config.template)
 
 
 def _check_filled(model, directory: Path) -> None:

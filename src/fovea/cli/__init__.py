@@ -72,3 +72,14 @@ def user_error(message: str):
     from ..errors import ConfigError
 
     return ConfigError(message)
+
+
+def chat_template(model, name: str | None) -> str:
+    """`--template NAME`, or the model's own template; an error naming --template when it has none."""
+    name = name or "default"
+    if model.chat_format(name) is None:
+        raise user_error(
+            f"this model has no chat template of its own: pass --template NAME "
+            f"(one of {', '.join(model.template_choices())})"
+        )
+    return name

@@ -65,6 +65,10 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="load the model in this dtype")
+    p.add_argument(
+        "--template",
+        help="chat template wrapping each prompt (default: the model's own; see `fovea list`)",
+    )
     _add_judge_options(p)
     p.add_argument(
         "--radar", help="report: write the radar chart here (default: radar.png beside --report-out)"
@@ -107,6 +111,8 @@ def _run_eval(args) -> int:
     if args.batch_size < 1:
         raise user_error("--batch-size must be at least 1")
     source, model = _load_model(args)
+    template = args.template or "default"
+    model.chat_format(template)  # an unknown template fails before any work
     name = Path(source.rstrip("/")).name
     out = Path(args.out or Path("runs/eval") / name)
     judge = None
@@ -125,6 +131,7 @@ def _run_eval(args) -> int:
         judge=judge,
         model_name=name,
         progress=not args.quiet,
+        template=template,
     )
     if not results:  # not the main process
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from . import chat_template as _chat_template
 from . import user_error as _user_error
 
 
@@ -76,7 +77,11 @@ def _add_chat(sub) -> None:
     p.add_argument("--model", help="checkpoint directory or hub id (default: the demo's model if present)")
     p.add_argument("--image", default="", help="image paths, comma-separated")
     p.add_argument("--prompt", help="answer this once and exit ('-': read from stdin)")
-    p.add_argument("--template", help="chat template (default: the model's)")
+    p.add_argument(
+        "--template",
+        help="chat template: plain, qwen_1_5, vicuna_v1, llama3, or checkpoint (a transformers "
+        "checkpoint's own Jinja template) (default: the model's own)",
+    )
     p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="(default: %(default)s)")
@@ -106,9 +111,8 @@ def _run_chat(args) -> int:
         "temperature": args.temperature,
         "top_p": args.top_p,
         "seed": args.seed,
+        "template": _chat_template(model, args.template),
     }
-    if args.template:
-        options["template"] = args.template
     images = split_images(args.image)
     if args.prompt is not None:
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -136,6 +140,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
     p.add_argument("--image-dir", help="allow local image paths inside this directory")
+    p.add_argument(
+        "--template",
+        help="chat template: plain, qwen_1_5, vicuna_v1, llama3, or checkpoint (default: the model's own)",
+    )
     p.add_argument("--max-images", type=int, default=8, help="images per request (default: %(default)s)")
     p.add_argument(
         "--max-pixels", type=int, default=16_000_000, help="pixels per image (default: %(default)s)"
@@ -163,6 +171,7 @@ def _run_serve(args) -> int:
     from ..infer.server import ServeConfig, create_app
 
     model = load(args.model, device=args.device)
+    template = _chat_template(model, args.template)  # no template: an error now, not a 400 per request
     limits = Limits(
         max_images=args.max_images,
         max_pixels=args.max_pixels,
@@ -176,6 +185,7 @@ def _run_serve(args) -> int:
         max_body_bytes=int(args.max_body_mb * 2**20),
         limits=limits,
         max_batch=args.max_batch,
+        template=template,
     )
     print(f"serving {config.name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C to stop)")
     uvicorn.run(

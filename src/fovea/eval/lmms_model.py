@@ -106,8 +106,7 @@ class FoveaLMM(lmms):
 
     def _continuation_logprob(self, context: str, target: str, images: list) -> tuple[float, bool]:
         model = self.model
-        template = model.config.template if self.template == "default" else self.template
-        inputs = model.prepare(context, images, template)
+        inputs = model.prepare(context, images, self.template)
         target_ids = model.tokenizer(target, add_special_tokens=False)["input_ids"]
         ids = torch.cat([inputs["input_ids"], torch.tensor([target_ids])], dim=1).to(model.device)
         embeds = model.embed(ids, inputs["pixel_values"], inputs["image_layouts"])

@@ -43,24 +43,36 @@ def evaluate(
     judge=None,
     model_name: str = "",
     progress: bool = True,
+    template: str | None = "default",
 ) -> dict:
     """Run `tasks` on `model`; returns the results dict also written to ``out_dir/results.json``.
 
     Per-sample problems (a missing image, a malformed row, a prompt over the model's length) are
     written to the task's ``errors.jsonl`` with the sample id and counted in the results; the rest
     of the task is scored. `judge` (an `LLMJudge`) scores tasks that need one (OpenEQA).
+    `template` wraps each prompt (``"default"``: the model's own, see ``model.chat_format``).
     """
     specs = [load_task(t) for t in tasks]  # unknown task names fail here, before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank, world, barrier = _distributed()
     if rank == 0:
-        _write_json(out / "run.json", _run_info(model_name, specs))
+        _write_json(out / "run.json", _run_info(model_name, specs, model, template))
     failed: dict[str, str] = {}
     for spec in specs:
         try:
             generate_task(
-                model, spec, out / spec.name, data_root, batch_size, limit, hub, rank, world, progress
+                model,
+                spec,
+                out / spec.name,
+                data_root,
+                batch_size,
+                limit,
+                hub,
+                rank,
+                world,
+                progress,
+                template,
             )
         except DataError as err:  # no data, an unreadable file: this task fails, the others run
             failed[spec.name] = str(err)
@@ -95,11 +107,12 @@ def _distributed() -> tuple[int, int, Callable[[], None]]:
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 
-def _run_info(model_name: str, specs: list[TaskSpec]) -> dict:
+def _run_info(model_name: str, specs: list[TaskSpec], model, template: str | None) -> dict:
     from .. import __version__
 
     return {
         "model": model_name,
+        "template": getattr(model.chat_format(template), "name", None),
         "fovea": __version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tasks": {s.name: {"protocol": s.protocol, "source": s.source} for s in specs},
@@ -110,7 +123,17 @@ def _run_info(model_name: str, specs: list[TaskSpec]) -> dict:
 
 
 def generate_task(
-    model, spec, task_dir, data_root, batch_size, limit, hub, rank=0, world=1, progress=True
+    model,
+    spec,
+    task_dir,
+    data_root,
+    batch_size,
+    limit,
+    hub,
+    rank=0,
+    world=1,
+    progress=True,
+    template="default",
 ) -> None:
     task_dir.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in read_records(task_dir)}
@@ -131,10 +154,10 @@ def generate_task(
                 continue
             todo.append(sample)
             if len(todo) == batch_size:
-                _run_batch(model, spec, todo, sink, errors, bar)
+                _run_batch(model, spec, todo, sink, errors, bar, template)
                 todo = []
         if todo:
-            _run_batch(model, spec, todo, sink, errors, bar)
+            _run_batch(model, spec, todo, sink, errors, bar, template)
     bar.close()
     err_file = task_dir / ("errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
     err_file.write_text("".join(json.dumps(e) + "\n" for e in errors))
@@ -144,7 +167,7 @@ def generate_task(
         logger.warning("%s: %d more bad samples, listed in %s", spec.name, len(errors) - 5, err_file)
 
 
-def _run_batch(model, spec: TaskSpec, batch: list[Sample], sink, errors: list[dict], bar) -> None:
+def _run_batch(model, spec: TaskSpec, batch: list[Sample], sink, errors: list[dict], bar, template) -> None:
     ready, images = [], []
     for sample in batch:
         try:
@@ -156,21 +179,25 @@ def _run_batch(model, spec: TaskSpec, batch: list[Sample], sink, errors: list[di
         return
     prompts = [s.prompt.replace("<image>", model.config.image_token) for s in ready]
     try:
-        predictions = model.generate(prompts, images=images, max_new_tokens=spec.max_new_tokens)
+        predictions = model.generate(
+            prompts, images=images, template=template, max_new_tokens=spec.max_new_tokens
+        )
     except FoveaError:
         if len(ready) == 1:
             raise
         # one sample spoiled the batch (too long, wrong tag count): run them one by one to find it
         for sample, imgs in zip(ready, images):
-            _run_one(model, spec, sample, imgs, sink, errors, bar)
+            _run_one(model, spec, sample, imgs, sink, errors, bar, template)
         return
     _write(spec, ready, predictions, sink, errors, bar)
 
 
-def _run_one(model, spec, sample, imgs, sink, errors, bar) -> None:
+def _run_one(model, spec, sample, imgs, sink, errors, bar, template) -> None:
     try:
         prompt = sample.prompt.replace("<image>", model.config.image_token)
-        prediction = model.generate([prompt], images=[imgs], max_new_tokens=spec.max_new_tokens)
+        prediction = model.generate(
+            [prompt], images=[imgs], template=template, max_new_tokens=spec.max_new_tokens
+        )
     except FoveaError as err:
         errors.append({"id": sample.id, "error": str(err)})
         return

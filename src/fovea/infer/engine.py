@@ -161,9 +161,7 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,
         )
-        sequences = [
-            _Sequence(r, set(model.stop_token_ids(_template(model, r))), model.tokenizer) for r in ready
-        ]
+        sequences = [_Sequence(r, set(model.stop_token_ids(r.template)), model.tokenizer) for r in ready]
         self._decode(sequences, out, mask, positions[:, -1:], [len(r) for r in rows])
 
     def _decode(self, sequences: list[_Sequence], out, mask, position, prompt_lengths) -> None:
@@ -199,7 +197,3 @@ class Engine:
             )
         for seq, prompt in zip(sequences, prompt_lengths):
             seq.request.emit("done", Result(seq.flush(), prompt, len(seq.tokens), seq.finish))
-
-
-def _template(model, request: Request) -> str | None:
-    return model.config.template if request.template == "default" else request.template

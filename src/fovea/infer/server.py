@@ -33,6 +33,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     max_batch: int = 16
     max_wait: float = 0.01
+    template: str | None = "default"
+    """Chat template for every request (``"default"``: the model's own, see ``model.chat_format``)."""
 
 
 def create_app(model, config: ServeConfig) -> FastAPI:
@@ -94,6 +96,7 @@ async def _chat_completion(request, config: ServeConfig, engine: Engine):
             messages,
             images,
             **options,
+            template=config.template,
             emit=lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
         )
     )

@@ -45,10 +45,9 @@ class ChatSession:
         with torch.inference_mode():
             inputs = model.prepare_chat(turn, self.images, self.template)  # raises: history unchanged
             out = self._prefill(inputs["input_ids"][0].tolist(), inputs)
-        template = model.config.template if self.template == "default" else self.template
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return self._stream(
-            turn, out, set(model.stop_token_ids(template)), max_new_tokens, temperature, top_p, generator
+            turn, out, set(model.stop_token_ids(self.template)), max_new_tokens, temperature, top_p, generator
         )
 
     @torch.inference_mode()

@@ -30,7 +30,11 @@ class VLMConfig:
     newline: bool = True
     """Learned ``image_newline`` vector after every feature row (LLaVA-NeXT ``spatial_unpad``)."""
     template: str | None = None
-    """Default chat template for ``generate``/``chat`` (None: text is used as given)."""
+    """Default chat template for ``generate``/``chat`` (None: the checkpoint's own `chat_template`
+    if it has one, else text is used as given)."""
+    chat_template: str | None = None
+    """The checkpoint's own Jinja chat template (transformers checkpoints ship one), used when no
+    fovea `template` is set; kept so conversions and exports carry it on."""
     attn_implementation: str = "sdpa"
     max_length: int | None = None
     """Longest prompt in tokens, visual tokens included (None: the LM's own limit only)."""

@@ -7,16 +7,21 @@ as that image will yield visual tokens (computed from geometry, before any model
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ConfigError
 from ..imaging.io import ImageSource
-from .templates import TEMPLATES
+from .checkpoint_template import JinjaTemplate
+from .templates import TEMPLATES, Template
 
 if TYPE_CHECKING:
     from .vlm import VisionLanguageModel
+
+CHECKPOINT_TEMPLATE = "checkpoint"
+"""The name that selects a checkpoint's own Jinja chat template."""
 
 
 def _joined(pieces, worker):
@@ -30,6 +35,32 @@ def _joined(pieces, worker):
 class PromptMixin:
     """`prepare` and `generate` for VisionLanguageModel (kept apart to keep each file readable)."""
 
+    def chat_format(
+        self: VisionLanguageModel, template: str | None = "default"
+    ) -> Template | JinjaTemplate | None:
+        """What `template` names: a fovea template, ``"checkpoint"`` (the checkpoint's own Jinja
+        template), None (text as given), or ``"default"``: the configured fovea template
+        (``config.template``), else the checkpoint's Jinja template, else None."""
+        if template == "default":
+            template = self.config.template or (CHECKPOINT_TEMPLATE if self.config.chat_template else None)
+        if template is None:
+            return None
+        if template == CHECKPOINT_TEMPLATE:
+            if not self.config.chat_template:
+                raise ConfigError(
+                    f"this checkpoint carries no chat template of its own; choose one of {', '.join(TEMPLATES)}"
+                )
+            return self._checkpoint_template
+        return TEMPLATES.get(template)
+
+    def template_choices(self: VisionLanguageModel) -> list[str]:
+        """Every template name this model accepts."""
+        return [*TEMPLATES.names(), *([CHECKPOINT_TEMPLATE] if self.config.chat_template else [])]
+
+    @cached_property
+    def _checkpoint_template(self: VisionLanguageModel) -> JinjaTemplate:
+        return JinjaTemplate(self.config.chat_template, self.tokenizer, self.config.image_token)
+
     def render_prompt(self: VisionLanguageModel, text: str, num_images: int, template: str | None) -> str:
         """Apply `template` to a user `text`; images without tags are placed first (LLaVA style)."""
         tag = self.config.image_token
@@ -38,9 +69,8 @@ class PromptMixin:
             text = f"{tag}\n" * num_images + text
         elif found != num_images:
             raise ConfigError(f"the prompt has {found} {tag} tags but {num_images} images were given")
-        if template is None:
-            return text
-        return TEMPLATES.get(template).prompt(text, bos_token=self.tokenizer.bos_token)
+        fmt = self.chat_format(template)
+        return text if fmt is None else fmt.prompt(text, bos_token=self.tokenizer.bos_token)
 
     def prepare(
         self: VisionLanguageModel,
@@ -51,7 +81,7 @@ class PromptMixin:
         """Model inputs for one prompt (images: a list) or a batch (images: a list per prompt).
 
         ``template=None`` uses the text as given (tokenizer special tokens added as the
-        tokenizer does by default); a template name wraps it as one user turn.
+        tokenizer does by default); a template name (see `chat_format`) wraps it as one user turn.
         Returns ``input_ids``, ``attention_mask`` (left-padded), ``pixel_values``, ``image_layouts``.
         """
         if self.tokenizer is None:
@@ -61,10 +91,11 @@ class PromptMixin:
         if len(per_prompt) != len(batch):
             raise ConfigError(f"{len(batch)} prompts but {len(per_prompt)} image lists")
         rows, all_pixels, layouts = [], [], []
+        fmt = self.chat_format(template)
         for prompt, imgs in zip(batch, per_prompt):
             processed = self.processor(list(imgs))
             rendered = self.render_prompt(prompt, len(imgs), template)
-            ids = self._tokenize(rendered, add_special_tokens=template is None)
+            ids = self._tokenize(rendered, add_special_tokens=fmt is None or fmt.add_special_tokens(rendered))
             rows.append(self._expand_placeholders(ids, processed.layouts))
             limit = self.config.max_length
             if limit is not None and len(rows[-1]) > limit:
@@ -131,11 +162,12 @@ class PromptMixin:
                 mask[i, width - len(row) :] = 1
         return ids, mask
 
-    def stop_token_ids(self: VisionLanguageModel, template: str | None) -> list[int]:
+    def stop_token_ids(self: VisionLanguageModel, template: str | None = "default") -> list[int]:
         """EOS plus the template's stop markers that are single tokens."""
         stops = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        if template is not None:
-            for marker in TEMPLATES.get(template).stop:
+        fmt = self.chat_format(template)
+        if fmt is not None:
+            for marker in fmt.stop:
                 ids = self.tokenizer(marker, add_special_tokens=False)["input_ids"]
                 if len(ids) == 1 and ids[0] not in stops:
                     stops.append(ids[0])
@@ -149,9 +181,12 @@ class PromptMixin:
     ) -> dict:
         """Model inputs for a whole conversation (``[{"role", "content"}, ...]``), ready for the
         assistant's next turn. Images without tags go before the first user turn's text."""
-        template = self.config.template if template == "default" else template
-        if template is None:
-            raise ConfigError("chat needs a template; this model has none configured (pass template=...)")
+        fmt = self.chat_format(template)
+        if fmt is None:
+            raise ConfigError(
+                f"chat needs a template and this model has none: pass template=NAME "
+                f"(one of {', '.join(self.template_choices())})"
+            )
         tag, found = (
             self.config.image_token,
             sum(m["content"].count(self.config.image_token) for m in messages),
@@ -164,9 +199,10 @@ class PromptMixin:
             messages[first]["content"] = f"{tag}\n" * len(images) + messages[first]["content"]
         elif found != len(images):
             raise ConfigError(f"the conversation has {found} {tag} tags but {len(images)} images were given")
-        text = TEMPLATES.get(template).render(messages, True, self.tokenizer.bos_token).text
+        text = fmt.render(messages, True, self.tokenizer.bos_token).text
         processed = self.processor(list(images))
-        ids = self._expand_placeholders(self._tokenize(text, add_special_tokens=False), processed.layouts)
+        ids = self._tokenize(text, add_special_tokens=fmt.add_special_tokens(text))
+        ids = self._expand_placeholders(ids, processed.layouts)
         input_ids, attention_mask = self._pad_left([ids])
         return {
             "input_ids": input_ids,
@@ -192,7 +228,6 @@ class PromptMixin:
 
         from transformers import TextIteratorStreamer
 
-        template = self.config.template if template == "default" else template
         inputs = self.prepare_chat(messages, images, template)
         device = self.device
         embeds = self.embed(inputs["input_ids"].to(device), inputs["pixel_values"], inputs["image_layouts"])
@@ -224,8 +259,7 @@ class PromptMixin:
         top_p: float = 1.0,
     ) -> str | list[str]:
         """Answer a prompt (or a batch); greedy unless `do_sample`. ``template="default"`` uses
-        the model's configured template (``config.template``); None uses the text as given."""
-        template = self.config.template if template == "default" else template
+        the model's own template (see `chat_format`); None uses the text as given."""
         inputs = self.prepare(text, images, template)
         device = self.device
         embeds = self.embed(inputs["input_ids"].to(device), inputs["pixel_values"], inputs["image_layouts"])

@@ -96,6 +96,11 @@ class Template:
         """One user turn, ready for the assistant's answer."""
         return self.render([{"role": "user", "content": user_text}], True, bos_token).text
 
+    def add_special_tokens(self, text: str) -> bool:
+        """Whether the tokenizer adds its special tokens to the rendered text: never, the
+        template writes every one itself."""
+        return False
+
 
 def _check_messages(messages: list[dict]) -> list[dict]:
     if not messages:
