@@ -7,6 +7,7 @@ import json
 import pytest
 from PIL import Image
 
+import fovea
 from fovea.cli import main
 from fovea.eval.report import load_results, markdown, radar
 from fovea.eval.runner import evaluate, read_errors, read_records
@@ -60,6 +61,22 @@ def test_cli_eval_on_bundled_tasks_writes_json_markdown_and_radar(checkpoint, da
     assert "results:" in capsys.readouterr().out
     info = json.loads((run / "run.json").read_text())
     assert info["tasks"]["synth_word"]["protocol"].startswith("fovea synthetic")
+    assert info["template"] == "qwen_1_5"  # the checkpoint's own
+
+
+def test_template_flag_wraps_the_prompts_and_is_recorded(checkpoint, data_root, tmp_path, capsys):
+    args = ["eval", "--model", str(checkpoint), "--tasks", "synth_colour", "--data-root", str(data_root)]
+    args += ["--limit", "4", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "bad"), "--template", "qwen_9"]) == 2
+    assert "unknown template 'qwen_9'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    seen = []
+    model = Counting(fovea.load(checkpoint))
+    model.generate = lambda prompts, **kw: seen.append(kw["template"]) or ["red"] * len(prompts)
+    evaluate(
+        model, ["synth_colour"], tmp_path / "run", data_root, limit=4, template="vicuna_v1", progress=False
+    )
+    assert seen == ["vicuna_v1"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["template"] == "vicuna_v1"
 
 
 def test_a_stopped_run_resumes_without_recomputing(checkpoint, data_root, tmp_path):
