@@ -170,6 +170,7 @@ def _add_list(sub) -> None:
 def _run_list(args) -> int:
     from ..connectors.fusers import FUSERS
     from ..connectors.projectors import PROJECTOR_TYPES
+    from ..model.prompting import CHECKPOINT_TEMPLATE
     from ..model.templates import TEMPLATES
     from ..towers.base import TOWER_FAMILIES
     from ..towers.presets import TOWER_PRESETS
@@ -179,7 +180,13 @@ def _run_list(args) -> int:
         ("tower types (transformers model_type)", {n: TOWER_FAMILIES.help(n) for n in TOWER_FAMILIES}),
         ("projectors", PROJECTOR_TYPES),
         ("fusers", {n: FUSERS.help(n) for n in FUSERS}),
-        ("templates", {n: TEMPLATES.help(n) for n in TEMPLATES}),
+        (
+            "templates",
+            {
+                **{n: TEMPLATES.help(n) for n in TEMPLATES},
+                CHECKPOINT_TEMPLATE: "a transformers checkpoint's own Jinja chat template, rendered as its processor does",
+            },
+        ),
     ]
     for title, rows in sections:
         print(f"{title}:")
