@@ -83,3 +83,13 @@ def chat_template(model, name: str | None) -> str:
             f"(one of {', '.join(model.template_choices())})"
         )
     return name
+
+
+def add_template_option(parser) -> None:
+    from ..model.templates import CHECKPOINT_TEMPLATE, TEMPLATES
+
+    parser.add_argument(
+        "--template",
+        help=f"chat template: {', '.join(TEMPLATES)}, or {CHECKPOINT_TEMPLATE} (a transformers checkpoint's "
+        "own Jinja template) (default: the model's own)",
+    )

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import user_error
+from . import add_template_option, user_error
 
 DEFAULT_DATA_ROOT = "~/.cache/fovea/benchmarks"
 
@@ -65,10 +65,7 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="load the model in this dtype")
-    p.add_argument(
-        "--template",
-        help="chat template wrapping each prompt (default: the model's own; see `fovea list`)",
-    )
+    add_template_option(p)
     _add_judge_options(p)
     p.add_argument(
         "--radar", help="report: write the radar chart here (default: radar.png beside --report-out)"

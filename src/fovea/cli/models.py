@@ -170,8 +170,7 @@ def _add_list(sub) -> None:
 def _run_list(args) -> int:
     from ..connectors.fusers import FUSERS
     from ..connectors.projectors import PROJECTOR_TYPES
-    from ..model.prompting import CHECKPOINT_TEMPLATE
-    from ..model.templates import TEMPLATES
+    from ..model.templates import CHECKPOINT_TEMPLATE, TEMPLATES
     from ..towers.base import TOWER_FAMILIES
     from ..towers.presets import TOWER_PRESETS
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from . import add_template_option
 from . import chat_template as _chat_template
 from . import user_error as _user_error
 
@@ -77,11 +78,7 @@ def _add_chat(sub) -> None:
     p.add_argument("--model", help="checkpoint directory or hub id (default: the demo's model if present)")
     p.add_argument("--image", default="", help="image paths, comma-separated")
     p.add_argument("--prompt", help="answer this once and exit ('-': read from stdin)")
-    p.add_argument(
-        "--template",
-        help="chat template: plain, qwen_1_5, vicuna_v1, llama3, or checkpoint (a transformers "
-        "checkpoint's own Jinja template) (default: the model's own)",
-    )
+    add_template_option(p)
     p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="(default: %(default)s)")
@@ -140,10 +137,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
     p.add_argument("--image-dir", help="allow local image paths inside this directory")
-    p.add_argument(
-        "--template",
-        help="chat template: plain, qwen_1_5, vicuna_v1, llama3, or checkpoint (default: the model's own)",
-    )
+    add_template_option(p)
     p.add_argument("--max-images", type=int, default=8, help="images per request (default: %(default)s)")
     p.add_argument(
         "--max-pixels", type=int, default=16_000_000, help="pixels per image (default: %(default)s)"

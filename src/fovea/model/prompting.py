@@ -15,13 +15,10 @@ import torch
 from ..errors import ConfigError
 from ..imaging.io import ImageSource
 from .checkpoint_template import JinjaTemplate
-from .templates import TEMPLATES, Template
+from .templates import CHECKPOINT_TEMPLATE, TEMPLATES, Template
 
 if TYPE_CHECKING:
     from .vlm import VisionLanguageModel
-
-CHECKPOINT_TEMPLATE = "checkpoint"
-"""The name that selects a checkpoint's own Jinja chat template."""
 
 
 def _joined(pieces, worker):

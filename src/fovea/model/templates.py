@@ -26,6 +26,8 @@ from ..registry import Registry
 
 ROLES = ("system", "user", "assistant")
 IMAGE_TAG = "<image>"
+CHECKPOINT_TEMPLATE = "checkpoint"
+"""The name that selects a checkpoint's own Jinja chat template (see ``checkpoint_template``)."""
 
 
 @dataclass(frozen=True)
