@@ -38,6 +38,11 @@ _RESAMPLE = {
 }
 
 
+def check_image_mode(mode: str) -> None:
+    if mode not in ("square", "pad", "anyres") and anyres.parse_max_tiles(mode) is None:
+        raise ValueError(f"unknown image mode {mode!r}; expected square, pad, anyres or anyres_max_N")
+
+
 @dataclass(kw_only=True)
 class ImageConfig:
     """How an image becomes the tiles a tower sees."""
@@ -65,12 +70,8 @@ class ImageConfig:
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need three values (R, G, B)")
         for mode in (self.mode, self.multi_image_mode):
-            if (
-                mode is not None
-                and mode not in ("square", "pad", "anyres")
-                and anyres.parse_max_tiles(mode) is None
-            ):
-                raise ValueError(f"unknown image mode {mode!r}; expected square, pad, anyres or anyres_max_N")
+            if mode is not None:
+                check_image_mode(mode)
         if self.uses_anyres and self.grid_pinpoints is None:
             raise ValueError(f"image mode {self.mode!r} needs grid_pinpoints")
         if self.grid_pinpoints is not None:

@@ -28,12 +28,13 @@ from ..config import to_dict
 from ..data.dataset import SupervisedDataset, collate
 from ..data.labels import IGNORE
 from ..data.sources import RecordSource
-from ..errors import ConfigError, FoveaError
+from ..errors import FoveaError
 from ..imaging.processor import ImageConfig, ImageProcessor
 from .build import apply_lora, build_model, merge_lora
 from .data_order import micro_batches
 from .parts import assign, describe, make_optimizer
 from .recipe import Recipe, StageSpec
+from .validate import check_files, check_parts_match, check_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +85,16 @@ def train(recipe: Recipe) -> Path:
     """Run every stage (resuming where a previous run stopped); returns the final checkpoint."""
     from accelerate.utils import set_seed
 
+    check_recipe(recipe)  # API callers may build a Recipe by hand
     accelerator = make_accelerator(recipe)
+    check_files(recipe, accelerator.num_processes)  # every stage, before anything is written
     out = Path(recipe.run.out_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2))
     set_seed(recipe.run.seed)
     model = build_model(recipe.model, recipe.lora)
+    check_parts_match(recipe, model)
     if accelerator.log_with:
         accelerator.init_trackers("fovea", config={"seed": recipe.run.seed, "stages": len(recipe.stages)})
     final = out
@@ -135,12 +139,7 @@ def run_stage(accelerator, recipe: Recipe, model, stage: StageSpec, stage_dir: P
     )
     world = accelerator.num_processes
     micro = stage.micro_batch_size or max(1, stage.batch_size // world)
-    if stage.batch_size % (micro * world):
-        raise ConfigError(
-            f"stage {stage.name}: batch_size {stage.batch_size} is not a multiple of "
-            f"micro_batch_size {micro} x {world} processes"
-        )
-    accum = stage.batch_size // (micro * world)
+    accum = stage.batch_size // (micro * world)  # divides exactly: check_files made sure
     per_epoch = max(1, len(dataset) // (micro * world)) // accum or 1
     total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
     rates = assign(model, stage.train, recipe.lora.lr if recipe.lora else None)

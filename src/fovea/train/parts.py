@@ -20,11 +20,13 @@ from torch import nn
 
 from ..errors import ConfigError
 
+PARTS = ("tower", "tower.embeddings", "tower.layers.A-B", "connector", "lm", "lm.embeddings", "newline")
+"""What a stage may train (``tower.layers.A-B``: blocks A..B, or ``tower.layers.N``)."""
 _LAYER_RANGE = re.compile(r"^tower\.layers\.(\d+)(?:-(\d+))?$")
 _LAYER_OF = re.compile(r"\.layers\.(\d+)\.")
 
 
-def _lm_embedding_names(model) -> set[str]:
+def lm_embedding_names(model) -> set[str]:
     names = set()
     for module in (model.lm.get_input_embeddings(), model.lm.get_output_embeddings()):
         if module is not None:
@@ -51,10 +53,7 @@ def part_of(name: str, part: str, embeddings: set[str]) -> bool:
         return name in embeddings
     if part == "newline":
         return name == "image_newline"
-    raise ConfigError(
-        f"unknown part {part!r}; parts are tower, tower.embeddings, tower.layers.A-B, connector, lm, "
-        "lm.embeddings, newline"
-    )
+    raise ConfigError(f"unknown part {part!r}; parts are {', '.join(PARTS)}")
 
 
 _SPECIFICITY = {"tower": 0, "lm": 0, "connector": 1, "newline": 1, "tower.embeddings": 1, "lm.embeddings": 1}
@@ -66,7 +65,7 @@ def assign(model: nn.Module, train: dict[str, float], lora_lr: float | None = No
     With LoRA (`lora_lr` set), a part covering adapted weights trains only their adapters, at
     the part's rate; adapters of parts not listed train at `lora_lr`.
     """
-    embeddings = _lm_embedding_names(model)
+    embeddings = lm_embedding_names(model)
     order = sorted(train, key=lambda p: _SPECIFICITY.get(p, 2))  # later = more specific, wins
     adapted = {n.split(".lora_")[0] for n, _ in model.named_parameters() if ".lora_" in n}
     rates: dict[str, float] = {}

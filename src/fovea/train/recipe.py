@@ -134,4 +134,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             and (base / stage.data).exists()
         ):
             stage.data = str(base / stage.data)
+    from .validate import check_recipe
+
+    check_recipe(recipe)
     return recipe
