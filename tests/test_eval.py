@@ -9,6 +9,7 @@ from PIL import Image
 
 import fovea
 from fovea.cli import main
+from fovea.eval.provenance import run_identity
 from fovea.eval.report import load_results, markdown, radar
 from fovea.eval.runner import evaluate, read_errors, read_records
 from fovea.eval.tasks import expand, load_task, samples
@@ -302,3 +303,36 @@ def test_a_task_without_data_fails_alone_and_bad_parquet_rows_are_named(checkpoi
     errors = {e["id"]: e["error"] for e in read_errors(run / "chartqa")}
     assert "'answer'" in errors["1"] and "gone.png" in errors["2"]
     assert "docvqa_val: failed: task docvqa_val: no data at" in capsys.readouterr().err
+
+
+def test_another_model_s_run_is_refused_and_overwrite_recomputes(checkpoint, data_root, tmp_path, capfd):
+    """Two checkpoints both called `final`: the second never reports the first one's numbers."""
+    other = tiny_vlm(seed=1).save_pretrained(tmp_path / "b" / "final")
+    run = tmp_path / "run"
+    args = ["eval", "--tasks", "synth_colour", "--data-root", str(data_root), "--limit", "6", "--quiet"]
+    assert main([*args, "--model", str(checkpoint), "--out", str(run)]) == 0
+    first = (run / "results.json").read_text()
+    capfd.readouterr()
+    assert main([*args, "--model", str(other), "--out", str(run)]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds another run (model" in err and "--overwrite" in err
+    assert (run / "results.json").read_text() == first  # nothing of the first run was touched
+    assert main([*args, "--model", str(other), "--out", str(run), "--overwrite"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["checkpoint"] == str(other.resolve())
+    assert (
+        info["identity"]["model_fingerprint"]
+        == run_identity(fovea.load(other), [], None, ".")["model_fingerprint"]
+    )
+    records = read_records(run / "synth_colour")
+    assert len(records) == 6 and len({r["id"] for r in records}) == 6  # recomputed, not appended
+
+
+def test_a_folder_fovea_did_not_write_is_never_cleared(checkpoint, data_root, tmp_path, capfd):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    args = ["eval", "--model", str(checkpoint), "--tasks", "synth_colour", "--data-root", str(data_root)]
+    assert main([*args, "--out", str(mine), "--overwrite", "--quiet"]) == 2
+    assert "not a fovea eval run" in capfd.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -140,6 +140,7 @@ def load(
         model.lm.tie_weights()
     _check_filled(model, opened.directory)
     model.to(device)
+    model.checkpoint_dir = opened.directory  # where it came from (eval runs record it)
     return model.eval()
 
 

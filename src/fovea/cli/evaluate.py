@@ -55,7 +55,15 @@ def _add_eval(sub) -> None:
         default=os.environ.get("FOVEA_DATA", DEFAULT_DATA_ROOT),
         help="folder holding the benchmarks, one sub-folder per task (default: $FOVEA_DATA or %(default)s)",
     )
-    p.add_argument("--out", help="run directory (default: runs/eval/<model name>); reusing it resumes")
+    p.add_argument(
+        "--out",
+        help="run directory (default: runs/eval/<model name>); reusing it resumes the same model's run",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (only the files fovea wrote there) instead of resuming it",
+    )
     p.add_argument(
         "--batch-size", type=int, default=8, help="prompts generated together (default: %(default)s)"
     )
@@ -129,6 +137,7 @@ def _run_eval(args) -> int:
         model_name=name,
         progress=not args.quiet,
         template=template,
+        overwrite=args.overwrite,
     )
     if not results:  # not the main process
         return 0

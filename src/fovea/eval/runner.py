@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import FoveaError
+from .provenance import check_resume, remove_own_files, run_identity
 from .scorers import SCORERS, aggregate, headline
 from .tasks import BadSample, DataError, Sample, TaskSpec, load_task, samples
 
@@ -44,6 +45,7 @@ def evaluate(
     model_name: str = "",
     progress: bool = True,
     template: str | None = "default",
+    overwrite: bool = False,
 ) -> dict:
     """Run `tasks` on `model`; returns the results dict also written to ``out_dir/results.json``.
 
@@ -51,13 +53,21 @@ def evaluate(
     written to the task's ``errors.jsonl`` with the sample id and counted in the results; the rest
     of the task is scored. `judge` (an `LLMJudge`) scores tasks that need one (OpenEQA).
     `template` wraps each prompt (``"default"``: the model's own, see ``model.chat_format``).
+    A directory holding a run of another model, template or task definition is refused (see
+    `provenance`); `overwrite` replaces that run.
     """
     specs = [load_task(t) for t in tasks]  # unknown task names fail here, before any work
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    template_name = getattr(model.chat_format(template), "name", None)
+    identity = check_resume(out, run_identity(model, specs, template_name, data_root), overwrite)
     rank, world, barrier = _distributed()
+    barrier()  # every process has read the old run.json before it changes
     if rank == 0:
-        _write_json(out / "run.json", _run_info(model_name, specs, model, template))
+        if overwrite and out.is_dir():
+            remove_own_files(out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "run.json", _run_info(model, model_name, specs, identity))
+    barrier()
     failed: dict[str, str] = {}
     for spec in specs:
         try:
@@ -107,15 +117,28 @@ def _distributed() -> tuple[int, int, Callable[[], None]]:
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 
-def _run_info(model_name: str, specs: list[TaskSpec], model, template: str | None) -> dict:
+def _run_info(model, model_name: str, specs: list[TaskSpec], identity: dict) -> dict:
+    """run.json: for people (names, paths, protocols, generation settings) and for resuming
+    (`identity`, compared by `provenance.check_resume`)."""
     from .. import __version__
 
+    source = getattr(model, "checkpoint_dir", None)
     return {
         "model": model_name,
-        "template": getattr(model.chat_format(template), "name", None),
+        "checkpoint": str(Path(source).resolve()) if source else None,
+        "template": identity["template"],
         "fovea": __version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "tasks": {s.name: {"protocol": s.protocol, "source": s.source} for s in specs},
+        "tasks": {
+            s.name: {
+                "protocol": s.protocol,
+                "source": s.source,
+                "max_new_tokens": s.max_new_tokens,
+                "greedy": True,
+            }
+            for s in specs
+        },
+        "identity": identity,
     }
 
 

@@ -44,6 +44,8 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
+        self.checkpoint_dir: Path | None = None
+        """The directory `fovea.load` read this model from (None: built in memory)."""
         self.processor = ImageProcessor(config.image)
         self.tower = tower if tower is not None else VisionTower(config.tower)
         if lm is None:
