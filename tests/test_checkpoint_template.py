@@ -108,8 +108,9 @@ def test_fovea_serve_answers_what_transformers_answers(checkpoint, reference):
     from openai import OpenAI
     from PIL import Image
 
-    from serve_process import serve_process
     from test_serve import _content
+
+    from serve_process import serve_process
 
     with serve_process(checkpoint, "--name", "it") as (server, url):
         assert server.poll() is None, server.stderr.read()

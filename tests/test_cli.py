@@ -12,6 +12,8 @@ from safetensors import safe_open
 
 from fovea.cli import main
 
+from cli_checks import refused, snapshot
+
 EXAMPLES = Path(__file__).parents[1] / "examples" / "images"
 TOWER = ["--tower", "clip-vit-l14-336-tiny", "--random-weights", "--quiet"]
 
@@ -104,3 +106,43 @@ def test_console_script_error_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"fovea: error: {bad}: not a recognised image format"
+
+
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_extract_refuses_to_write_over_an_input_image(tmp_path, capsys, given):
+    import shutil
+
+    (tmp_path / "imgs").mkdir()
+    image = shutil.copy(EXAMPLES / "shapes.png", tmp_path / "imgs" / "x.png")
+    before = snapshot(tmp_path)
+    source = image if given == "file" else tmp_path / "imgs"
+    err = refused(["extract", str(source), *TOWER, "--out", str(image)], capsys)
+    assert str(image) in err and "input" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_extract_to_a_directory_fails_in_one_line_and_leaves_nothing(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    err = refused(["extract", str(EXAMPLES), *TOWER, "--out", str(tmp_path / "out")], capsys)
+    assert str(tmp_path / "out") in err and "directory" in err
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_write_keeps_the_old_features_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    import fovea.extract
+
+    out = tmp_path / "f.safetensors"
+    out.write_bytes(b"an earlier run's features")
+    (tmp_path / ".f.safetensors.tmp").write_text("not fovea's")  # the old fixed temporary name
+    before = snapshot(tmp_path)
+
+    def torn(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(fovea.extract, "save_file", torn)
+    err = refused(["extract", str(EXAMPLES), *TOWER, "--out", str(out)], capsys)
+    assert str(out) in err and "Permission denied" in err
+    assert snapshot(tmp_path) == before

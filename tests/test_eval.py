@@ -336,3 +336,23 @@ def test_a_folder_fovea_did_not_write_is_never_cleared(checkpoint, data_root, tm
     assert main([*args, "--out", str(mine), "--overwrite", "--quiet"]) == 2
     assert "not a fovea eval run" in capfd.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_a_task_name_that_is_a_path_is_refused_before_anything_is_written(checkpoint, tmp_path, capsys):
+    from fovea.errors import ConfigError
+
+    rows = [{"qid": "a", "question": "What colour?", "answer": "red", "image": "red.png"}]
+    task = _write_custom_task(tmp_path, rows)
+    task.write_text(task.read_text().replace("name: mine", "name: ../../escaped"))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    run = tmp_path / "a" / "b" / "run"
+    args = ["eval", "--model", str(checkpoint), "--tasks", str(task), "--data-root", str(tmp_path)]
+    code = main([*args, "--out", str(run), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(task) in err and "'name'" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    for bad in ["sub/x", "..", ".", "a\\b", "x y", ""]:
+        task.write_text(f"name: '{bad}'\nscorer: exact\n")
+        with pytest.raises(ConfigError, match="plain file name"):
+            load_task(task)

@@ -22,8 +22,10 @@ from fovea.checkpoints.export import convert
 from fovea.cli import main
 from fovea.errors import ConfigError
 from fovea.tiny import tiny_vlm
-from llava_layouts import write_original
 from test_llava_original import PINPOINTS, _reference_next, _tower_dir, _vision
+
+from cli_checks import refused, snapshot
+from llava_layouts import write_original
 
 
 def _images():
@@ -147,3 +149,102 @@ def test_inexpressible_exports_are_refused_by_name(tmp_path, change, message, ca
     assert main(["convert", str(tmp_path / "src"), str(tmp_path / "hf2"), "--quiet"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "hf").exists() and not (tmp_path / "hf.partial").exists()
+
+
+# -- what convert may delete or overwrite ------------------------------------------------------
+
+
+def _refused(argv, capsys, *named):
+    err = refused(["convert", *argv, "--quiet"], capsys)
+    assert all(str(n) in err for n in named), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    return tiny_vlm().save_pretrained(tmp_path_factory.mktemp("convert") / "src")
+
+
+def _workspace(tmp_path, tiny_source):
+    """tmp/work/src (a checkpoint) beside tmp/work/notes.txt (a file that is not fovea's)."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_source, work / "src")
+    (work / "notes.txt").write_text("mine, not fovea's")
+    return work
+
+
+@pytest.mark.parametrize(
+    ("dest", "flags", "relation"),
+    [
+        ("work", ["--overwrite"], "contains"),  # the source's parent: once deleted it and notes.txt
+        ("work/src", ["--overwrite"], "is"),
+        ("work/src/hf", [], "lies inside"),
+    ],
+)
+def test_a_destination_overlapping_the_source_is_refused(
+    tmp_path, tiny_source, capsys, dest, flags, relation
+):
+    work = _workspace(tmp_path, tiny_source)
+    before = snapshot(tmp_path)
+    err = _refused([work / "src", tmp_path / dest, *flags], capsys, tmp_path / dest)
+    assert f"{relation} the source" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+def test_a_partial_directory_fovea_did_not_mark_is_left_alone(tmp_path, tiny_source, capsys, flags):
+    (tmp_path / "hf.partial").mkdir()
+    (tmp_path / "hf.partial" / "mine.txt").write_text("not fovea's")
+    before = snapshot(tmp_path)
+    _refused([tiny_source, tmp_path / "hf", *flags], capsys, tmp_path / "hf.partial")
+    assert snapshot(tmp_path) == before and not (tmp_path / "hf").exists()
+
+
+def test_a_partial_directory_fovea_left_behind_is_replaced(tmp_path, tiny_source):
+    from fovea.checkpoints.export import PARTIAL_MARKER
+
+    (tmp_path / "hf.partial").mkdir()
+    (tmp_path / "hf.partial" / PARTIAL_MARKER).write_text("")
+    (tmp_path / "hf.partial" / "shard-00001.safetensors").write_bytes(b"torn")
+    convert(tiny_source, tmp_path / "hf")
+    assert not (tmp_path / "hf.partial").exists()
+    assert not (tmp_path / "hf" / PARTIAL_MARKER).exists() and (tmp_path / "hf" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+@pytest.mark.parametrize("dest", ["hf", "hf/inner"])  # DST a file, or a path under a file
+def test_a_file_as_destination_is_refused(tmp_path, tiny_source, capsys, flags, dest):
+    (tmp_path / "hf").write_text("a file, not a directory")
+    before = snapshot(tmp_path)
+    _refused([tiny_source, tmp_path / dest, *flags], capsys, tmp_path / "hf")
+    assert snapshot(tmp_path) == before and not (tmp_path / "hf.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [
+        {"notes.txt": "mine"},
+        {"config.json": '{"learning_rate": 0.1}', "notes.txt": "mine"},  # a config, not a model's
+        {"config.json": '{"model_type": "llava_next"}', "runs/log.txt": "mine"},  # holds folders
+    ],
+)
+def test_overwrite_never_deletes_what_is_not_a_checkpoint(tmp_path, tiny_source, capsys, contents):
+    for name, text in contents.items():
+        (tmp_path / "hf" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "hf" / name).write_text(text)
+    before = snapshot(tmp_path)
+    _refused([tiny_source, tmp_path / "hf", "--overwrite"], capsys, tmp_path / "hf")
+    assert snapshot(tmp_path) == before and not (tmp_path / "hf.partial").exists()
+
+
+def test_overwrite_replaces_an_earlier_export(tmp_path, tiny_source, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    convert(tiny_source, tmp_path / "hf")
+    (tmp_path / "hf" / "stale.txt").write_text("from an old export")
+    argv = ["convert", str(tiny_source), str(tmp_path / "hf"), "--quiet"]
+    _refused(argv[1:3], capsys, tmp_path / "hf")  # not empty, no --overwrite
+    assert main([*argv, "--overwrite"]) == 0
+    assert not (tmp_path / "hf" / "stale.txt").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "notes.txt"]

@@ -30,6 +30,7 @@ import fovea
 from fovea.errors import CheckpointError
 from fovea.imaging.processor import CLIP_MEAN, CLIP_STD
 from fovea.tiny import tiny_lm_config, tiny_tokenizer
+
 from llava_layouts import original_key, write_original
 
 PINPOINTS = [[56, 112], [112, 168], [168, 56], [56, 56]]  # (height, width)

@@ -4,11 +4,15 @@ Images (files or folders, searched recursively) go through the tower's own prepr
 batches; one feature tensor per image is written to a safetensors file keyed by the image's name,
 with the tower, layer and pooling in the file's metadata. A bad image either stops the run
 (after saving everything extracted so far) or, with ``skip_bad``, is reported and skipped.
+The output is written atomically (a temporary file beside it, then a rename) and an output that
+is one of the input images, or a directory, is refused before the tower is built.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,18 +81,14 @@ def extract_features(
     progress: bool = False,
 ) -> Extracted:
     """Features of `images` from `tower` (a preset name, hub id, tower directory or a built tower)."""
-    if isinstance(tower, str):
-        name = tower
-        tower, defaults = build_tower(tower, pretrained=pretrained, weights=weights)
-        image_config = image_config or ImageConfig(**defaults)
-    else:
-        name = tower.config.weights or tower.config.model_type
-        if image_config is None:
-            raise ConfigError("a built tower needs an image_config")
+    todo = find_images(images)
+    if out is not None:
+        out = Path(out)
+        check_output(out, [path for _, path in todo])  # before the tower is built or downloaded
+    tower, name, image_config = _tower(tower, image_config, pretrained, weights)
     tower.to(device).eval()
     processor = ImageProcessor(image_config)
     result = Extracted()
-    todo = find_images(images)
     try:
         for start in tqdm(
             range(0, len(todo), batch_size), disable=not progress, desc="extract", unit="batch"
@@ -99,8 +99,29 @@ def extract_features(
         raise ImageError(f"{err}{kept if result.features else ''}") from None
     finally:
         if out is not None and result.features:
-            save_features(result, Path(out), {"tower": name, "layer": str(layer), "pool": pool})
+            save_features(result, out, {"tower": name, "layer": str(layer), "pool": pool})
     return result
+
+
+def _tower(tower, image_config, pretrained, weights) -> tuple[VisionTower, str, ImageConfig]:
+    if not isinstance(tower, str):
+        if image_config is None:
+            raise ConfigError("a built tower needs an image_config")
+        return tower, tower.config.weights or tower.config.model_type, image_config
+    built, defaults = build_tower(tower, pretrained=pretrained, weights=weights)
+    return built, tower, image_config or ImageConfig(**defaults)
+
+
+def check_output(out: Path, inputs: Iterable[Path]) -> None:
+    """ConfigError when `out` cannot be a file or is one of the input images (it would replace it)."""
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a directory; give a file name, e.g. {out / 'features.safetensors'}")
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise ConfigError(f"{out}: {above} is a file, not a directory")
+    target = out.resolve()
+    if any(path.resolve() == target for path in inputs):
+        raise ConfigError(f"{out}: the output is one of the input images; choose another file")
 
 
 def _extract_batch(tower, processor, batch, layer, pool, skip_bad, result: Extracted) -> None:
@@ -130,7 +151,33 @@ def _run_tower(tower, pixels, names, layer, pool, result: Extracted) -> None:
 
 
 def save_features(result: Extracted, out: Path, metadata: dict[str, str]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(result.features, str(tmp), metadata={**metadata, "count": str(len(result.features))})
-    tmp.replace(out)
+    """Write atomically: a fresh temporary file beside `out`, renamed over it; removed on any error."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _fresh_temporary(out)
+    except OSError as err:
+        raise _cannot_write(out, err) from None
+    try:
+        save_file(result.features, str(tmp), metadata={**metadata, "count": str(len(result.features))})
+        os.replace(tmp, out)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _cannot_write(out, err) from None
+        raise
+
+
+def _fresh_temporary(out: Path) -> Path:
+    """A new empty file beside `out`, created exclusively so that no existing file is reused, with
+    the usual permissions (the umask's, unlike mkstemp's owner-only 0600)."""
+    while True:
+        tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _cannot_write(out: Path, err: OSError) -> ConfigError:
+    return ConfigError(f"{out}: cannot write the features: {err.strerror or err}")

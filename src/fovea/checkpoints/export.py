@@ -6,6 +6,11 @@ shards of at most `max_shard_size` bytes. Peak memory is about one output shard,
 The output is written to ``DST.partial`` and renamed at the end, so a failed run leaves no
 half-written model behind.
 
+Nothing convert did not create is ever deleted: ``DST.partial`` carries a marker file written
+first, and only a marked one is removed; ``overwrite`` replaces DST only when it is a model
+checkpoint (a flat directory whose ``config.json`` names a model); a DST that is, contains or lies
+inside one of the inputs is refused before anything is written.
+
 ``--to hf`` writes what transformers 5 writes for ``LlavaNextForConditionalGeneration``: its
 ``config.json``, safetensors with its key names, a tokenizer with an ``<image>`` token (added,
 with an embedding row, when the source tokenizer has none), ``processor_config.json`` and a chat
@@ -15,6 +20,7 @@ mode, ...) are refused with the part named.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -26,6 +32,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from .fovea_format import FORMAT
 from .jinja import chat_template
 from .loader import open_checkpoint
 from .weights import INDEX, plan_load, read_planned
@@ -33,6 +40,8 @@ from .weights import INDEX, plan_load, read_planned
 logger = logging.getLogger(__name__)
 
 _RESAMPLE_IDS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
+PARTIAL_MARKER = ".fovea-partial"
+"""Written first into ``DST.partial``: only a directory holding it is fovea's to delete."""
 
 
 @dataclass
@@ -72,8 +81,6 @@ class ShardWriter:
 
     def close(self) -> int:
         """Final names (model.safetensors, or model-i-of-n + index); returns the shard count."""
-        import json
-
         self.flush()
         n = len(self.files)
         final = (
@@ -107,18 +114,32 @@ def convert(
     if to not in ("hf", "fovea"):
         raise ConfigError(f"unknown target format {to!r}; expected hf or fovea")
     dest = Path(destination)
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise ConfigError(f"{dest}: exists and is not empty (choose another directory or overwrite)")
+    work = dest.with_name(dest.name + ".partial")
+    _refuse_overlap(dest, work, [p for p in (source, base, tower) if p and Path(p).exists()])
+    _check_replaceable(dest, overwrite)
+    _check_partial(work)
     opened = open_checkpoint(source, base=base, tower=tower)
+    _refuse_overlap(dest, work, [opened.directory])  # a hub id resolves only now
     if to == "hf":
         refuse_inexpressible(opened.config)  # before touching any weight
     skeleton = opened.skeleton()
     plans = plan_load(skeleton, opened.sources(skeleton))
     target = HFTarget(opened) if to == "hf" else None
-    work = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    report = Report(dest)
+    _start_partial(work)
+    try:
+        report = _write(opened, plans, target, work, Report(dest), dtype, max_shard_size, progress)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # ours: marked and created by this run
+        raise
+    _check_replaceable(dest, overwrite)  # again: DST may have changed during a long conversion
+    (work / PARTIAL_MARKER).unlink()
+    if dest.exists():
+        shutil.rmtree(dest)  # an empty directory or a checkpoint, checked just above
+    work.rename(dest)
+    return report
+
+
+def _write(opened, plans, target, work: Path, report: Report, dtype, max_shard_size, progress) -> Report:
     writer = ShardWriter(work, max_shard_size)
     rename: Callable[[str], str] = target.rename if target else (lambda k: k)
     bar = tqdm(total=len(plans), disable=not progress, desc="convert", unit="tensor")
@@ -132,17 +153,82 @@ def convert(
         target.write_metadata(work, report)
     else:
         _write_fovea_metadata(opened, work)
-    shutil.rmtree(dest, ignore_errors=True)
-    work.rename(dest)
     return report
 
 
-def _write_fovea_metadata(opened, work: Path) -> None:
-    import json
+# -- what convert may write over or delete -----------------------------------------------------
 
+
+def _refuse_overlap(dest: Path, work: Path, inputs: list) -> None:
+    """ConfigError when DST (or DST.partial) is, contains or lies inside an input directory."""
+    for output in (dest, work):
+        out = output.resolve()
+        for item in inputs:
+            src = Path(item).resolve()
+            relation = "is" if out == src else "contains" if out in src.parents else None
+            relation = relation or ("lies inside" if src in out.parents else None)
+            if relation:
+                raise ConfigError(
+                    f"{output}: the destination {relation} the source {item}; choose a directory outside it"
+                )
+
+
+def _check_replaceable(dest: Path, overwrite: bool) -> None:
+    """DST may be new or an empty directory; with `overwrite`, also a checkpoint (see below)."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        kind = "a symbolic link" if dest.is_symlink() else "a file"
+        raise ConfigError(f"{dest}: exists and is {kind}, not a directory; choose another destination")
+    above = next(p for p in dest.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise ConfigError(f"{dest}: {above} is a file, not a directory; choose another destination")
+    if not dest.exists() or not any(dest.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{dest}: exists and is not empty (choose another directory or overwrite)")
+    if not _is_checkpoint(dest):
+        raise ConfigError(
+            f"{dest}: not a model checkpoint (a flat directory whose config.json names a model), "
+            "so overwrite leaves it alone; choose another destination"
+        )
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    """What overwrite may delete: config.json naming a model (fovea's format or a transformers
+    model_type) and no subfolders; a folder holding folders is a workspace, not a checkpoint."""
+    try:
+        raw = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    names_model = isinstance(raw, dict) and (raw.get("format") == FORMAT or "model_type" in raw)
+    return names_model and not any(p.is_dir() for p in directory.iterdir())
+
+
+def _check_partial(work: Path) -> None:
+    """A leftover ``DST.partial`` is ours to delete only as a real directory holding the marker."""
+    if not (work.exists() or work.is_symlink()):
+        return
+    if work.is_symlink() or not work.is_dir() or not (work / PARTIAL_MARKER).is_file():
+        raise ConfigError(
+            f"{work}: exists and was not made by fovea convert (no {PARTIAL_MARKER}); "
+            "move it away or choose another destination"
+        )
+
+
+def _start_partial(work: Path) -> None:
+    """Replace a marked leftover of an interrupted run by a fresh, marked ``DST.partial``."""
+    _check_partial(work)
+    if work.exists():
+        shutil.rmtree(work)
+    try:
+        work.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(f"{work}: cannot create the output directory: {err.strerror or err}") from None
+    (work / PARTIAL_MARKER).write_text("written by fovea convert; deleted when the conversion finishes\n")
+
+
+def _write_fovea_metadata(opened, work: Path) -> None:
     from .. import __version__
     from ..config import to_dict
-    from .fovea_format import FORMAT
 
     if opened.tokenizer is not None:
         opened.tokenizer.save_pretrained(str(work))

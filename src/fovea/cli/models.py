@@ -29,7 +29,11 @@ def _add_extract(sub) -> None:
     )
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--tower", required=True, help="preset name, hub id or tower directory")
-    p.add_argument("--out", default="features.safetensors", help="output file (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        default="features.safetensors",
+        help="output file, written atomically; never one of the images (default: %(default)s)",
+    )
     p.add_argument(
         "--layer", type=int, default=-1, help="hidden state to take: 0 = embeddings, -1 = last (default)"
     )
@@ -105,7 +109,11 @@ def _add_convert(sub) -> None:
         epilog="example: fovea convert DeepGlint-AI/llava-mlcd-qwen2.5-7b ./llava-mlcd-hf --to hf --dtype bf16",
     )
     p.add_argument("source", metavar="SRC", help="checkpoint directory or hub id")
-    p.add_argument("destination", metavar="DST", help="output directory (must be new or empty)")
+    p.add_argument(
+        "destination",
+        metavar="DST",
+        help="output directory: new or empty, outside SRC (written to DST.partial, then renamed)",
+    )
     p.add_argument("--to", choices=["hf", "fovea"], default="hf", help="output format (default: %(default)s)")
     p.add_argument(
         "--dtype", choices=["fp32", "bf16", "fp16"], help="cast floating-point weights (default: keep)"
@@ -117,7 +125,12 @@ def _add_convert(sub) -> None:
     p.add_argument(
         "--tower", help="tower directory or preset overriding an original config's mm_vision_tower"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it is not empty")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DST when it is a model checkpoint (config.json naming a model, no subfolders); "
+        "anything else is refused, never deleted",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_convert)
 

@@ -21,6 +21,7 @@ recursively, as the MLCD-Embodied loaders do), a JSON / JSONL file or folder, or
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..errors import ConfigError, FoveaError
 from ..registry import suggest
 
 BUILTIN = Path(__file__).parent / "tasks"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class DataError(FoveaError):
@@ -115,6 +117,12 @@ def load_task(name: str | Path) -> TaskSpec:
             raise ConfigError(f"unknown task {str(name)!r}{suggest(str(name), known)}")
     spec = from_dict(TaskSpec, load_yaml(path), path=path.stem)
     spec.source = str(path)
+    if not _PLAIN_NAME.fullmatch(spec.name) or spec.name in (".", ".."):
+        # The name becomes RUN/<name>/ on disk: a path here would write outside the run folder.
+        raise ConfigError(
+            f"{path}: field 'name' is {spec.name!r}; a task name must be a plain file name "
+            "(letters, digits, _, - and ., not . or ..)"
+        )
     from .scorers import SCORERS
 
     if spec.scorer not in SCORERS:
