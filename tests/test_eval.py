@@ -15,6 +15,8 @@ from fovea.eval.runner import evaluate, read_errors, read_records
 from fovea.eval.tasks import expand, load_task, samples
 from fovea.tiny import tiny_vlm
 
+from cli_checks import refused
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -356,3 +358,36 @@ def test_a_task_name_that_is_a_path_is_refused_before_anything_is_written(checkp
         task.write_text(f"name: '{bad}'\nscorer: exact\n")
         with pytest.raises(ConfigError, match="plain file name"):
             load_task(task)
+
+
+def test_rows_that_are_not_records_or_lack_their_image_are_named(checkpoint, tmp_path, capsys):
+    """A string row, a line that is not UTF-8 and a row with `image: null` in an image task are
+    error rows with their ids, never a traceback or a silent text-only sample."""
+    folder = tmp_path / "root" / "ChartQA"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (40, 30), (0, 0, 200)).save(folder / "blue.png")
+    good = {"type": "human_test", "question": "What colour?", "answer": "blue", "image": "blue.png"}
+    lines = [
+        json.dumps(good).encode(),
+        b'"a string row"',
+        b'{"question": "caf\xe9", "answer": "x", "image": "blue.png"}',
+        json.dumps({**good, "image": None}).encode(),
+    ]
+    (folder / "test.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    run = tmp_path / "run"
+    args = ["eval", "--model", str(checkpoint), "--tasks", "chartqa", "--data-root", str(tmp_path / "root")]
+    assert main([*args, "--out", str(run), "--quiet"]) == 0
+    errors = {e["id"]: e["error"] for e in read_errors(run / "chartqa")}
+    assert set(errors) == {"1", "2", "3"} and len(read_records(run / "chartqa")) == 1
+    assert (
+        "not a record" in errors["1"]
+        and "not UTF-8" in errors["2"]
+        and "no image in column 'image'" in errors["3"]
+    )
+
+
+def test_a_task_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    task = tmp_path / "mine.yaml"
+    task.write_bytes(b"name: mine\nscorer: exact\nprompt: caf\xe9\n")
+    err = refused(["eval", "--tasks", task], capsys)
+    assert f"{task}: not UTF-8 text" in err

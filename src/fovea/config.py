@@ -73,7 +73,9 @@ def load_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such recipe file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -196,17 +196,21 @@ def _read_file(path: Path, task: str) -> Iterator[dict]:
         except (OSError, ValueError) as err:  # pyarrow's errors subclass these
             raise DataError(f"task {task}: {path} is not a readable parquet file ({err})") from None
         return
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
     if path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(raw.splitlines(), 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    yield json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield {"__error__": f"{path}:{n}: not UTF-8 text", "__line__": n}
                 except json.JSONDecodeError as err:
                     yield {"__error__": f"{path}:{n}: not JSON ({err.msg})", "__line__": n}
         return
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"task {task}: {path}: not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise DataError(f"task {task}: {path}: not JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, list):
@@ -223,26 +227,37 @@ def samples(spec: TaskSpec, data_root: str | Path, hub: bool = False) -> Iterato
 
     scorer = SCORERS.get(spec.scorer)
     for index, (row, base) in enumerate(read_rows(spec, data_root, hub)):
+        if not isinstance(row, dict):  # a string or a list where a record belongs
+            yield BadSample(spec.name, str(index), f"not a record but {type(row).__name__} {str(row)[:40]!r}")
+            continue
         if spec.where and not all(str(row.get(k)) == str(v) for k, v in spec.where.items()):
             continue
-        sample_id = (
-            str(row.get(spec.id, index) if spec.id else index) if isinstance(row, dict) else str(index)
-        )
+        sample_id = str(row.get(spec.id, index) if spec.id else index)
         try:
-            if not isinstance(row, dict) or "__error__" in row:
-                raise DataError(
-                    row.get("__error__", "not a record") if isinstance(row, dict) else "not a record"
-                )
+            if "__error__" in row:
+                raise DataError(row["__error__"])
             if spec.answer and row.get(spec.answer) is None and not scorer.answer_optional:
                 raise DataError(f"no {spec.answer!r} field")
-            columns = scorer.image_columns(spec, row) if scorer.image_columns else spec.images
-            images = [_image(value, base) for column in columns for value in _values(row, column)]
+            images, columns = _row_images(spec, scorer, row, base)
             doc = {k: _plain(v) for k, v in row.items() if k not in columns}
             prompt = scorer.prompt(spec, row) if scorer.prompt else spec.prompt.format(**row)
             yield Sample(spec.name, sample_id, prompt, images, doc)
         except (DataError, KeyError, TypeError, ValueError) as err:
             message = f"missing field {err}" if isinstance(err, KeyError) else str(err)
             yield BadSample(spec.name, sample_id, message)
+
+
+def _row_images(spec: TaskSpec, scorer, row: dict, base: Path) -> tuple[list, list[str]]:
+    """The row's images; an image column without one is an error (never a silent text-only
+    sample). Scorers that choose columns per row (MMMU's image_1..7) decide for themselves."""
+    columns = scorer.image_columns(spec, row) if scorer.image_columns else spec.images
+    images = []
+    for column in columns:
+        values = _values(row, column)
+        if not values and not scorer.image_columns:
+            raise DataError(f"no image in column {column!r}")
+        images += [_image(value, base) for value in values]
+    return images, columns
 
 
 def _values(row: dict, column: str) -> list:
