@@ -82,7 +82,7 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch, cap
         return original(self, source, position)
 
     recipe = _recipe(data, tmp_path / "b", epochs=1)
-    recipe.run.save_every = 5
+    recipe.run.save_every, recipe.run.log_every = 5, 1
     monkeypatch.setattr(loop._StageLoop, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         train(recipe)
@@ -91,6 +91,9 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch, cap
     resumed = train(recipe)
     a, b = _weights(reference), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["stage"] == "finetune"]
+    assert steps == list(range(1, len(steps) + 1))  # steps 6-7 of the killed run are not repeated
     # the tied lm_head that accelerate leaves out of each save comes back tied: no note about it
     assert not [r for r in caplog.records if "Removed shared tensor" in r.getMessage()]
 

@@ -233,6 +233,8 @@ class _StageLoop:
             unit="step",
             dynamic_ncols=True,
         )
+        if position.step and self.acc.is_main_process:
+            _forget_metrics_after(Path(run.out_dir) / "metrics.jsonl", self.stage.name, position.step)
         source = self.batches(position)
         window, started, tokens, samples = [], time.perf_counter(), 0, 0
         while position.step < self.total:
@@ -340,6 +342,24 @@ class _StageLoop:
             for old in _checkpoints(stage_dir)[: -self.recipe.run.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
+
+
+def _forget_metrics_after(path: Path, stage: str, step: int) -> None:
+    """A resumed stage logs its steps after `step` again: drop the rows the killed run wrote for
+    them (and a line the kill cut short), so metrics.jsonl has each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("stage") != stage or row.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 class _TiedWeightsNote(logging.Filter):
