@@ -91,3 +91,83 @@ def test_data_order_splits_global_batches_across_processes():
     assert one[2] == halves[0] + halves[1]
     grouped = epoch_order(8, 0, 0, lengths=[1, 9, 2, 8, 3, 7, 4, 6], group=4)
     assert sorted(grouped) == list(range(8)) and epoch_order(8, 0, 1) != epoch_order(8, 0, 0)
+
+
+def _row(rid, first="q", **extra) -> bytes:
+    turns = [{"from": "human", "value": first}, {"from": "gpt", "value": "a"}]
+    return json.dumps({"id": rid, "conversations": turns, **extra}).encode()
+
+
+# Every kind of bad row a JSONL file can hold; each must be skipped and named, none may raise.
+_BAD_ROWS = {
+    "bad.jsonl#1": b'{"id": "latin1", "conversations": "caf\xe9"}',  # not UTF-8: no id can be read
+    "bad.jsonl#2": b'"just a string"',
+    "bad.jsonl#3": b"[1, 2]",
+    "bad.jsonl#4": b"42",
+    "bad.jsonl#5": b"null",
+    "null-turns": json.dumps({"id": "null-turns", "conversations": None}).encode(),
+    "null-image": _row("null-image", "<image>\nq", image=None),
+    "null-value": _row("null-value", None),
+    "broken-image": _row("broken-image", "<image>\nq", image="broken.png"),
+}
+
+
+@pytest.fixture
+def bad_jsonl(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join([_row("good"), *_BAD_ROWS.values(), _row(None)]) + b"\n")
+    return path
+
+
+def test_every_bad_jsonl_row_is_a_named_skip_in_the_dataset(bad_jsonl):
+    from fovea.data.dataset import Skipped, SupervisedDataset
+
+    dataset = SupervisedDataset(RecordSource(bad_jsonl), tiny_vlm(), template="plain")
+    assert dataset[0]["id"] == "good"
+    assert dataset[len(dataset) - 1]["id"] == f"bad.jsonl#{len(dataset) - 1}"  # a null id: its place
+    skipped = [dataset[i] for i in range(1, len(dataset) - 1)]
+    assert all(isinstance(s, Skipped) for s in skipped)
+    assert [s.id for s in skipped] == list(_BAD_ROWS)
+    for s in skipped:  # one line naming the data file and the record
+        assert s.reason.startswith(f"{bad_jsonl}: record {s.id}: ") and "\n" not in s.reason
+    reasons = dict((s.id, s.reason) for s in skipped)
+    assert "not UTF-8" in reasons["bad.jsonl#1"] and "not a JSON object" in reasons["bad.jsonl#2"]
+    assert "conversations is null" in reasons["null-turns"]
+    assert "1 <image> tags but image is null" in reasons["null-image"]
+    assert "broken.png" in reasons["broken-image"]
+    system = {
+        "id": "sys",
+        "conversations": [{"from": "system", "value": "s"}, *_records(1)[0]["conversations"]],
+    }
+    bad_jsonl.write_text(json.dumps(system) + "\n")  # `plain` has no system turn: this record is bad
+    skipped = SupervisedDataset(RecordSource(bad_jsonl), tiny_vlm(), template="plain")[0]
+    assert skipped.reason == f"{bad_jsonl}: record sys: template 'plain' has no system turn"
+
+
+def test_data_check_names_every_bad_jsonl_row(bad_jsonl, capsys):
+    from fovea.cli import main
+    from fovea.data.check import check_data
+
+    report = check_data(bad_jsonl, decode=True, progress=False)
+    assert report.total == 2 + len(_BAD_ROWS)
+    assert [p.split(": ")[1] for p in report.problems] == [f"record {rid}" for rid in _BAD_ROWS]
+    assert all(p.startswith(f"{bad_jsonl}: ") for p in report.problems)
+    capsys.readouterr()
+    assert main(["data", "check", str(bad_jsonl), "--decode"]) == 1  # problems found, not a crash
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == len(_BAD_ROWS) + 1 and "Traceback" not in out + err
+
+
+def test_json_list_or_mixture_that_is_not_utf8_or_yaml_is_one_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[{"id": "caf\xe9"}]')
+    with pytest.raises(ConfigError, match=r"d\.json: not UTF-8 text: byte 0xe9 at offset 12$"):
+        RecordSource(path)
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_bytes(b"datasets:\n  - {json_path: caf\xe9.json}\n")
+    with pytest.raises(ConfigError, match=r"mix\.yaml: not UTF-8 text"):
+        RecordSource(mixture)
+    mixture.write_text("datasets: [{json_path: a.json\n")
+    with pytest.raises(ConfigError, match=r"mix\.yaml: not valid YAML \([^\n]*\)$"):
+        RecordSource(mixture)

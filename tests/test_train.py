@@ -150,6 +150,32 @@ def test_bad_records_are_skipped_counted_and_named(data, tmp_path, caplog):
     assert main(["data", "check", str(bad)]) == 1
 
 
+def test_unreadable_jsonl_rows_and_images_are_skipped_with_id_and_file(data, tmp_path, caplog):
+    records = json.loads((data / "qa.json").read_text())[:16]
+    (tmp_path / "images").symlink_to(data / "images")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    null_image = {**records[1], "id": "null-image", "image": None}
+    broken = {**records[2], "id": "broken-image", "image": "broken.png"}
+    bad_rows = [
+        b'{"id": "latin1", "conversations": "caf\xe9"}',  # not UTF-8: killed the run at step 1
+        b'"a string row"',
+        json.dumps({"id": "null-turns", "conversations": None}).encode(),
+        json.dumps(null_image).encode(),
+        json.dumps(broken).encode(),
+    ]
+    bad = tmp_path / "qa.jsonl"
+    bad.write_bytes(b"\n".join([json.dumps(r).encode() for r in records] + bad_rows) + b"\n")
+    caplog.set_level("WARNING")
+    train(_recipe(data, tmp_path / "out", data=str(bad), epochs=1, max_steps=None, batch_size=7))
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped"] == len(bad_rows)
+    skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped: ")]
+    assert len(skips) == len(bad_rows)
+    for rid in ("qa.jsonl#16", "qa.jsonl#17", "null-turns", "null-image", "broken-image"):
+        assert any(line.startswith(f"skipped: {bad}: record {rid}: ") for line in skips), (rid, skips)
+    assert any("broken.png" in line for line in skips)  # the image is named as well as the record
+
+
 def test_divergence_stops_with_one_line(data, tmp_path, monkeypatch, capsys):
     from fovea.train import loop
 

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ImageError
 from ..imaging.io import load_image
-from .records import BadRecord, normalise
+from .records import BadRecord, normalise, record_id, skip_reason
 from .sources import RecordSource
 
 
@@ -29,13 +29,11 @@ def check_data(
     for i in tqdm(range(len(source)), disable=not progress, desc="check", unit="record"):
         raw, fallback = source.read(i)
         try:
-            if isinstance(raw, str):  # a malformed JSONL line
-                raise BadRecord(f"record {fallback}: {raw}")
             sample = normalise(raw, root or source.folder(i), fallback)
             for path in sample.images:
                 report.images += 1
                 if decode:
                     load_image(path)
-        except (BadRecord, ImageError) as err:
-            report.problems.append(str(err))
+        except (BadRecord, ImageError) as err:  # the same line a training run would log
+            report.problems.append(skip_reason(source.file(i), record_id(raw, fallback), err))
     return report

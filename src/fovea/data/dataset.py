@@ -2,9 +2,10 @@
 
 Each item is read, checked, its images loaded and cut, and its conversation tokenized only when
 asked for, so any dataset streams. A bad record (missing or unreadable image, tag/image count
-mismatch, empty conversation, nothing left after truncation) does not raise: it comes back as a
-`Skipped` with its id and reason; the collator passes those on and the training loop counts and
-logs them. A run never dies hours in on one sample, and never drops one silently.
+mismatch, empty conversation, nothing left after truncation, a line that is not JSON or not
+UTF-8) does not raise: it comes back as a `Skipped` with its id and a one-line reason naming the
+data file and the record; the collator passes those on and the training loop counts and logs
+them. A run never dies hours in on one sample, and never drops one silently.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset
 from ..errors import ImageError
 from ..model.templates import TEMPLATES
 from .labels import IGNORE, encode
-from .records import BadRecord, normalise
+from .records import BadRecord, normalise, record_id, skip_reason
 from .sources import RecordSource
 
 
@@ -51,10 +52,9 @@ class SupervisedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict | Skipped:
         raw, fallback = self.source.read(index)
-        rid = fallback
+        rid = record_id(raw, fallback)
         try:
             sample = normalise(raw, self.image_root or self.source.folder(index), fallback)
-            rid = sample.id
             processed = self.model.processor(sample.images) if sample.images else None
             layouts = processed.layouts if processed else []
             counts = [self.model.num_image_tokens(layout) for layout in layouts]
@@ -69,7 +69,7 @@ class SupervisedDataset(Dataset):
                 self.quirk,
             )
         except (BadRecord, ImageError) as err:
-            return Skipped(rid, str(err))
+            return Skipped(rid, skip_reason(self.source.file(index), rid, err))
         views = sum(layout.num_views for layout in layouts[: enc.num_images])
         return {
             "id": rid,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from ..model.templates import IMAGE_TAG, Template
 from .records import BadRecord
 
@@ -65,7 +66,10 @@ def encode(
     """Token ids (images expanded to their visual-token counts) and labels for one conversation."""
     if quirk not in QUIRKS:
         raise ValueError(f"unknown label quirk {quirk!r}; expected one of {QUIRKS}")
-    rendered = template.render(messages, bos_token=tokenizer.bos_token)
+    try:
+        rendered = template.render(messages, bos_token=tokenizer.bos_token)
+    except ConfigError as err:  # e.g. a system turn under `plain`: this record, not the run, is bad
+        raise BadRecord(f"record {sample_id}: {err}") from None
     spans = [
         (t.start - (len(template.prefix["assistant"]) if quirk else 0), t.close)
         for t in rendered.turns

@@ -4,6 +4,9 @@ JSONL files are indexed by byte offset and read one line at a time, so a dataset
 streams. A JSON list is parsed once (the format gives no other choice). Mixtures follow LLaVA-NeXT's
 ``datasets: [{json_path, sampling_strategy}]`` YAML, with strategies ``all``, ``first:N``,
 ``end:N``, ``random:N`` (seeded) and ``first:P%``.
+
+A JSONL line that cannot be read (bytes that are not UTF-8, malformed JSON) comes back as an
+`Unreadable` naming the problem, so the dataset skips and names it like any other bad record.
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A JSONL line that is not a record at all; `reason` says why (kept apart from a JSON string row)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,9 @@ class RecordFile:
             self.positions = self._line_offsets()
         else:
             try:
-                self._list = json.loads(path.read_text())
+                self._list = json.loads(path.read_bytes().decode("utf-8-sig"))
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{path}: {_not_utf8(err)}") from None
             except json.JSONDecodeError as err:
                 raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
             if not isinstance(self._list, list):
@@ -56,16 +68,22 @@ class RecordFile:
         return offsets
 
     def read(self, position: int) -> object:
-        """The record at `position`; a malformed JSONL line comes back as an error string."""
+        """The record at `position`; a JSONL line that cannot be read comes back as `Unreadable`."""
         if self._list is not None:
             return self._list[position]
         with self.path.open("rb") as f:
             f.seek(position)
             line = f.readline()
-        try:
-            return json.loads(line)
+        try:  # decoded here, not by json.loads: it would raise UnicodeDecodeError, a crash mid-run
+            return json.loads(line.decode("utf-8-sig"))
+        except UnicodeDecodeError as err:
+            return Unreadable(f"{_not_utf8(err)} of the line")
         except json.JSONDecodeError as err:
-            return f"malformed JSON ({err.msg})"
+            return Unreadable(f"malformed JSON ({err.msg})")
+
+
+def _not_utf8(err: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start}"
 
 
 _STRATEGY = re.compile(r"^(all|first:\d+%?|end:\d+%?|random:\d+%?)$")
@@ -108,6 +126,10 @@ class RecordSource:
         ref = self.refs[index]
         return self.files[ref.file].read(ref.position), f"{ref.file.name}#{index}"
 
+    def file(self, index: int) -> Path:
+        """The data file record `index` comes from (named in every problem it is skipped for)."""
+        return self.refs[index].file
+
     def folder(self, index: int) -> Path:
         """Directory of the file record `index` comes from (default root of its images)."""
         return self.refs[index].file.parent
@@ -117,7 +139,12 @@ def _entries(spec: Path) -> list[tuple[Path, str]]:
     if spec.suffix in (".yaml", ".yml"):
         if not spec.is_file():
             raise FileNotFoundError(f"{spec}: no such data mixture")
-        data = yaml.safe_load(spec.read_text()) or {}
+        try:
+            data = yaml.safe_load(spec.read_bytes().decode("utf-8-sig")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{spec}: {_not_utf8(err)}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{spec}: not valid YAML ({str(err).splitlines()[0]})") from None
         items = data.get("datasets") if isinstance(data, dict) else None
         if not isinstance(items, list) or not items:
             raise ConfigError(f"{spec}: expected 'datasets:' with a list of {{json_path, sampling_strategy}}")
