@@ -72,6 +72,29 @@ def test_one_shot_reads_stdin_and_matches_the_api(checkpoint):
     assert proc.stdout.strip() == expected
 
 
+def test_one_shot_stdin_that_is_not_utf8_is_one_line(checkpoint):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fovea.cli", "chat", "--model", str(checkpoint), "--prompt", "-"],
+        input=b"caf\xe9?",
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert err.splitlines() == ["fovea: error: --prompt -: stdin is not UTF-8 text (byte 0xe9 at offset 3)"]
+
+
+def test_repl_survives_bytes_that_are_not_utf8_and_an_early_end(checkpoint):
+    cmd = [sys.executable, "-m", "fovea.cli", "chat", "--model", str(checkpoint), "--max-new-tokens", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for stdin in (b"caf\xe9\n\ncaf\xe9?\nexit\n", b""):  # bad image line, bad turn; input ends at once
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, env=env, timeout=120)
+        out, err = proc.stdout.decode(), proc.stderr.decode()
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        assert out.count("error: that line is not UTF-8 text") == (2 if stdin else 0)
+
+
 def test_no_model_gives_a_hint(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(

@@ -243,3 +243,38 @@ def test_sigterm_finishes_in_flight_requests(tmp_path):
             reply = pending.result(timeout=120)
         assert reply.status_code == 200 and reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
         assert server.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "99999"], "--port 99999: expected a port number from 1 to 65535"),
+        (["--port", "0"], "--port 0: expected a port number from 1 to 65535"),
+        (["--max-pixels", "-5"], "--max-pixels -5: expected a positive number"),
+        (["--max-images", "0"], "--max-images 0: expected a positive number"),
+        (["--max-tokens", "-1"], "--max-tokens -1: expected a positive number"),
+        (["--max-body-mb", "nan"], "--max-body-mb nan: expected a positive number"),
+        (["--max-body-mb", "inf"], "--max-body-mb inf: expected a positive number"),
+        (["--max-batch", "0"], "--max-batch 0: expected a positive number"),
+        (["--image-dir", "/nonexistent"], "--image-dir /nonexistent: no such directory"),
+        (["--image-dir", __file__], f"--image-dir {__file__}: not a directory"),
+    ],
+    ids=lambda v: "" if isinstance(v, str) else " ".join(v).replace(__file__, "FILE"),
+)
+def test_bad_serve_flags_are_one_line_before_the_model_loads(flags, message, capsys):
+    from fovea.cli import main
+
+    # the model does not exist: the flag is reported first, without minutes spent loading
+    assert main(["serve", "--model", "/nonexistent/model", *flags]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"fovea: error: {message}"] and not out
+
+
+def test_bad_serve_port_from_the_shell_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "fovea.cli", "serve", "--model", str(tmp_path), "--port", "99999"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "--port 99999" in proc.stderr

@@ -100,6 +100,7 @@ def _run_chat(args) -> int:
                 "no --model given and no demo model found; run `fovea demo` or pass --model DIR"
             )
         source = str(DEMO_CHECKPOINT)
+    prompt = _stdin_prompt() if args.prompt == "-" else args.prompt  # a bad stdin fails before loading
     if args.seed is not None:
         torch.manual_seed(args.seed)
     model = load(source, device=args.device)
@@ -111,12 +112,26 @@ def _run_chat(args) -> int:
         "template": _chat_template(model, args.template),
     }
     images = split_images(args.image)
-    if args.prompt is not None:
-        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if prompt is not None:
         one_shot(model, prompt, images, options)
     else:
         repl(model, images, options)
     return 0
+
+
+def _stdin_prompt() -> str:
+    """`--prompt -`: stdin as UTF-8, read as bytes so a bad byte is one line, not a traceback."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # stdin replaced by a text stream (embedding, tests): already decoded
+        return sys.stdin.read()
+    data = stream.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _user_error(
+            f"--prompt -: stdin is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # the newlines text-mode stdin gave
 
 
 def _add_serve(sub) -> None:
@@ -164,6 +179,7 @@ def _run_serve(args) -> int:
     from ..infer.requests import Limits
     from ..infer.server import ServeConfig, create_app
 
+    _check_serve_args(args)
     model = load(args.model, device=args.device)
     template = _chat_template(model, args.template)  # no template: an error now, not a 400 per request
     limits = Limits(
@@ -190,6 +206,22 @@ def _run_serve(args) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def _check_serve_args(args) -> None:
+    """Flag errors before the model loads (minutes for a 7B), each one line naming its flag."""
+    import math
+    from pathlib import Path
+
+    if not 1 <= args.port <= 65535:
+        raise _user_error(f"--port {args.port}: expected a port number from 1 to 65535")
+    for flag in ("max_images", "max_pixels", "max_tokens", "max_body_mb", "max_batch"):
+        value = getattr(args, flag)
+        if not (value > 0 and math.isfinite(value)):  # NaN fails `> 0`; inf has no byte count
+            raise _user_error(f"--{flag.replace('_', '-')} {value}: expected a positive number")
+    if args.image_dir is not None and not Path(args.image_dir).is_dir():
+        found = "not a directory" if Path(args.image_dir).exists() else "no such directory"
+        raise _user_error(f"--image-dir {args.image_dir}: {found}")
 
 
 def _add_train(sub) -> None:

@@ -30,12 +30,17 @@ def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = in
     session = ChatSession(model, images, options.pop("template", "default"))
     ask_images = not images  # at the start (unless given) and after every reset
     while True:
-        if ask_images:
-            session.reset(split_images(ask("Enter image file paths (comma-separated): ")))
-            ask_images = False
         try:
-            text = ask("User: ")
-        except EOFError:
+            if ask_images:
+                paths = _read(ask, "Enter image file paths (comma-separated): ")
+                if paths is not None:
+                    session.reset(split_images(paths))
+                    ask_images = False
+            text = None if ask_images else _read(ask, "User: ")  # still asking: input ended
+        except FoveaError as err:  # a line that is not text: say so, ask again
+            print(f"error: {err}", file=out)
+            continue
+        if text is None:  # end of input
             print("", file=out)
             return
         if text.strip().lower() == "exit":
@@ -49,6 +54,20 @@ def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = in
             _print_stream("Assistant: ", session.ask(text, **options), out)
         except FoveaError as err:
             print(f"error: {err}", file=out)
+
+
+def _read(ask: Callable[[str], str], prompt: str) -> str | None:
+    """A line from the user, None at end of input; a ConfigError for bytes that are not UTF-8."""
+    from ..errors import ConfigError
+
+    try:
+        text = ask(prompt)
+        text.encode("utf-8")  # a POSIX-locale stdin hands bad bytes over as lone surrogates
+    except EOFError:
+        return None
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise ConfigError("that line is not UTF-8 text; type it again") from None
+    return text
 
 
 def _print_stream(prefix: str, pieces: Iterable[str], out) -> str:
