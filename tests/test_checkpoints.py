@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -106,3 +107,52 @@ def test_not_a_checkpoint(tmp_path):
 def test_hub_id_without_network_is_one_line():
     with pytest.raises(CheckpointError, match="not a local directory and not downloadable"):
         fovea.load("DeepGlint-AI/llava-mlcd-qwen2.5-7b")
+
+
+@pytest.mark.parametrize("part", ["lm", "tower"])
+@pytest.mark.parametrize("layers", [-1, "two", None, 0, 1, 3])
+def test_num_hidden_layers_that_disagree_with_the_weights_are_one_line(saved, tmp_path, part, layers):
+    broken = _copy(saved[0], tmp_path / "ck")
+    raw = json.loads((broken / "config.json").read_text())
+    (raw["model"]["lm"] if part == "lm" else raw["model"]["tower"]["hf_config"])["num_hidden_layers"] = layers
+    (broken / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError) as caught:  # not transformers' StrictDataclass... errors
+        fovea.load(broken)
+    message = str(caught.value)
+    assert "\n" not in message and str(broken) in message, message
+    assert "num_hidden_layers" in message or "connector.layers" in message, message
+
+
+def test_convert_of_a_checkpoint_whose_config_disagrees_is_one_line(saved, tmp_path, capsys):
+    from fovea.cli import main
+
+    broken = _copy(saved[0], tmp_path / "ck")
+    raw = json.loads((broken / "config.json").read_text())
+    raw["model"]["lm"]["num_hidden_layers"] = -1
+    (broken / "config.json").write_text(json.dumps(raw))
+    for to in ("hf", "fovea"):
+        assert main(["convert", str(broken), str(tmp_path / f"out-{to}"), "--to", to]) == 2
+        out, err = capsys.readouterr()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert f"{broken / 'config.json'}: " in err and "num_hidden_layers" in err
+
+
+@pytest.mark.parametrize("layers", [3, 1, "two"])
+def test_transformers_layout_whose_layer_count_disagrees_is_one_line(saved, tmp_path, capsys, layers):
+    """transformers' own layout lists layer_types: a num_hidden_layers that disagrees made transformers
+    raise StrictDataclassClassValidationError from deep inside AutoTokenizer (a 41-line traceback)."""
+    from fovea.checkpoints.export import convert
+    from fovea.cli import main
+
+    hf = tmp_path / "hf"
+    convert(saved[0], hf)
+    raw = json.loads((hf / "config.json").read_text())
+    raw["text_config"]["num_hidden_layers"] = layers
+    (hf / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(
+        CheckpointError, match=rf"^{re.escape(str(hf / 'config.json'))}: text_config: .*num_hidden_layers"
+    ):
+        fovea.load(hf)
+    assert main(["convert", str(hf), str(tmp_path / "back"), "--to", "fovea"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "text_config" in err

@@ -321,6 +321,19 @@ def test_bad_original_configs_are_one_line(tmp_path):
             fovea.load(ck)
 
 
+def test_layer_count_that_disagrees_with_layer_types_is_one_line(tmp_path):
+    """AutoTokenizer reads config.json too; transformers' StrictDataclass error there was a traceback."""
+    import json
+
+    tower = _tower_dir(tmp_path / "tower", "clip", _vision("clip"))
+    reference, _ = _reference_next("clip", tower)
+    ck = write_original(reference, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
+    raw = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({**raw, "num_hidden_layers": raw["num_hidden_layers"] + 1}))
+    with pytest.raises(CheckpointError, match=r"ck/config\.json: `num_hidden_layers` \(\d+\) must be equal"):
+        fovea.load(ck)
+
+
 def test_tower_named_by_hub_id_builds_offline(tmp_path):
     """mm_vision_tower is a hub id with no network: its preset gives the architecture, the
     checkpoint holds the weights (the socket guard would fail any download)."""

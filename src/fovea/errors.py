@@ -20,3 +20,15 @@ class ConfigError(FoveaError):
 
 class CheckpointError(FoveaError):
     """A checkpoint is missing, truncated or does not fit the model (names the file or key)."""
+
+
+def library_error_line(err: BaseException) -> str:
+    """A library's error as one short line. transformers' config checks (huggingface_hub strict
+    dataclasses) wrap the real problem, which names the field, in a two-line message."""
+    from huggingface_hub.errors import StrictDataclassError  # here: importing errors stays light
+
+    cause = err.__cause__ if isinstance(err, StrictDataclassError) and err.__cause__ else err
+    text = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+    # an unknown model_type is followed by every type transformers knows: 12k characters
+    text = text.split(". Should contain one of ")[0]
+    return (text[:297] + "..." if len(text) > 300 else text) or type(err).__name__

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
+from transformers import AutoConfig
+
 from ..connectors.connector import ConnectorConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, library_error_line
 from ..imaging.processor import ImageConfig
 from ..towers.base import TowerConfig
 from ..towers.presets import image_defaults_from_processor, read_processor_settings
@@ -47,12 +50,8 @@ def read_config(directory: Path, raw: dict):
     from ..model.config import VLMConfig
 
     where = directory / "config.json"
-    try:
-        vision, text = dict(raw["vision_config"]), dict(raw["text_config"])
-    except KeyError as err:
-        raise CheckpointError(f"{where}: LlavaNext config lacks {err.args[0]!r}") from None
-    vision.setdefault("model_type", "clip_vision_model")
-    text.setdefault("model_type", "llama")
+    vision = _part(where, raw, "vision_config", "clip_vision_model")
+    text = _part(where, raw, "text_config", "llama")
     tower = TowerConfig(hf_config=vision)
     strategy = raw.get("vision_feature_select_strategy", "default")
     if strategy == "default" and not tower.cls_token:
@@ -84,6 +83,22 @@ def read_config(directory: Path, raw: dict):
     )
     token_id = raw.get("image_token_index", raw.get("image_token_id", 32000))
     return VLMConfig(tower=tower, connector=connector, lm=text, image=image_cfg, image_token_id=int(token_id))
+
+
+def _part(where: Path, raw: dict, key: str, default_type: str) -> dict:
+    """`raw[key]` with its model_type, checked as transformers will check it (e.g. num_hidden_layers
+    against layer_types) when it builds the model, and when AutoTokenizer reads config.json: here
+    first, so the error is one line naming the key."""
+    fields = raw.get(key)
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{where}: LlavaNext config lacks {key!r} (an object)")
+    fields = {"model_type": default_type, **fields}
+    kwargs = {k: v for k, v in fields.items() if k not in ("model_type", "transformers_version")}
+    try:
+        AutoConfig.for_model(fields["model_type"], **kwargs)
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        raise CheckpointError(f"{where}: {key}: {library_error_line(err)}") from None
+    return fields
 
 
 def key_map(tower_keys: set[str]) -> KeyMap:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from accelerate import init_empty_weights
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoTokenizer
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, library_error_line
 from . import fovea_format, hf_llava_next, llava_original
 from .weights import Source, fill, plan_load, weight_files
 
@@ -80,8 +81,11 @@ class Opened:
         """The model on the meta device: every name and shape, no memory."""
         from ..model.vlm import VisionLanguageModel
 
-        with init_empty_weights():
-            model = VisionLanguageModel(self.config, self.tokenizer)
+        try:
+            with init_empty_weights():
+                model = VisionLanguageModel(self.config, self.tokenizer)
+        except ConfigError as err:  # transformers refused the config the checkpoint declares
+            raise CheckpointError(f"{self.directory / 'config.json'}: {err}") from None
         if model.lm.config.tie_word_embeddings:
             model.lm.tie_weights()  # so the checkpoint need not (and usually does not) hold lm_head
         return model
@@ -154,6 +158,8 @@ def _tokenizer(directory: Path, fallback: str | None = None):
         return None
     try:
         return AutoTokenizer.from_pretrained(str(where))
+    except StrictDataclassError as err:  # AutoTokenizer reads config.json too and validates it
+        raise CheckpointError(f"{where / 'config.json'}: {library_error_line(err)}") from None
     except (OSError, ValueError) as err:
         raise CheckpointError(
             f"{where}: tokenizer files cannot be loaded ({str(err).splitlines()[0]})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,20 +133,39 @@ def plan_load(model: nn.Module, sources: list[Source], optional: set[str] = froz
                         continue
                     if target not in expected:
                         raise CheckpointError(
-                            f"{file.name}: tensor {key!r} has no place in the model (as {target!r})"
+                            f"{file}: tensor {key!r} has no place in the model"
+                            + ("" if target == key else f" (as {target!r})")
+                            + _layer_hint(target)
                         )
                     shape = handle.shape(key)
                     if shape != tuple(expected[target]):
                         raise CheckpointError(
-                            f"{file.name}: tensor {key!r} has shape {list(shape)}, the model expects "
+                            f"{file}: tensor {key!r} has shape {list(shape)}, the model expects "
                             f"{list(expected[target])} for {target!r}"
                         )
                     plans.append(_Plan(file, key, target))
                     seen.add(target)
     missing = [k for k in expected if k not in seen and k not in tied and k not in optional]
     if missing:
-        raise CheckpointError(f"checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[0]!r}")
+        where = ", ".join(dict.fromkeys(str(f.parent) for source in sources for f in source.files))
+        raise CheckpointError(
+            f"{where or 'checkpoint'}: lacks {len(missing)} tensors the model needs, e.g. {missing[0]!r}"
+            + _layer_hint(missing[0])
+        )
     return plans
+
+
+_LAYER = re.compile(r"^(lm|tower)\.(?:.*\.)?layers\.\d+\.")
+
+
+def _layer_hint(target: str) -> str:
+    """A layer tensor too many or too few almost always means config.json's layer count is not
+    the weights' (an edited or mixed-up config): say which key to look at."""
+    found = _LAYER.match(target)
+    if found is None:
+        return ""
+    part = "language model" if found[1] == "lm" else "vision tower"
+    return f"; does config.json's num_hidden_layers for the {part} match the weights?"
 
 
 def read_planned(plans: list[_Plan], dtype: torch.dtype | None) -> Iterator[tuple[_Plan, torch.Tensor]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PretrainedConfig
 
 from ..connectors.connector import ConnectorConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, library_error_line
 from ..imaging.processor import ImageConfig
 from ..towers.base import TowerConfig
 from .packing import MergeKind
@@ -51,5 +52,5 @@ class VLMConfig:
         kwargs = {k: v for k, v in self.lm.items() if k not in ("model_type", "transformers_version")}
         try:
             return AutoConfig.for_model(self.lm["model_type"], **kwargs)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"lm config: {err}") from None
+        except (ValueError, TypeError, StrictDataclassError) as err:
+            raise ConfigError(f"lm config: {library_error_line(err)}") from None

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, library_error_line
 from ..registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ class TowerConfig:
         kwargs = {k: v for k, v in self.hf_config.items() if k not in ("model_type", "transformers_version")}
         try:
             return AutoConfig.for_model(self.model_type, **kwargs)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"tower hf_config: {err}") from None
+        except (ValueError, TypeError, StrictDataclassError) as err:
+            raise ConfigError(f"tower hf_config: {library_error_line(err)}") from None
 
 
 @dataclass
