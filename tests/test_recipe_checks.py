@@ -74,3 +74,31 @@ def test_the_last_stage_s_typo_fails_in_seconds_from_the_cli(tmp_path):
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "stages.1.data" in err and not out.exists()
+
+
+def test_check_flag_checks_everything_and_writes_nothing(tmp_path, capsys):
+    from fovea.cli import main
+    from fovea.data.synthetic import generate
+
+    qa, captions = generate(tmp_path / "data", 16)
+    out = tmp_path / "run"
+    args = ["train", str(TINY), f"run.out_dir={out}", f"stages.0.data={captions}", f"stages.1.data={qa}"]
+    assert main([*args, "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 1 finetune" in printed and ": OK (2 stages" in printed and not out.exists()
+    assert main([*args, "stages.1.train={lm: 0}", "--check"]) == 2
+    assert "stages.1.train.lm: learning rate must be a positive number" in capsys.readouterr().err
+
+
+def test_a_started_run_resumes_only_with_its_own_recipe(tmp_path):
+    from fovea.data.synthetic import generate
+
+    qa, captions = generate(tmp_path / "data", 16)
+    base = [f"run.out_dir={tmp_path / 'run'}", f"stages.0.data={captions}", f"stages.1.data={qa}"]
+    base += ["stages.0.max_steps=1", "stages.1.max_steps=1", "stages.0.batch_size=4", "stages.1.batch_size=4"]
+    train(load_recipe(TINY, base))
+    train(load_recipe(TINY, [*base, "run.progress=false"]))  # display settings may change
+    with pytest.raises(
+        ConfigError, match=r"started with another recipe \(stages\.1\.train\.lm: 0\.001 then, 0\.01 now\)"
+    ):
+        train(load_recipe(TINY, [*base, "stages.1.train.lm=1.0e-2"]))

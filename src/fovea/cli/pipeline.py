@@ -236,15 +236,36 @@ def _add_train(sub) -> None:
     )
     p.add_argument("recipe", help="YAML recipe")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides (leading -- optional)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the whole recipe (every stage's numbers, parts, templates, data files) and exit, "
+        "writing nothing and loading no model",
+    )
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
-    from ..train.loop import train
+    import os
+
     from ..train.recipe import load_recipe
+    from ..train.validate import check_files
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.check:
+        check_files(recipe, int(os.environ.get("WORLD_SIZE", "1")))
+        for i, stage in enumerate(recipe.stages):
+            length = f"{stage.max_steps} steps" if stage.max_steps else f"{stage.epochs:g} epochs"
+            parts = ", ".join(f"{part} {lr:g}" for part, lr in stage.train.items())
+            print(f"stage {i} {stage.name}: {stage.data}, {length} of {stage.batch_size}, trains {parts}")
+        print(
+            f"{args.recipe}: OK ({len(recipe.stages)} stages; parts are matched to the model when it is built)"
+        )
+        return 0
+    from ..train.loop import train
 
     logging.getLogger("fovea").setLevel(logging.INFO)
-    final = train(load_recipe(args.recipe, args.overrides))
+    final = train(recipe)
     print(f"final checkpoint: {final}")
     return 0
 

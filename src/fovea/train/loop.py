@@ -34,7 +34,7 @@ from .build import apply_lora, build_model, merge_lora
 from .data_order import micro_batches
 from .parts import assign, describe, make_optimizer
 from .recipe import Recipe, StageSpec
-from .validate import check_files, check_parts_match, check_recipe
+from .validate import check_files, check_parts_match, check_recipe, check_same_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def train(recipe: Recipe) -> Path:
     accelerator = make_accelerator(recipe)
     check_files(recipe, accelerator.num_processes)  # every stage, before anything is written
     out = Path(recipe.run.out_dir)
+    check_same_recipe(out, recipe)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2))

@@ -10,6 +10,7 @@ processes. Each problem is one `ConfigError` naming its dotted path, e.g.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -135,3 +136,42 @@ def check_parts_match(recipe: Recipe, model) -> None:
         for part in stage.train:
             if not any(part_of(name, part, embeddings) for name in names):
                 raise ConfigError(f"stages.{i}.train: part {part!r} matches no parameter of this model")
+
+
+# Settings a resumed run may change: they do not touch what is trained or how.
+_RESUME_FREE = {"run.progress", "run.report_to", "run.log_every", "run.keep_last", "run.num_workers"}
+
+
+def check_same_recipe(out: Path, recipe: Recipe) -> None:
+    """A run directory that has started training resumes only with the recipe it started with
+    (``recipe.json``); a changed learning rate or dataset would silently mix two runs."""
+    from ..config import to_dict
+
+    saved = out / "recipe.json"
+    if not saved.is_file() or not any(out.glob("stage-*")):
+        return
+    try:
+        before = json.loads(saved.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{saved}: unreadable; move {out} away or choose another run.out_dir") from None
+    change = _first_change(before, to_dict(recipe), "")
+    if change:
+        raise ConfigError(
+            f"{out} was started with another recipe ({change}); restore it to resume, "
+            "or choose another run.out_dir"
+        )
+
+
+def _first_change(a, b, path: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            sub = f"{path}.{key}" if path else str(key)
+            found = None if sub in _RESUME_FREE else _first_change(a.get(key), b.get(key), sub)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return next(
+            (f for i, (x, y) in enumerate(zip(a, b)) if (f := _first_change(x, y, f"{path}.{i}"))), None
+        )
+    return None if a == b else f"{path}: {a!r} then, {b!r} now"
