@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 EXIT_USER_ERROR = 2
@@ -28,7 +29,10 @@ _EXTRAS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a bad flag (one line, see _Parser)
+        return int(stop.code or 0)
     logging.basicConfig(level=logging.WARNING, format="fovea: %(message)s")
     from ..errors import FoveaError
 
@@ -48,8 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line like every other fovea error (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fovea",
         description="Multimodal LLMs whose strength is their vision: towers, AnyRes, LLaVA-NeXT models.",
     )
@@ -93,3 +104,26 @@ def add_template_option(parser) -> None:
         help=f"chat template: {', '.join(TEMPLATES)}, or {CHECKPOINT_TEMPLATE} (a transformers checkpoint's "
         "own Jinja template) (default: the model's own)",
     )
+
+
+# -- flag types: a value out of range is argparse's own one-line error, naming the flag ----------
+
+
+def _number(kind, test, wanted: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "at least 1")
+positive_float = _number(float, lambda v: v > 0, "positive")
+non_negative_float = _number(float, lambda v: v >= 0, "0 or more")
+probability = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")

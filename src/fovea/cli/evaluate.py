@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import add_template_option, user_error
+from . import add_template_option, positive_int, user_error
 
 DEFAULT_DATA_ROOT = "~/.cache/fovea/benchmarks"
 
@@ -65,9 +65,9 @@ def _add_eval(sub) -> None:
         help="replace the run in --out (only the files fovea wrote there) instead of resuming it",
     )
     p.add_argument(
-        "--batch-size", type=int, default=8, help="prompts generated together (default: %(default)s)"
+        "--batch-size", type=positive_int, default=8, help="prompts generated together (default: %(default)s)"
     )
-    p.add_argument("--limit", type=int, help="only the first N samples of each task")
+    p.add_argument("--limit", type=positive_int, help="only the first N samples of each task")
     p.add_argument(
         "--hub", action="store_true", help="download a task's data from the hub when it is not local"
     )
@@ -113,8 +113,6 @@ def _run_eval(args) -> int:
     names = expand([t.strip() for t in args.tasks.split(",") if t.strip()])
     for name in names:
         load_task(name)  # an unknown task fails before the model loads
-    if args.batch_size < 1:
-        raise user_error("--batch-size must be at least 1")
     source, model = _load_model(args)
     template = args.template or "default"
     model.chat_format(template)  # an unknown template fails before any work
@@ -233,7 +231,10 @@ def _add_bench(sub) -> None:
         "out", metavar="OUT", help="output folder, e.g. <data-root>/OpenEQA or <data-root>/RoboVQA"
     )
     c.add_argument(
-        "--frames", type=int, default=32, help="openeqa: frames kept per episode (default: %(default)s)"
+        "--frames",
+        type=positive_int,
+        default=32,
+        help="openeqa: frames kept per episode (default: %(default)s)",
     )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_run_bench_convert)

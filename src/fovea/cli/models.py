@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from . import positive_int
 from . import user_error as _user_error
 
 
@@ -43,7 +44,9 @@ def _add_extract(sub) -> None:
         default="none",
         help="none: every token (default); cls: the CLS token; mean: mean of patch tokens",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per tower call (default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=16, help="images per tower call (default: %(default)s)"
+    )
     p.add_argument(
         "--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping"
     )
@@ -65,8 +68,6 @@ def _add_extract(sub) -> None:
 def _run_extract(args) -> int:
     from ..extract import extract_features, find_images
 
-    if args.batch_size < 1:
-        raise _user_error("--batch-size must be at least 1")
     if not find_images(args.images):
         raise _user_error(f"no images found in {' '.join(args.images)}")
     result = extract_features(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import add_template_option
+from . import add_template_option, non_negative_float, positive_float, positive_int, probability
 from . import chat_template as _chat_template
 from . import user_error as _user_error
 
@@ -32,9 +32,15 @@ def _add_demo(sub) -> None:
         ),
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default: %(default)s)")
-    p.add_argument("--train-size", type=int, default=6000, help="training samples (default: %(default)s)")
-    p.add_argument("--eval-size", type=int, default=600, help="held-out samples (default: %(default)s)")
-    p.add_argument("--epochs", type=float, default=3.0, help="finetuning epochs (default: %(default)s)")
+    p.add_argument(
+        "--train-size", type=positive_int, default=6000, help="training samples (default: %(default)s)"
+    )
+    p.add_argument(
+        "--eval-size", type=positive_int, default=600, help="held-out samples (default: %(default)s)"
+    )
+    p.add_argument(
+        "--epochs", type=positive_float, default=3.0, help="finetuning epochs (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_demo)
@@ -79,9 +85,13 @@ def _add_chat(sub) -> None:
     p.add_argument("--image", default="", help="image paths, comma-separated")
     p.add_argument("--prompt", help="answer this once and exit ('-': read from stdin)")
     add_template_option(p)
-    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="(default: %(default)s)")
+    p.add_argument(
+        "--temperature", type=non_negative_float, default=0.2, help="0 = greedy (default: %(default)s)"
+    )
+    p.add_argument(
+        "--top-p", type=probability, default=0.95, help="nucleus sampling mass (default: %(default)s)"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=512, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.set_defaults(func=_run_chat)
@@ -287,7 +297,7 @@ def _add_data(sub) -> None:
     check.set_defaults(func=_run_data_check)
     synth = data_sub.add_parser("synth", help="write a synthetic image-QA dataset (LLaVA format)")
     synth.add_argument("out")
-    synth.add_argument("--size", type=int, default=1000, help="records (default: %(default)s)")
+    synth.add_argument("--size", type=positive_int, default=1000, help="records (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_run_data_synth)
 
