@@ -134,7 +134,8 @@ def test_a_failed_write_keeps_the_old_features_and_leaves_no_temporary_file(tmp_
     import fovea.extract
 
     out = tmp_path / "f.safetensors"
-    out.write_bytes(b"an earlier run's features")
+    assert main(["extract", str(EXAMPLES / "shapes.png"), *TOWER, "--out", str(out)]) == 0  # an earlier run
+    capsys.readouterr()
     (tmp_path / ".f.safetensors.tmp").write_text("not fovea's")  # the old fixed temporary name
     before = snapshot(tmp_path)
 
@@ -146,3 +147,15 @@ def test_a_failed_write_keeps_the_old_features_and_leaves_no_temporary_file(tmp_
     err = refused(["extract", str(EXAMPLES), *TOWER, "--out", str(out)], capsys)
     assert str(out) in err and "Permission denied" in err
     assert snapshot(tmp_path) == before
+
+
+def test_extract_replaces_only_its_own_features_file(tmp_path, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("my notes")
+    err = refused(["extract", str(EXAMPLES / "shapes.png"), *TOWER, "--out", out], capsys)
+    assert "not a features file fovea extract wrote" in err and out.read_text() == "my notes"
+    mine = tmp_path / "f.safetensors"
+    assert main(["extract", str(EXAMPLES / "shapes.png"), *TOWER, "--out", str(mine)]) == 0
+    assert main(["extract", str(EXAMPLES), *TOWER, "--out", str(mine)]) == 0  # its own: replaced
+    with safe_open(mine, "pt") as f:
+        assert len(f.keys()) == 3

@@ -122,6 +122,20 @@ def check_output(out: Path, inputs: Iterable[Path]) -> None:
     target = out.resolve()
     if any(path.resolve() == target for path in inputs):
         raise ConfigError(f"{out}: the output is one of the input images; choose another file")
+    if out.exists() and not _written_by_extract(out):
+        raise ConfigError(f"{out}: exists and is not a features file fovea extract wrote; choose another file")
+
+
+def _written_by_extract(path: Path) -> bool:
+    """Only a safetensors file carrying extract's metadata may be replaced by a new extraction."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+    except (OSError, SafetensorError):
+        return False
+    return {"tower", "layer", "pool", "count"} <= set(metadata)
 
 
 def _extract_batch(tower, processor, batch, layer, pool, skip_bad, result: Extracted) -> None:
