@@ -55,6 +55,23 @@ def _add_eval(sub) -> None:
         default=os.environ.get("FOVEA_DATA", DEFAULT_DATA_ROOT),
         help="folder holding the benchmarks, one sub-folder per task (default: $FOVEA_DATA or %(default)s)",
     )
+    _add_run_options(p)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="load the model in this dtype")
+    add_template_option(p)
+    _add_judge_options(p)
+    p.add_argument(
+        "--radar", help="report: write the radar chart here (default: radar.png beside --report-out)"
+    )
+    p.add_argument("--report-out", help="report: write the Markdown table here (default: print it)")
+    p.add_argument(
+        "--list", action="store_true", help="list the built-in tasks and groups with their protocols"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_eval)
+
+
+def _add_run_options(p) -> None:
     p.add_argument(
         "--out",
         help="run directory (default: runs/eval/<model name>); reusing it resumes the same model's run",
@@ -71,19 +88,6 @@ def _add_eval(sub) -> None:
     p.add_argument(
         "--hub", action="store_true", help="download a task's data from the hub when it is not local"
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="load the model in this dtype")
-    add_template_option(p)
-    _add_judge_options(p)
-    p.add_argument(
-        "--radar", help="report: write the radar chart here (default: radar.png beside --report-out)"
-    )
-    p.add_argument("--report-out", help="report: write the Markdown table here (default: print it)")
-    p.add_argument(
-        "--list", action="store_true", help="list the built-in tasks and groups with their protocols"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_eval)
 
 
 def _add_judge_options(p) -> None:

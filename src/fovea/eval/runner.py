@@ -58,16 +58,8 @@ def evaluate(
     """
     specs = [load_task(t) for t in tasks]  # unknown task names fail here, before any work
     out = Path(out_dir)
-    template_name = getattr(model.chat_format(template), "name", None)
-    identity = check_resume(out, run_identity(model, specs, template_name, data_root), overwrite)
     rank, world, barrier = _distributed()
-    barrier()  # every process has read the old run.json before it changes
-    if rank == 0:
-        if overwrite and out.is_dir():
-            remove_own_files(out)
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "run.json", _run_info(model, model_name, specs, identity))
-    barrier()
+    _prepare_run(out, model, model_name, specs, data_root, template, overwrite, rank == 0, barrier)
     failed: dict[str, str] = {}
     for spec in specs:
         try:
@@ -100,6 +92,20 @@ def evaluate(
 
     (out / "results.md").write_text(markdown([results]))
     return results
+
+
+def _prepare_run(out: Path, model, model_name, specs, data_root, template, overwrite, main, barrier) -> None:
+    """Refuse another run's directory (every process, so all stop alike), then the main process
+    clears an overwritten run and writes run.json while the others wait."""
+    template_name = getattr(model.chat_format(template), "name", None)
+    identity = check_resume(out, run_identity(model, specs, template_name, data_root), overwrite)
+    barrier()  # every process has read the old run.json before it changes
+    if main:
+        if overwrite and out.is_dir():
+            remove_own_files(out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "run.json", _run_info(model, model_name, specs, identity))
+    barrier()
 
 
 def _distributed() -> tuple[int, int, Callable[[], None]]:
