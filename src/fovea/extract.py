@@ -11,8 +11,6 @@ is one of the input images, or a directory, is refused before the tower is built
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .atomic import write_atomic
 from .errors import ConfigError, ImageError
 from .imaging.processor import ImageConfig, ImageProcessor
 from .towers.base import VisionTower
@@ -123,7 +122,9 @@ def check_output(out: Path, inputs: Iterable[Path]) -> None:
     if any(path.resolve() == target for path in inputs):
         raise ConfigError(f"{out}: the output is one of the input images; choose another file")
     if out.exists() and not _written_by_extract(out):
-        raise ConfigError(f"{out}: exists and is not a features file fovea extract wrote; choose another file")
+        raise ConfigError(
+            f"{out}: exists and is not a features file fovea extract wrote; choose another file"
+        )
 
 
 def _written_by_extract(path: Path) -> bool:
@@ -166,31 +167,12 @@ def _run_tower(tower, pixels, names, layer, pool, result: Extracted) -> None:
 
 def save_features(result: Extracted, out: Path, metadata: dict[str, str]) -> None:
     """Write atomically: a fresh temporary file beside `out`, renamed over it; removed on any error."""
+    metadata = {**metadata, "count": str(len(result.features))}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _fresh_temporary(out)
+        write_atomic(out, lambda tmp: save_file(result.features, str(tmp), metadata=metadata))
     except OSError as err:
         raise _cannot_write(out, err) from None
-    try:
-        save_file(result.features, str(tmp), metadata={**metadata, "count": str(len(result.features))})
-        os.replace(tmp, out)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _cannot_write(out, err) from None
-        raise
-
-
-def _fresh_temporary(out: Path) -> Path:
-    """A new empty file beside `out`, created exclusively so that no existing file is reused, with
-    the usual permissions (the umask's, unlike mkstemp's owner-only 0600)."""
-    while True:
-        tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
 
 
 def _cannot_write(out: Path, err: OSError) -> ConfigError:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..atomic import write_text_atomic
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
 from .weights import save_state
@@ -33,9 +34,8 @@ def save_model(model: VisionLanguageModel, directory: Path, max_shard_size: int)
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(directory))
     payload = {"format": FORMAT, "fovea_version": __version__, "model": to_dict(model.config)}
-    tmp = directory / ".config.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(directory / "config.json")  # written last: a directory with config.json is complete
+    # written last: a directory with config.json is complete
+    write_text_atomic(directory / "config.json", json.dumps(payload, indent=2))
     return directory
 
 

@@ -11,7 +11,6 @@ model once plus one tensor, not twice the model. ``.bin`` files (older checkpoin
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..atomic import write_atomic
 from ..errors import CheckpointError
 
 INDEX = "model.safetensors.index.json"
@@ -246,6 +246,4 @@ def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, write)

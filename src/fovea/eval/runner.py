@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..atomic import write_text_atomic
 from ..errors import FoveaError
 from .provenance import check_resume, remove_own_files, run_identity
 from .scorers import SCORERS, aggregate, headline
@@ -306,6 +307,4 @@ def score_task(spec: TaskSpec, task_dir: Path, judge=None, progress: bool = True
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..atomic import write_text_atomic
 from ..config import to_dict
 from ..data.dataset import SupervisedDataset, collate
 from ..data.labels import IGNORE
@@ -358,9 +359,7 @@ def _forget_metrics_after(path: Path, stage: str, step: int) -> None:
             continue
         if row.get("stage") != stage or row.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 class _TiedWeightsNote(logging.Filter):
