@@ -22,6 +22,10 @@ class CheckpointError(FoveaError):
     """A checkpoint is missing, truncated or does not fit the model (names the file or key)."""
 
 
+class ContextLengthError(FoveaError):
+    """A prompt plus its token budget does not fit the model's context (servers answer 400)."""
+
+
 def library_error_line(err: BaseException) -> str:
     """A library's error as one short line. transformers' config checks (huggingface_hub strict
     dataclasses) wrap the real problem, which names the field, in a two-line message."""

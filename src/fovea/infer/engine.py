@@ -37,8 +37,12 @@ class Request:
     template: str | None = "default"
     ignore_eos: bool = False
     """Decode exactly max_tokens tokens (for benchmarks)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: the answer ends before the first one appears (it is not part of the text)."""
     emit: Callable[[str, object], None] = lambda kind, value: None
     """Receives ("text", str) pieces, then ("done", Result) or ("error", exception)."""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set it (the server does when its client goes away) and the sequence leaves at the next step."""
 
 
 @dataclass
