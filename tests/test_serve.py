@@ -1,6 +1,7 @@
 """`fovea serve` with the official openai client: answers equal the Python API, streaming and
 not, with one and several images; bad requests get the right 4xx and the server keeps serving;
-16 concurrent clients all succeed and are batched together."""
+every field is checked before a request is queued and one fovea does not implement is refused;
+a client that leaves cancels its request; 16 concurrent clients all succeed and are batched."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def server(tmp_path_factory):
     allowed = root / "allowed"
     allowed.mkdir()
     shutil.copy(EXAMPLES / "shapes.png", allowed / "shapes.png")
+    (allowed / "loop.png").symlink_to(allowed / "loop.png")  # resolving it never ends
+    (allowed / "a.png").symlink_to(allowed / "b.png")
+    (allowed / "b.png").symlink_to(allowed / "a.png")
+    (allowed / "folder.png").mkdir()
     limits = Limits(max_images=3, max_pixels=400_000, max_tokens=64, image_dir=allowed)
     app = create_app(model, ServeConfig(name="tiny", api_key=KEY, limits=limits, max_body_bytes=2_000_000))
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
@@ -108,8 +113,8 @@ class Reply:
         return json.loads(self.text)
 
 
-def _post(url: str, body, key: str | None = KEY) -> Reply:
-    headers = {"content-type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+def _post(url: str, body, key: str | None = KEY, content_type: str = "application/json") -> Reply:
+    headers = {"content-type": content_type, **({"Authorization": f"Bearer {key}"} if key else {})}
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(
         f"{url}/v1/chat/completions", data=content, headers=headers, method="POST"
@@ -195,13 +200,13 @@ def test_sixteen_concurrent_clients_are_batched(server):
     url, _, app = server
     engine = app.state.engine
     seen = []
-    original = engine._run
+    original = engine._sample
 
-    def spy(batch):
-        seen.append(len(batch))
-        return original(batch)
+    def spy():
+        seen.append(len(engine.running.sequences))  # sequences decoded in this step
+        return original()
 
-    engine._run = spy
+    engine._sample = spy
     try:
 
         def one(i: int) -> str:
@@ -217,7 +222,7 @@ def test_sixteen_concurrent_clients_are_batched(server):
         with ThreadPoolExecutor(16) as pool:
             reasons = list(pool.map(one, range(32)))
     finally:
-        engine._run = original
+        engine._sample = original
     assert len(reasons) == 32 and all(r in ("stop", "length") for r in reasons)
     assert max(seen) > 1  # requests shared decode steps instead of queueing one by one
 
@@ -278,3 +283,327 @@ def test_bad_serve_port_from_the_shell_is_one_line(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and "--port 99999" in proc.stderr
+
+
+# --- every field checked before a request is queued ------------------------------------------
+
+
+@pytest.fixture
+def submitted(server, monkeypatch):
+    """The engine `Request`s the server submits, in order (they still reach the engine)."""
+    engine, seen = server[2].state.engine, []
+    original = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda request: (seen.append(request), original(request)))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": True}, "max_tokens"),  # was read as 1
+        ({"max_tokens": None, "max_completion_tokens": True}, "max_completion_tokens"),
+        ({"max_tokens": 4.0}, "max_tokens"),
+        ({"max_tokens": 4, "max_completion_tokens": 5}, "max_completion_tokens"),
+        ({"stream": "false"}, "stream"),  # was streamed
+        ({"stream": 0}, "stream"),
+        ({"temperature": True}, "temperature"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),  # Python's json reads NaN
+        ({"top_p": True}, "top_p"),
+        ({"top_p": 0}, "top_p"),
+        ({"seed": True}, "seed"),
+        ({"seed": 2**64}, "seed"),  # overflowed inside the engine and failed its whole batch
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"user": 5}, "user"),
+        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": "x"}, "n"),
+        ({"n": True}, "n"),
+        ({"stop": ""}, "stop"),
+        ({"stop": ["a", ""]}, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": 5}, "stop"),
+        ({"stop": ["a", 3]}, "stop"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream, as OpenAI
+        ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
+        ({"stream": True, "stream_options": {"continuous_usage_stats": True}}, "stream_options"),
+        ({"stream": True, "stream_options": [True]}, "stream_options"),
+        ({"model": 5}, "model"),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
+)
+def test_badly_typed_fields_are_400_naming_the_field(server, submitted, fields, param):
+    url, _, _ = server
+    response = _post(url, {**_msg("hi"), **fields})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and param in error["message"]
+    assert param != "n" or "not supported" in error["message"]
+    assert not submitted  # refused before it was queued
+
+
+UNSUPPORTED = {
+    "logprobs": True,
+    "top_logprobs": 2,
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+    "tool_choice": "auto",
+    "functions": [{"name": "f", "parameters": {}}],
+    "function_call": "auto",
+    "response_format": {"type": "json_object"},
+    "logit_bias": {"1": 5},
+    "presence_penalty": 0.5,
+    "frequency_penalty": 0.5,
+    "audio": {"voice": "alloy", "format": "wav"},
+    "modalities": ["text", "audio"],
+    "reasoning_effort": "low",
+    "prediction": {"type": "content", "content": "x"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_unsupported_fields_are_400_never_dropped(server, submitted, name):
+    url, _, _ = server
+    response = _post(url, {**_msg("hi"), name: UNSUPPORTED[name]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert f"unsupported field {name!r}" in error["message"]
+    assert error["param"] == name and error["code"] == "unsupported_field" and not submitted
+
+
+def test_unsupported_field_through_the_openai_client(server):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        _client(server[0]).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, logprobs=True
+        )
+    assert info.value.param == "logprobs" and "unsupported field 'logprobs'" in info.value.message
+
+
+def test_accepted_fields_reach_the_engine_checked(server, submitted):
+    url, _, _ = server
+    client = _client(url)
+    messages = [{"role": "user", "content": "hi"}]
+    create = client.chat.completions.create
+    create(model="tiny", messages=messages, max_tokens=5, stop=["zz", "yy"], n=1, user="me", seed=2**63 - 1)
+    create(model="tiny", messages=messages, max_completion_tokens=6, stop="zz")
+    # both broke sampling for the whole batch (inf/NaN probabilities; a float32 top_p of 0)
+    create(model="tiny", messages=messages, max_tokens=4, temperature=1e-300)
+    create(model="tiny", messages=messages, max_tokens=4, temperature=1.0, top_p=1e-300)
+    nulls = dict.fromkeys(["temperature", "top_p", "seed", "stop", "n", "stream", "user", "max_tokens"])
+    assert _post(url, {**_msg("hi"), **nulls}).status_code == 200  # null: not given, as OpenAI's schema
+    first, second, tiny_t, tiny_p, defaults = submitted
+    assert (first.stop, first.max_tokens, first.seed) == (("zz", "yy"), 5, 2**63 - 1)
+    assert (second.stop, second.max_tokens) == (("zz",), 6)
+    assert tiny_t.temperature == 0.0 and tiny_p.temperature == 0.0
+    assert (defaults.temperature, defaults.top_p, defaults.seed, defaults.stop) == (1.0, 1.0, None, ())
+    assert not any(r.cancelled.is_set() for r in submitted)  # answered, not abandoned
+
+
+def test_stream_options_include_usage(server, submitted):
+    client = _client(server[0])
+    kwargs = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 6,
+        "temperature": 0,
+    }
+    reply = client.chat.completions.create(**kwargs)
+    chunks = list(
+        client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == reply.usage.model_dump()
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    assert not submitted[-1].cancelled.is_set()
+
+
+@pytest.mark.parametrize(
+    ("messages", "where"),
+    [
+        ([{"role": "user", "content": "a\ud800b"}], "messages[0]"),
+        (
+            [
+                {"role": "system", "content": "x"},
+                {"role": "user", "content": [{"type": "text", "text": "\udfff"}]},
+            ],
+            "messages[1]",
+        ),
+    ],
+)
+def test_lone_surrogates_are_400_naming_the_message(server, submitted, messages, where):
+    url, _, _ = server
+    response = _post(url, {**_msg("hi"), "messages": messages})  # json.dumps writes "\ud800"
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert where in error["message"] and error["param"].startswith(where) and not submitted
+
+
+# --- authentication and content types -------------------------------------------------------
+
+
+def test_the_api_key_is_compared_in_constant_time(server, monkeypatch):
+    import hmac
+
+    url, _, _ = server
+    calls, real = [], hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    assert _post(url, _msg("hi"), key="wrong").status_code == 401
+    assert calls and calls[-1][1] == f"Bearer {KEY}".encode()
+    assert _post(url, _msg("hi"), key="cl\xe9").status_code == 401  # not ASCII: still 401, not 500
+    assert _post(url, _msg("hi")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "application/jsonp",
+    ],
+)
+def test_only_json_bodies_are_read(server, content_type):
+    url, _, _ = server
+    response = _post(url, _msg("hi"), content_type=content_type)  # a web page's form post, say
+    assert response.status_code == 415, response.text
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_no_content_type_is_415_and_parameters_are_allowed(server):
+    import http.client
+
+    url, _, _ = server
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps(_msg("hi")), {"Authorization": f"Bearer {KEY}"})
+    response = conn.getresponse()
+    assert response.status == 415 and json.loads(response.read())["error"]["type"]
+    conn.close()
+    for content_type in ("application/json; charset=utf-8", "Application/JSON"):
+        assert _post(url, _msg("hi"), content_type=content_type).status_code == 200
+
+
+# --- --image-dir paths ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "a\x00b.png",
+        "x" * 300 + ".png",
+        "d/" * 3000 + "x.png",
+        "loop.png",
+        "a.png",
+        "folder.png",
+        "file://\x00",
+    ],
+    ids=["nul", "long name", "long path", "self loop", "symlink ring", "directory", "file url nul"],
+)
+def test_bad_image_paths_are_4xx_never_500(server, path):
+    url, _, _ = server
+    response = _post(url, _msg([{"type": "image_url", "image_url": {"url": path}}]))
+    assert response.status_code in (400, 403), response.text
+    assert response.json()["error"]["param"] == "messages[0].content[0]"
+
+
+# --- images off the event loop (the remote-image deadline: test_serve_fetch.py) -------------
+
+
+def test_health_answers_while_a_request_is_parsing(server, monkeypatch):
+    import fovea.infer.server as serve
+
+    url, _, _ = server
+    started, real = threading.Event(), serve.parse_messages
+
+    def slow(raw, limits):  # a slow decode or fetch: blocking, as they are
+        started.set()
+        time.sleep(3)
+        return real(raw, limits)
+
+    monkeypatch.setattr(serve, "parse_messages", slow)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_post, url, _msg("hi"))
+        assert started.wait(30)
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:  # the parse takes 3 s
+            assert json.loads(response.read())["status"] == "ok"
+        assert pending.result(timeout=60).status_code == 200
+
+
+# --- client disconnects cancel; engine errors -----------------------------------------------
+
+
+def _fake_engine(app, monkeypatch, behaviour) -> list:
+    """Replace the engine's submit: each request is played by `behaviour(request)` in a thread."""
+    seen = []
+
+    def submit(request):
+        seen.append(request)
+        threading.Thread(target=behaviour, args=(request,), daemon=True).start()
+
+    monkeypatch.setattr(app.state.engine, "submit", submit)
+    return seen
+
+
+def _talk_until_cancelled(request):
+    from fovea.infer.engine import Result
+
+    for _ in range(500):  # 10 s at most
+        if request.cancelled.is_set():
+            return
+        request.emit("text", " word")
+        time.sleep(0.02)
+    request.emit("done", Result("word " * 500, 3, 500, "length"))
+
+
+def test_a_closed_stream_cancels_its_request(server, monkeypatch):
+    url, _, app = server
+    seen = _fake_engine(app, monkeypatch, _talk_until_cancelled)
+    stream = _client(url).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=64, stream=True
+    )
+    assert next(iter(stream)).choices[0].delta.role == "assistant"
+    stream.close()  # the client goes away mid-answer
+    assert seen[0].cancelled.wait(10)
+
+
+def test_a_client_gone_before_the_answer_cancels_its_request(server, monkeypatch):
+    import openai
+
+    url, _, app = server
+
+    def silent(request):  # a long prefill: no event yet
+        request.cancelled.wait(10)
+
+    seen = _fake_engine(app, monkeypatch, silent)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+    assert seen[0].cancelled.wait(10)
+
+
+def test_context_length_errors_are_400(server, monkeypatch):
+    from fovea.errors import ContextLengthError
+
+    url, _, app = server
+    message = "prompt (100 tokens) + max_tokens (64) is over the model's context (128)"
+    _fake_engine(app, monkeypatch, lambda request: request.emit("error", ContextLengthError(message)))
+    for stream in (False, True):
+        response = _post(url, {**_msg("hi"), "stream": stream})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["param"], error["message"]) == (
+            "context_length_exceeded",
+            "messages",
+            message,
+        )
+
+
+def test_unsupported_fields_sent_with_values_that_ask_for_nothing_are_accepted(server):
+    url, _, _ = server
+    body = {**_msg("hi"), "presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "tools": []}
+    body.update(response_format={"type": "text"}, logit_bias={}, parallel_tool_calls=True, top_logprobs=None)
+    assert _post(url, {k: v for k, v in body.items() if k != "top_logprobs"}).status_code == 200
+    assert _post(url, {**_msg("hi"), "logprobs": 0}).status_code == 400  # 0 is not false

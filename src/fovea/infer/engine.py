@@ -1,12 +1,18 @@
-"""A batching generation engine: concurrent requests share one prefill and one decode loop.
+"""A continuous-batching generation engine: requests join and leave the running batch at every step.
 
-Requests queue up; a worker thread takes up to `max_batch` of them (waiting `max_wait` seconds
-for company after the first), left-pads them into one batch, runs the prefill once (all images
-through the tower together), then decodes every sequence step by step with the LM's KV cache —
-one forward pass per step for the whole batch, one new token per sequence. Each request has its
-own sampling settings, stop tokens and token budget, and receives its text as it is produced.
-Position ids follow the attention mask, as transformers' generate does with left padding, so
-greedy output equals `model.generate` on the same input.
+One worker thread runs the scheduler. Each turn of its loop:
+
+1. **admit**: requests waiting in the queue are checked (template, images, tag counts, prompt plus
+   ``max_tokens`` within the model's context) and prefilled together, then join the running
+   batch (`RunningBatch.join`); a request that fails any of this fails alone;
+2. **sample**: every running sequence takes its next token from its own logits, with its own
+   sampling settings, stop tokens, stop strings and token budget, and streams its text;
+3. **retire**: finished, failed and cancelled sequences leave at once;
+4. **step**: one forward pass feeds every remaining sequence its new token (the LM's KV cache).
+
+A short request arriving while a long one decodes starts at the next step instead of waiting for
+it. Position ids follow the attention mask, as transformers' generate does with left padding, so
+greedy output equals `model.chat` on the same input whatever a request is batched with.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
+from ..errors import ContextLengthError
+from .batch import RunningBatch
+from .sequence import Sequence, choose
 
-from ..errors import FoveaError
-from ..model.kv_cache import cache_kwargs, output_cache
+__all__ = ["Engine", "Request", "Result", "choose"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,54 +60,18 @@ class Result:
     finish_reason: str  # "stop" or "length"
 
 
-class _Sequence:
-    def __init__(self, request: Request, stops: set[int], tokenizer):
-        self.request, self.stops, self.tokenizer = request, stops, tokenizer
-        self.tokens: list[int] = []
-        self.sent = ""
-        self.finish: str | None = None
-        self.generator = torch.Generator().manual_seed(request.seed) if request.seed is not None else None
-
-    def push(self, token: int) -> None:
-        if token in self.stops:
-            self.finish = "stop"
-            return
-        self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # hold back half a multi-byte character
-            self.request.emit("text", text[len(self.sent) :])
-            self.sent = text
-        if len(self.tokens) >= self.request.max_tokens:
-            self.finish = "length"
-
-    def flush(self) -> str:
-        """Emit whatever was held back (an unfinished character at the very end) and return all text."""
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text != self.sent:
-            self.request.emit("text", text[len(self.sent) :])
-            self.sent = text
-        return text
-
-
-def choose(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
-    """Greedy when temperature is 0, else nucleus sampling at `temperature`."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 class Engine:
-    def __init__(self, model, max_batch: int = 16, max_wait: float = 0.01):
-        self.model, self.max_batch, self.max_wait = model, max_batch, max_wait
+    def __init__(self, model, max_batch: int = 16, max_wait: float = 0.01, continuous: bool = True):
+        """`continuous=False` is static batching (a batch decodes to its end before the next one
+        starts): kept for comparison in benchmarks/serve_scheduling.py."""
+        self.model, self.max_batch, self.max_wait, self.continuous = model, max_batch, max_wait, continuous
         self.queue: queue.Queue[Request] = queue.Queue()
         self.trace: list[float] | None = None
         """Set to a list to record the time of every token step (benchmarks)."""
         self.busy = threading.Event()
+        self.running: RunningBatch | None = None
+        self.context = _context_length(model)
+        self._token_bytes = max((len(t.encode()) for t in model.tokenizer.get_vocab()), default=1)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._loop, name="fovea-engine", daemon=True)
         self._worker.start()
@@ -119,85 +90,138 @@ class Engine:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                first = self.queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self.busy.set()
-            batch, deadline = [first], time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            try:
-                self._run(batch)
-            except Exception as err:  # a bug must not kill the server: fail these requests loudly
+                self._turn()
+            except Exception as err:  # a bug must not kill the server: fail what was running, loudly
                 logger.exception("generation failed")
-                for request in batch:
-                    request.emit("error", err)
-            finally:
+                for seq in self.running.sequences if self.running else []:
+                    seq.request.emit("error", err)
+                self.running = None
+            if self.running is None and self.queue.empty():
                 self.busy.clear()
 
-    @torch.inference_mode()
-    def _run(self, batch: list[Request]) -> None:
-        model = self.model
-        ready, prepared = [], []
-        for request in batch:
-            try:
-                prepared.append(model.prepare_chat(request.messages, request.images, request.template))
-                ready.append(request)
-            except (FoveaError, FileNotFoundError) as err:
-                request.emit("error", err)
+    def _turn(self) -> None:
+        self._admit()
+        if self.running is None:
+            return
+        tokens = self._sample()
+        self._retire()
+        if self.running is not None:
+            self.running.step(self.model, [tokens[id(seq)] for seq in self.running.sequences])
+
+    # -- admit -------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Waiting requests join the batch (the worker idles on the queue when nothing runs)."""
+        room = self.max_batch - (len(self.running.sequences) if self.running else 0)
+        if room <= 0 or (self.running is not None and not (self.continuous and self.running.joinable)):
+            return
+        newcomers = self._take(room, wait=self.running is None)
+        ready = [(r, p) for r in newcomers if (p := self._prepare(r)) is not None]
         if not ready:
             return
-        rows = [p["input_ids"][0][p["attention_mask"][0].bool()].tolist() for p in prepared]
-        ids, mask = model._pad_left(rows)
-        pixels = [p["pixel_values"] for p in prepared if p["pixel_values"] is not None]
-        layouts = [layout for p in prepared for layout in (p["image_layouts"] or [])]
-        device = model.device
-        ids, mask = ids.to(device), mask.to(device)
-        embeds = model.embed(ids, torch.cat(pixels) if pixels else None, layouts or None)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model.lm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        sequences = [_Sequence(r, set(model.stop_token_ids(r.template)), model.tokenizer) for r in ready]
-        self._decode(sequences, out, mask, positions[:, -1:], [len(r) for r in rows])
+        for group in _prefill_groups(self.model, ready):
+            if self.running is None:
+                self.running = group
+            else:
+                self.running.join(group)
 
-    def _decode(self, sequences: list[_Sequence], out, mask, position, prompt_lengths) -> None:
-        model, pad = self.model, self.model.tokenizer.pad_token_id or 0
-        while True:
-            logits = out.logits[:, -1]
-            greedy = logits.argmax(-1).tolist()  # one op for every greedy row of the batch
-            step = []
-            for i, seq in enumerate(sequences):
-                token = pad
-                if seq.finish is None:
-                    r = seq.request
-                    token = (
-                        greedy[i]
-                        if r.temperature <= 0
-                        else choose(logits[i], r.temperature, r.top_p, seq.generator)
-                    )
-                    seq.push(token)
-                step.append(token)
-            if self.trace is not None:
-                self.trace.append(time.perf_counter())
-            if all(seq.finish is not None for seq in sequences):
-                break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            position = position + 1
-            tokens = torch.tensor(step, device=mask.device)[:, None]
-            out = model.lm(
-                input_ids=tokens,
-                attention_mask=mask,
-                position_ids=position,
-                use_cache=True,
-                **cache_kwargs(output_cache(out)),
+    def _take(self, room: int, wait: bool) -> list[Request]:
+        taken: list[Request] = []
+        try:
+            if wait:
+                taken.append(self.queue.get(timeout=0.1))
+                self.busy.set()
+                deadline = time.monotonic() + self.max_wait  # a moment for company
+                while len(taken) < room:
+                    taken.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            while len(taken) < room:
+                taken.append(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        return [r for r in taken if not r.cancelled.is_set()]
+
+    def _prepare(self, request: Request) -> dict | None:
+        """Model inputs for `request`, or None after telling it why not (it alone fails)."""
+        try:
+            self._check_length(request)
+            prepared = self.model.prepare_chat(request.messages, request.images, request.template)
+            length = int(prepared["attention_mask"].sum())
+            if length + request.max_tokens > self.context:
+                raise ContextLengthError(
+                    f"the prompt is {length} tokens and max_tokens is {request.max_tokens}: "
+                    f"{length + request.max_tokens} over the model's context of {self.context}"
+                )
+            stops = set(self.model.stop_token_ids(request.template))
+            prepared["sequence"] = Sequence(request, stops, self.model.tokenizer, length)
+            return prepared
+        except Exception as err:  # tokenising, images, templates, seeds: this request's own error
+            request.emit("error", err)
+            return None
+
+    def _check_length(self, request: Request) -> None:
+        """Refuse a prompt that cannot fit before tokenising it: a token is at most the longest
+        vocabulary entry in bytes, so the bytes bound the token count from below."""
+        size = sum(len(m["content"].encode("utf-8", "replace")) for m in request.messages)
+        if size // self._token_bytes + request.max_tokens > self.context:
+            raise ContextLengthError(
+                f"the prompt is at least {size // self._token_bytes} tokens ({size} bytes) and max_tokens "
+                f"is {request.max_tokens}: over the model's context of {self.context}"
             )
-        for seq, prompt in zip(sequences, prompt_lengths):
-            seq.request.emit("done", Result(seq.flush(), prompt, len(seq.tokens), seq.finish))
+
+    # -- sample / retire ---------------------------------------------------------------------
+
+    def _sample(self) -> dict[int, int]:
+        """Each sequence's next token (by id of the sequence); a failure fails that one alone."""
+        batch, chosen = self.running, {}
+        greedy = batch.logits.argmax(-1).tolist()  # one op for every greedy row of the batch
+        for i, seq in enumerate(batch.sequences):
+            try:
+                token = seq.next_token(batch.logits[i], greedy[i])
+                seq.push(token)
+                chosen[id(seq)] = token
+            except Exception as err:
+                seq.finish, seq.error = "error", err
+        if self.trace is not None:
+            self.trace.append(time.perf_counter())
+        return chosen
+
+    def _retire(self) -> None:
+        batch, keep = self.running, []
+        for i, seq in enumerate(batch.sequences):
+            request = seq.request
+            if seq.finish == "error":
+                request.emit("error", seq.error)
+            elif request.cancelled.is_set():
+                seq.finish = "cancelled"
+            elif seq.finish is not None:
+                request.emit("done", Result(seq.flush(), seq.prompt_tokens, len(seq.tokens), seq.finish))
+            else:
+                keep.append(i)
+        if not keep:
+            self.running = None
+        elif len(keep) < len(batch.sequences):
+            batch.keep(keep)
+
+
+def _prefill_groups(model, ready: list[tuple[Request, dict]]) -> list[RunningBatch]:
+    """Prefill the newcomers together; if that fails, one by one, so only the culprit fails."""
+    sequences = [p.pop("sequence") for _, p in ready]
+    try:
+        return [RunningBatch.prefill(model, sequences, [p for _, p in ready])]
+    except Exception as err:
+        if len(ready) == 1:
+            ready[0][0].emit("error", err)
+            return []
+    groups = []
+    for seq, (request, prepared) in zip(sequences, ready):
+        try:
+            groups.append(RunningBatch.prefill(model, [seq], [prepared]))
+        except Exception as err:
+            request.emit("error", err)
+    return groups
+
+
+def _context_length(model) -> int:
+    """Tokens a sequence may hold: the model's max_length, else its LM's position limit."""
+    limit = model.config.max_length or getattr(model.lm.config, "max_position_embeddings", None)
+    return int(limit) if limit else 1 << 30

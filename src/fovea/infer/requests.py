@@ -1,16 +1,24 @@
-"""Turning an OpenAI chat request into fovea messages and images — and every way it can be wrong.
+"""Turning an OpenAI chat request's messages into fovea messages and images — and every way they
+can be wrong. The other fields of the request are checked in `request_fields`.
 
 Errors are `ApiError`s carrying the HTTP status and OpenAI's error body
 (``{"error": {"message", "type", "param", "code"}}``), so the server answers every bad request
-with the right 4xx and keeps serving.
+with the right 4xx and keeps serving. `parse_messages` decodes images and may fetch remote ones:
+it blocks, so the server runs it in a worker thread.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import http.client
+import socket
+import threading
+import time
+import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ImageError
@@ -41,34 +49,62 @@ class Limits:
     max_image_bytes: int = 20 * 1024 * 1024
     allow_remote_images: bool = False
     image_dir: Path | None = None
+    fetch_seconds: float = 20.0
+    """All remote images of one request must arrive within this many seconds of its parsing
+    starting — one deadline for the request, not per read, so a server that trickles bytes
+    cannot hold a worker thread for long."""
+
+
+@dataclass
+class _Parse:
+    """One request's parsing state: its limits, its images so far, its remote-fetch deadline."""
+
+    limits: Limits
+    deadline: float  # time.monotonic()
+    images: list = field(default_factory=list)
 
 
 def parse_messages(raw: object, limits: Limits) -> tuple[list[dict], list]:
     """OpenAI messages -> (fovea messages with <image> tags, decoded images in order)."""
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
-    messages, images = [], []
-    for i, message in enumerate(raw):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-            raise ApiError(
-                400, f"messages[{i}] needs a role of system, user or assistant", f"messages[{i}].role"
-            )
-        content = message.get("content")
-        if isinstance(content, str):
-            text = content
-        elif isinstance(content, list):
-            text = "".join(
-                _part(part, f"messages[{i}].content[{j}]", images, limits) for j, part in enumerate(content)
-            )
-        else:
-            raise ApiError(
-                400, f"messages[{i}].content must be text or a list of parts", f"messages[{i}].content"
-            )
-        messages.append({"role": message["role"], "content": text})
-    return messages, images
+    parse = _Parse(limits, time.monotonic() + limits.fetch_seconds)
+    messages = [_message(message, f"messages[{i}]", parse) for i, message in enumerate(raw)]
+    return messages, parse.images
 
 
-def _part(part: object, where: str, images: list, limits: Limits) -> str:
+def _message(message: object, where: str, parse: _Parse) -> dict:
+    if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
+        raise ApiError(400, f"{where} needs a role of system, user or assistant", f"{where}.role")
+    content = message.get("content")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        text = "".join(_part(part, f"{where}.content[{j}]", parse) for j, part in enumerate(content))
+    else:
+        raise ApiError(400, f"{where}.content must be text or a list of parts", f"{where}.content")
+    if not is_unicode(text):
+        raise ApiError(
+            400,
+            f"{where}: the text holds a lone surrogate (\\ud800-\\udfff), which is not a character "
+            "and cannot be tokenised",
+            f"{where}.content",
+            "invalid_text",
+        )
+    return {"role": message["role"], "content": text}
+
+
+def is_unicode(text: str) -> bool:
+    """False when `text` holds a lone surrogate: JSON's "\\ud800" escape decodes to one, and a
+    tokenizer cannot encode it (it has no UTF-8 form)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _part(part: object, where: str, parse: _Parse) -> str:
     if not isinstance(part, dict):
         raise ApiError(400, f"{where} must be an object", where)
     if part.get("type") == "text" and isinstance(part.get("text"), str):
@@ -78,44 +114,36 @@ def _part(part: object, where: str, images: list, limits: Limits) -> str:
         url = url.get("url") if isinstance(url, dict) else url
         if not isinstance(url, str):
             raise ApiError(400, f"{where}.image_url.url must be a string", where)
-        if len(images) >= limits.max_images:
+        if len(parse.images) >= parse.limits.max_images:
             raise ApiError(
-                400, f"too many images: at most {limits.max_images} per request", where, "too_many_images"
+                400,
+                f"too many images: at most {parse.limits.max_images} per request",
+                where,
+                "too_many_images",
             )
-        images.append(_image(url, where, limits))
+        parse.images.append(_image(url, where, parse))
         return "<image>\n"
     raise ApiError(400, f"{where}: unsupported content part (text or image_url)", where)
 
 
-def _image(url: str, where: str, limits: Limits):
-    data = _image_bytes(url, where, limits)
+def _image(url: str, where: str, parse: _Parse):
+    data = _image_bytes(url, where, parse)
     try:
-        return load_image(data, max_pixels=limits.max_pixels)
+        return load_image(data, max_pixels=parse.limits.max_pixels)
     except ImageError as err:
         raise ApiError(400, f"{where}: {err}", where, "invalid_image") from None
 
 
-def _image_bytes(url: str, where: str, limits: Limits) -> bytes:
+def _image_bytes(url: str, where: str, parse: _Parse) -> bytes:
+    limits = parse.limits
     if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        if ";base64" not in header:
-            raise ApiError(400, f"{where}: data URLs must be base64", where, "invalid_image")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, f"{where}: invalid base64 image data", where, "invalid_image") from None
+        data = _data_url(url, where)
     elif url.startswith(("http://", "https://")):
         if not limits.allow_remote_images:
             raise ApiError(
                 400, f"{where}: remote image URLs are disabled (serve with --allow-remote-images)", where
             )
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                data = response.read(limits.max_image_bytes + 1)
-        except OSError as err:
-            raise ApiError(
-                400, f"{where}: cannot fetch image ({type(err).__name__})", where, "invalid_image"
-            ) from None
+        data = _fetch(url, where, parse)
     else:
         data = _local_file(url, where, limits)
     if len(data) > limits.max_image_bytes:
@@ -125,32 +153,123 @@ def _image_bytes(url: str, where: str, limits: Limits) -> bytes:
     return data
 
 
+def _data_url(url: str, where: str) -> bytes:
+    header, _, payload = url.partition(",")
+    if ";base64" not in header:
+        raise ApiError(400, f"{where}: data URLs must be base64", where, "invalid_image")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where}: invalid base64 image data", where, "invalid_image") from None
+
+
+def _fetch(url: str, where: str, parse: _Parse) -> bytes:
+    """A remote image, read in chunks, all before the request's deadline. A timer shuts the
+    sockets down at the deadline: urlopen's timeout bounds each socket operation, not the whole
+    exchange, and http.client reads the status line and headers in loops of its own."""
+    seconds = parse.deadline - time.monotonic()
+    if seconds <= 0:
+        raise _late(where, parse.limits)
+    watch = _Watch()
+    timer = threading.Timer(seconds, watch.shut)
+    timer.daemon = True
+    timer.start()
+    try:
+        with watch.opener().open(url, timeout=seconds) as response:
+            data = _read_chunks(response, parse.limits.max_image_bytes, parse.deadline)
+    except (OSError, ValueError, http.client.HTTPException) as err:  # ValueError: a malformed URL
+        if watch.expired or time.monotonic() >= parse.deadline:
+            raise _late(where, parse.limits) from None
+        detail = f"HTTP {err.code}" if isinstance(err, urllib.error.HTTPError) else type(err).__name__
+        raise ApiError(400, f"{where}: cannot fetch image ({detail})", where, "invalid_image") from None
+    finally:
+        timer.cancel()
+    if watch.expired or data is None:  # a shut socket reads as the end of the data
+        raise _late(where, parse.limits)
+    return data
+
+
+def _read_chunks(response, limit: int, deadline: float) -> bytes | None:
+    """At most `limit` + 1 bytes (one over says: too large); None when the deadline passed."""
+    chunks, size = [], 0
+    while size <= limit:
+        if time.monotonic() >= deadline:
+            return None
+        chunk = response.read1(64 * 1024)  # read1: one socket read, so the deadline is checked often
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _late(where: str, limits: Limits) -> ApiError:
+    return ApiError(
+        400,
+        f"{where}: the remote images of this request took over {limits.fetch_seconds:g} s to fetch",
+        where,
+        "image_fetch_timeout",
+    )
+
+
+class _Watch:
+    """The sockets of one fetch (a redirect opens another), so a timer can shut them down."""
+
+    def __init__(self):
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+
+    def shut(self) -> None:
+        self.expired = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):  # already closed: the fetch ended meanwhile
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        watch = self
+
+        def watched(base):
+            class Connection(base):
+                def connect(self):
+                    super().connect()
+                    watch.sockets.append(self.sock)  # after HTTPS wraps it: the TLS socket
+                    if watch.expired:  # a redirect's connection, opened as the timer fired
+                        watch.shut()
+
+            return Connection
+
+        class Http(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(watched(http.client.HTTPConnection), req)
+
+        class Https(urllib.request.HTTPSHandler):
+            def https_open(self, req):  # no context: http.client's default, as urllib's own
+                return self.do_open(watched(http.client.HTTPSConnection), req)
+
+        return urllib.request.build_opener(Http, Https)
+
+
 def _local_file(url: str, where: str, limits: Limits) -> bytes:
     if limits.image_dir is None:
         raise ApiError(400, f"{where}: local image paths are disabled (serve with --image-dir DIR)", where)
-    root = limits.image_dir.resolve()
-    path = (root / url.removeprefix("file://")).resolve()
-    if root not in path.parents:
+    try:
+        root = limits.image_dir.resolve()
+        path = (root / url.removeprefix("file://")).resolve()
+        if root not in path.parents:
+            raise ApiError(
+                403, f"{where}: image path is outside the allowed directory", where, "path_not_allowed"
+            )
+        if not path.is_file():
+            raise ApiError(
+                400, f"{where}: no such image file in the allowed directory", where, "invalid_image"
+            )
+        with path.open("rb") as file:
+            return file.read(limits.max_image_bytes + 1)  # one byte over says: too large
+    except PermissionError:
+        raise ApiError(403, f"{where}: the image file is not readable", where, "path_not_allowed") from None
+    # NUL bytes (ValueError), over-long names (OSError), symlink loops (RuntimeError before Python
+    # 3.13, OSError after): the client named a bad path, which is a 4xx, not a server error
+    except (OSError, ValueError, RuntimeError) as err:
         raise ApiError(
-            403, f"{where}: image path is outside the allowed directory", where, "path_not_allowed"
-        )
-    if not path.is_file():
-        raise ApiError(400, f"{where}: no such image file in the allowed directory", where, "invalid_image")
-    return path.read_bytes()
-
-
-def sampling(body: dict, limits: Limits) -> dict:
-    """max_tokens, temperature, top_p, seed, checked."""
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", min(256, limits.max_tokens)))
-    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= limits.max_tokens:
-        raise ApiError(400, f"max_tokens must be an integer from 1 to {limits.max_tokens}", "max_tokens")
-    temperature = body.get("temperature", 1.0)
-    top_p = body.get("top_p", 1.0)
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise ApiError(400, "temperature must be between 0 and 2", "temperature")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ApiError(400, "top_p must be in (0, 1]", "top_p")
-    seed = body.get("seed")
-    if seed is not None and not isinstance(seed, int):
-        raise ApiError(400, "seed must be an integer", "seed")
-    return {"max_tokens": max_tokens, "temperature": float(temperature), "top_p": float(top_p), "seed": seed}
+            400, f"{where}: cannot read the image path ({type(err).__name__})", where, "invalid_image"
+        ) from None

@@ -5,11 +5,17 @@ Concurrent requests are batched together by the engine; streaming answers are Se
 Events in OpenAI's chunk format. Every bad request gets a 4xx with OpenAI's error body and the
 server keeps serving. It binds to 127.0.0.1 unless told otherwise; on shutdown uvicorn stops
 accepting, in-flight requests finish, then the engine stops.
+
+Only JSON bodies are read (415 otherwise): a web page can post a form to a local server without
+a CORS preflight, but not JSON. Images are decoded in a worker thread, so the event loop keeps
+answering `/health` and streaming to others. A client that goes away cancels its request: the
+engine drops the sequence at its next step instead of decoding for nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -18,11 +24,15 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..errors import FoveaError
+from ..errors import ContextLengthError, FoveaError
 from .engine import Engine, Request
-from .requests import ApiError, Limits, parse_messages, sampling
+from .request_fields import Options, request_options
+from .requests import ApiError, Limits, parse_messages
+
+POLL_SECONDS = 0.5
+"""How often a request waiting for its next event asks whether its client is still there."""
 
 
 @dataclass
@@ -67,60 +77,80 @@ def create_app(model, config: ServeConfig) -> FastAPI:
         }
 
     @app.post("/v1/chat/completions")
-    async def completions(request: HttpRequest):
-        return await _chat_completion(request, config, engine)
+    async def completions(http_request: HttpRequest):
+        return await _chat_completion(http_request, config, engine)
 
     return app
 
 
-async def _chat_completion(request, config: ServeConfig, engine: Engine):
+async def _chat_completion(http_request, config: ServeConfig, engine: Engine):
     """One /v1/chat/completions request: check it, queue it, answer (JSON or an SSE stream)."""
     try:
-        _authorise(request, config)
-        body = await _json_body(request, config.max_body_bytes)
-        if body.get("model") != config.name:
-            raise ApiError(
-                404,
-                f"model {body.get('model')!r} not found; this server has {config.name!r}",
-                "model",
-                "model_not_found",
-            )
-        messages, images = parse_messages(body.get("messages"), config.limits)
-        options = sampling(body, config.limits)
+        messages, images, options = await _checked(http_request, config)
     except ApiError as err:
         return JSONResponse(err.body(), status_code=err.status)
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    engine.submit(
-        Request(
-            messages,
-            images,
-            **options,
-            template=config.template,
-            emit=lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
-        )
+    request = Request(
+        messages,
+        images,
+        **options.sampling,
+        template=config.template,
+        emit=lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
     )
-    first = await events.get()  # the first event decides between a 4xx and a reply
-    if first[0] == "error":
-        err = _as_api_error(first[1])
-        return JSONResponse(err.body(), status_code=err.status)
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": config.name}
-    if body.get("stream"):
-        return StreamingResponse(_sse(first, events, meta), media_type="text/event-stream")
-    return await _complete(first, events, meta)
+    engine.submit(request)
+    try:
+        first = await _next_event(events, http_request, request)  # decides between a 4xx and a reply
+        if first[0] == "error":
+            err = _as_api_error(first[1])
+            return JSONResponse(err.body(), status_code=err.status)
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": config.name}
+        if options.stream:
+            stream = _sse(first, events, meta, request, options.include_usage)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        return await _complete(first, events, meta, http_request, request)
+    except _ClientGone:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+
+async def _checked(http_request, config: ServeConfig) -> tuple[list[dict], list, Options]:
+    """Everything about a request that can be wrong, cheapest check first."""
+    _authorise(http_request, config)
+    body = await _json_body(http_request, config.max_body_bytes)
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise ApiError(400, "model must be a string naming the served model", "model")
+    if model != config.name:
+        raise ApiError(
+            404, f"model {model!r} not found; this server has {config.name!r}", "model", "model_not_found"
+        )
+    options = request_options(body, config.limits)
+    # decoding images (and fetching remote ones) blocks: off the event loop, which serves others
+    messages, images = await asyncio.to_thread(parse_messages, body.get("messages"), config.limits)
+    return messages, images, options
 
 
 def _authorise(request, config: ServeConfig) -> None:
     if config.api_key is None:
         return
-    header = request.headers.get("authorization", "")
-    if header != f"Bearer {config.api_key}":
+    # bytes, since compare_digest refuses non-ASCII str; the header arrived as latin-1
+    given = request.headers.get("authorization", "").encode("latin-1")
+    # constant time: how long a wrong key takes to refuse must not tell how much of it was right
+    if not hmac.compare_digest(given, f"Bearer {config.api_key}".encode()):
         raise ApiError(401, "missing or invalid API key (Authorization: Bearer ...)", None, "invalid_api_key")
 
 
 async def _json_body(request, limit: int) -> dict:
     """The JSON body, at most `limit` bytes. A body somewhat over the limit is drained (not kept)
     so the client reads a clean 413 instead of a broken pipe; an absurd one is refused at once."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":  # a form post needs no CORS preflight: refuse it unread
+        raise ApiError(
+            415,
+            f"the body must be JSON (Content-Type: application/json), got {media_type or 'no Content-Type'!r}",
+            None,
+            "unsupported_media_type",
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > 8 * limit:
         raise ApiError(413, f"request body larger than {limit} bytes", None, "body_too_large")
@@ -143,15 +173,32 @@ async def _json_body(request, limit: int) -> dict:
 def _as_api_error(err: object) -> ApiError:
     if isinstance(err, ApiError):
         return err
+    if isinstance(err, ContextLengthError):
+        return ApiError(400, str(err), "messages", "context_length_exceeded")
     if isinstance(err, (FoveaError, FileNotFoundError)):
         return ApiError(400, str(err), "messages")
     return ApiError(500, f"generation failed ({type(err).__name__})", None, "server_error", "server_error")
 
 
-async def _complete(first, events: asyncio.Queue, meta: dict) -> dict:
+class _ClientGone(Exception):
+    """The client disconnected while its request waited for the engine."""
+
+
+async def _next_event(events: asyncio.Queue, http_request, request: Request) -> tuple[str, object]:
+    """The engine's next event for `request`; cancels it and raises _ClientGone if the client left."""
+    while True:
+        try:
+            return await asyncio.wait_for(events.get(), POLL_SECONDS)
+        except TimeoutError:  # Queue.get loses no item to a cancelled wait
+            if await http_request.is_disconnected():
+                request.cancelled.set()
+                raise _ClientGone from None
+
+
+async def _complete(first, events: asyncio.Queue, meta: dict, http_request, request: Request):
     event = first
     while event[0] == "text":
-        event = await events.get()
+        event = await _next_event(events, http_request, request)
     if event[0] == "error":
         err = _as_api_error(event[1])
         return JSONResponse(err.body(), status_code=err.status)
@@ -166,33 +213,51 @@ async def _complete(first, events: asyncio.Queue, meta: dict) -> dict:
                 "finish_reason": result.finish_reason,
             }
         ],
-        "usage": {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-        },
+        "usage": _usage(result),
     }
 
 
-async def _sse(first, events: asyncio.Queue, meta: dict):
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        body = {
-            **meta,
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return f"data: {json.dumps(body)}\n\n"
+def _usage(result) -> dict:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
-    yield chunk({"role": "assistant", "content": ""})
-    event, started = first, False
-    while event[0] == "text":
-        text = event[1] if started else event[1].lstrip()  # as the non-streamed answer: no leading space
-        if text:
-            started = True
-            yield chunk({"content": text})
-        event = await events.get()
-    if event[0] == "done":
-        yield chunk({}, event[1].finish_reason)
-    else:
-        yield f"data: {json.dumps(_as_api_error(event[1]).body())}\n\n"
-    yield "data: [DONE]\n\n"
+
+async def _sse(first, events: asyncio.Queue, meta: dict, request: Request, include_usage: bool):
+    """OpenAI's chunks, then ``[DONE]``. Starlette closes (or cancels) this generator when the
+    client disconnects: the `finally` then cancels the request, unless the engine had finished."""
+    extra = {"usage": None} if include_usage else {}  # OpenAI: every chunk has it, null until the last
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return _event({**meta, "object": "chat.completion.chunk", "choices": [choice], **extra})
+
+    finished = False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        event, started = first, False
+        while event[0] == "text":
+            text = event[1] if started else event[1].lstrip()  # as the non-streamed answer: no leading space
+            if text:
+                started = True
+                yield chunk({"content": text})
+            event = await events.get()
+        finished = True
+        if event[0] == "done":
+            yield chunk({}, event[1].finish_reason)
+            if include_usage:
+                yield _event(
+                    {**meta, "object": "chat.completion.chunk", "choices": [], "usage": _usage(event[1])}
+                )
+        else:
+            yield _event(_as_api_error(event[1]).body())
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:
+            request.cancelled.set()
+
+
+def _event(body: dict) -> str:
+    return f"data: {json.dumps(body)}\n\n"
