@@ -34,12 +34,15 @@ class Outcome:
     """Collects one request's events."""
 
     def __init__(self):
-        self.pieces, self.result, self.error, self.done = [], None, None, threading.Event()
+        self.pieces, self.result, self.error, self.end = [], None, None, None
+        self.done = threading.Event()
 
     def __call__(self, kind, value):
         if kind == "text":
             self.pieces.append(value)
-        else:
+        else:  # exactly one of done, error, cancelled ends a request
+            assert self.end is None, f"{kind} after {self.end}"
+            self.end = kind
             self.result, self.error = (value, None) if kind == "done" else (None, value)
             self.done.set()
 
@@ -103,7 +106,7 @@ def test_a_cancelled_request_leaves_at_the_next_step(model):
     deadline = time.monotonic() + 10
     while engine.running is not None and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert engine.running is None and not outcome.done.is_set()  # gone, never finished
+    assert engine.running is None and outcome.end == "cancelled"  # gone, never finished
     assert len(outcome.pieces) < 100
     after = _submit(engine, "Hi.", max_tokens=4)
     assert after.done.wait(30) and after.result.text.strip() == _expected(model, "Hi.", 4)

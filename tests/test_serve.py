@@ -607,3 +607,21 @@ def test_unsupported_fields_sent_with_values_that_ask_for_nothing_are_accepted(s
     body.update(response_format={"type": "text"}, logit_bias={}, parallel_tool_calls=True, top_logprobs=None)
     assert _post(url, {k: v for k, v in body.items() if k != "top_logprobs"}).status_code == 200
     assert _post(url, {**_msg("hi"), "logprobs": 0}).status_code == 400  # 0 is not false
+
+
+def test_every_request_gives_its_pixels_back(server):
+    """Answered, refused and streamed requests all return their images' pixels to the budget."""
+    url, _, app = server
+    client = _client(url)
+    images = _images(2)
+    messages = [{"role": "user", "content": _content("Describe.", images)}]
+    client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
+    for _ in client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, stream=True):
+        pass
+    assert (
+        _post(url, {**_msg(_content("x", images)), "max_tokens": 64, "template": "nope"}).status_code == 400
+    )
+    deadline = time.monotonic() + 10
+    while app.state.budget.used and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert app.state.budget.used == 0

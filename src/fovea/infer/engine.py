@@ -47,7 +47,8 @@ class Request:
     stop: tuple[str, ...] = ()
     """Stop strings: the answer ends before the first one appears (it is not part of the text)."""
     emit: Callable[[str, object], None] = lambda kind, value: None
-    """Receives ("text", str) pieces, then ("done", Result) or ("error", exception)."""
+    """Receives ("text", str) pieces, then ("done", Result), ("error", exception) or, once
+    `cancelled` is set, ("cancelled", None): exactly one of the three ends every request."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set it (the server does when its client goes away) and the sequence leaves at the next step."""
 
@@ -138,6 +139,9 @@ class Engine:
                 taken.append(self.queue.get_nowait())
         except queue.Empty:
             pass
+        for request in taken:
+            if request.cancelled.is_set():
+                request.emit("cancelled", None)
         return [r for r in taken if not r.cancelled.is_set()]
 
     def _prepare(self, request: Request) -> dict | None:
@@ -193,6 +197,7 @@ class Engine:
                 request.emit("error", seq.error)
             elif request.cancelled.is_set():
                 seq.finish = "cancelled"
+                request.emit("cancelled", None)
             elif seq.finish is not None:
                 request.emit("done", Result(seq.flush(), seq.prompt_tokens, len(seq.tokens), seq.finish))
             else:

@@ -27,6 +27,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import ContextLengthError, FoveaError
+from .budget import PixelBudget
 from .engine import Engine, Request
 from .request_fields import Options, request_options
 from .requests import ApiError, Limits, parse_messages
@@ -45,10 +46,13 @@ class ServeConfig:
     max_wait: float = 0.01
     template: str | None = "default"
     """Chat template for every request (``"default"``: the model's own, see ``model.chat_format``)."""
+    max_inflight_pixels: int = 256_000_000
+    """Image pixels held by all requests in flight together (see `PixelBudget`)."""
 
 
 def create_app(model, config: ServeConfig) -> FastAPI:
     engine = Engine(model, max_batch=config.max_batch, max_wait=config.max_wait)
+    budget = PixelBudget(config.max_inflight_pixels)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -56,7 +60,7 @@ def create_app(model, config: ServeConfig) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
 
     app = FastAPI(title="fovea", lifespan=lifespan)
-    app.state.engine = engine
+    app.state.engine, app.state.budget = engine, budget
 
     def fail(err: ApiError) -> JSONResponse:
         return JSONResponse(err.body(), status_code=err.status)
@@ -78,26 +82,28 @@ def create_app(model, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def completions(http_request: HttpRequest):
-        return await _chat_completion(http_request, config, engine)
+        return await _chat_completion(http_request, config, engine, budget)
 
     return app
 
 
-async def _chat_completion(http_request, config: ServeConfig, engine: Engine):
+async def _chat_completion(http_request, config: ServeConfig, engine: Engine, budget: PixelBudget):
     """One /v1/chat/completions request: check it, queue it, answer (JSON or an SSE stream)."""
     try:
         messages, images, options = await _checked(http_request, config)
+        pixels = sum(image.width * image.height for image in images)
+        await budget.acquire(pixels)  # given back when the engine ends the request, however it ends
     except ApiError as err:
         return JSONResponse(err.body(), status_code=err.status)
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    request = Request(
-        messages,
-        images,
-        **options.sampling,
-        template=config.template,
-        emit=lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
-    )
+
+    def emit(kind: str, value) -> None:  # called from the engine's thread
+        if kind in ("done", "error", "cancelled"):
+            loop.call_soon_threadsafe(lambda: loop.create_task(budget.release(pixels)))
+        loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+    request = Request(messages, images, **options.sampling, template=config.template, emit=emit)
     engine.submit(request)
     try:
         first = await _next_event(events, http_request, request)  # decides between a 4xx and a reply
