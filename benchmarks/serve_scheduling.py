@@ -5,7 +5,8 @@ A tiny random model; requests arrive as a Poisson process at several rates, a mi
 scheduler: aggregate completion tokens/s, time to first token and end-to-end latency (p50, p99),
 and the latency of a 4-token request submitted while a 200-token one is decoding.
 
-    python benchmarks/serve_scheduling.py [--requests 48] [--rates 2,8,32]
+    python benchmarks/serve_scheduling.py [--requests 48] [--rates 4,16,64]
+    python benchmarks/serve_scheduling.py --requests 96 --rates 256,1024    # where static saturates
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 class Timing:
     def __init__(self, submitted: float):
-        self.submitted, self.first, self.end, self.tokens = submitted, None, None, 0
+        self.submitted, self.first, self.end, self.tokens, self.failed = submitted, None, None, 0, False
         self.done = threading.Event()
 
     def __call__(self, kind, value):
@@ -34,7 +35,7 @@ class Timing:
         if kind == "text" and self.first is None:
             self.first = now
         elif kind in ("done", "error"):
-            self.end, self.tokens = now, getattr(value, "completion_tokens", 0)
+            self.end, self.tokens, self.failed = now, getattr(value, "completion_tokens", 0), kind == "error"
             self.done.set()
 
 
@@ -82,16 +83,25 @@ def run(requests: int, rates: list[float]) -> str:
             elapsed = time.perf_counter() - start
             short = statistics.median(_short_during_long(engine) for _ in range(3))
             engine.close()
-            ttft = [t.first - t.submitted for t in timings]
+            ttft = [(t.first or t.end) - t.submitted for t in timings]
             e2e = [t.end - t.submitted for t in timings]
             throughput = sum(t.tokens for t in timings) / elapsed
             ratios.setdefault(rate, {})[name] = (throughput, _percentile(e2e, 0.5), short)
             rows.append(
-                [f"{rate:g}/s", name, f"{throughput:.0f}"]
+                [f"{rate:g}/s", name, sum(t.failed for t in timings), f"{throughput:.0f}"]
                 + [f"{1000 * _percentile(v, q):.0f}" for v in (ttft, e2e) for q in (0.5, 0.99)]
                 + [f"{1000 * short:.0f}"]
             )
-    head = ["arrivals", "scheduler", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "e2e p50 ms", "e2e p99 ms"]
+    head = [
+        "arrivals",
+        "scheduler",
+        "failed",
+        "tokens/s",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "e2e p50 ms",
+        "e2e p99 ms",
+    ]
     lines = [table(head + ["4-token request during a 200-token one, ms"], rows), ""]
     for rate, pair in ratios.items():
         (ts, es, ss), (tc, ec, sc) = pair["static"], pair["continuous"]
@@ -107,6 +117,6 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=48)
-    parser.add_argument("--rates", default="2,8,32", help="arrivals per second, comma-separated")
+    parser.add_argument("--rates", default="4,16,64", help="arrivals per second, comma-separated")
     args = parser.parse_args()
     print(run(args.requests, [float(r) for r in args.rates.split(",")]))
