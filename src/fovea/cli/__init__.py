@@ -24,6 +24,7 @@ _EXTRAS = {
     "matplotlib": "eval",
     "openai": "eval",
     "tfrecord": "eval",
+    "faiss": "pretrain",
 }
 
 
@@ -66,9 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fovea {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    from . import evaluate, models, pipeline
+    from . import evaluate, models, pipeline, pretrain
 
-    for module in (pipeline, models, evaluate):
+    for module in (pipeline, models, evaluate, pretrain):
         module.add_commands(sub)
     return parser
 

@@ -195,7 +195,9 @@ async def _next_event(events: asyncio.Queue, http_request, request: Request) -> 
     while True:
         try:
             return await asyncio.wait_for(events.get(), POLL_SECONDS)
-        except asyncio.TimeoutError:  # (TimeoutError from 3.11 on) Queue.get loses no item to a cancelled wait
+        except (
+            asyncio.TimeoutError
+        ):  # (TimeoutError from 3.11 on) Queue.get loses no item to a cancelled wait
             if await http_request.is_disconnected():
                 request.cancelled.set()
                 raise _ClientGone from None
