@@ -195,9 +195,8 @@ async def _next_event(events: asyncio.Queue, http_request, request: Request) -> 
     while True:
         try:
             return await asyncio.wait_for(events.get(), POLL_SECONDS)
-        except (
-            asyncio.TimeoutError
-        ):  # (TimeoutError from 3.11 on) Queue.get loses no item to a cancelled wait
+        # asyncio's own TimeoutError (the builtin only from 3.11); Queue.get loses no item to it
+        except asyncio.TimeoutError:
             if await http_request.is_disconnected():
                 request.cancelled.set()
                 raise _ClientGone from None
