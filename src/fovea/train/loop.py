@@ -11,28 +11,22 @@ error; bad records are skipped, counted and logged by id.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ..atomic import write_text_atomic
 from ..config import to_dict
 from ..data.dataset import SupervisedDataset, collate
 from ..data.labels import IGNORE
 from ..data.sources import RecordSource
-from ..errors import FoveaError
 from ..imaging.processor import ImageConfig, ImageProcessor
 from .build import apply_lora, build_model, merge_lora
 from .data_order import micro_batches
+from .engine import Position, StepLoop, StepResult, atomic_save, make_accelerator, resume
 from .parts import assign, describe, make_optimizer
 from .recipe import Recipe, StageSpec
 from .validate import check_files, check_parts_match, check_recipe, check_same_recipe
@@ -40,54 +34,12 @@ from .validate import check_files, check_parts_match, check_recipe, check_same_r
 logger = logging.getLogger(__name__)
 
 
-class TrainingDiverged(FoveaError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass
-class Position:
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0
-    skipped: int = 0
-
-
-def make_accelerator(recipe: Recipe):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    run = recipe.run
-    plugins = {}
-    if run.distributed == "fsdp":
-        from accelerate import FullyShardedDataParallelPlugin
-
-        plugins["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
-    elif run.distributed.startswith("deepspeed"):
-        from accelerate import DeepSpeedPlugin
-
-        plugins["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=int(run.distributed[-1]))
-    trackers = [t for t in run.report_to if t in ("tensorboard", "wandb")]
-    return Accelerator(
-        # accelerate only runs several CPU processes (gloo) when told the device is the CPU
-        cpu=not _has_accelerator_device(),
-        mixed_precision=run.precision,
-        log_with=trackers or None,
-        project_dir=run.out_dir,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        **plugins,
-    )
-
-
-def _has_accelerator_device() -> bool:
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
-
-
 def train(recipe: Recipe) -> Path:
     """Run every stage (resuming where a previous run stopped); returns the final checkpoint."""
     from accelerate.utils import set_seed
 
     check_recipe(recipe)  # API callers may build a Recipe by hand
-    accelerator = make_accelerator(recipe)
+    accelerator = make_accelerator(recipe.run)
     check_files(recipe, accelerator.num_processes)  # every stage, before anything is written
     out = Path(recipe.run.out_dir)
     check_same_recipe(out, recipe)
@@ -158,7 +110,7 @@ def run_stage(accelerator, recipe: Recipe, model, stage: StageSpec, stage_dir: P
     accelerator.gradient_accumulation_steps = accum
     # The scheduler stays unprepared: accelerate would step it once per process per call.
     wrapped, optimizer = accelerator.prepare(model, optimizer)
-    position = _resume(accelerator, stage_dir, scheduler)
+    position = resume(accelerator, stage_dir, scheduler)
     loop = _StageLoop(accelerator, recipe, stage, dataset, wrapped, optimizer, scheduler, micro, accum, total)
     loop.run(position, stage_dir)
     model = accelerator.unwrap_model(wrapped)
@@ -166,49 +118,23 @@ def run_stage(accelerator, recipe: Recipe, model, stage: StageSpec, stage_dir: P
     if recipe.lora is not None:
         merge_lora(model)
     if accelerator.is_main_process:
-        _atomic_save(model, stage_dir / "final")
+        atomic_save(model, stage_dir / "final")
     accelerator.wait_for_everyone()
     if recipe.lora is not None and stage is not recipe.stages[-1]:
         apply_lora(model, recipe.lora)
     return model
 
 
-def _atomic_save(model, final: Path) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+class _StageLoop(StepLoop):
+    """One stage of a LLaVA-style model: token cross-entropy over supervised tokens."""
 
-
-def _checkpoints(stage_dir: Path) -> list[Path]:
-    root = stage_dir / "checkpoints"
-    return (
-        sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-        if root.is_dir()
-        else []
-    )
-
-
-def _resume(accelerator, stage_dir: Path, scheduler) -> Position:
-    found = _checkpoints(stage_dir)
-    if not found:
-        return Position()
-    latest = found[-1]
-    accelerator.load_state(str(latest))
-    scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
-    position = Position(**json.loads((latest / "position.json").read_text()))
-    logger.warning("resuming from %s (step %d)", latest, position.step)
-    return position
-
-
-class _StageLoop:
-    """The step loop of one stage; kept as a small class so each piece reads on its own."""
+    unit_rate = "tokens"
 
     def __init__(self, accelerator, recipe, stage, dataset, model, optimizer, scheduler, micro, accum, total):
-        self.acc, self.recipe, self.stage, self.dataset = accelerator, recipe, stage, dataset
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.micro, self.accum, self.total = micro, accum, total
+        super().__init__(accelerator, recipe.run, scheduler, [optimizer], total)
+        self.recipe, self.stage, self.dataset, self.name = recipe, stage, dataset, stage.name
+        self.model, self.optimizer = model, optimizer
+        self.micro, self.accum = micro, accum
         self.pad = dataset.model.tokenizer.pad_token_id or 0
 
     def batches(self, position: Position):
@@ -225,55 +151,8 @@ class _StageLoop:
         for epoch, index, indices in order:
             yield epoch, index, collate([self.dataset[i] for i in indices], self.pad)
 
-    def run(self, position: Position, stage_dir: Path) -> None:
-        run = self.recipe.run
-        bar = tqdm(
-            total=self.total,
-            initial=position.step,
-            disable=not (run.progress and self.acc.is_main_process),
-            desc=f"stage {self.stage.name}",
-            unit="step",
-            dynamic_ncols=True,
-        )
-        if position.step and self.acc.is_main_process:
-            _forget_metrics_after(Path(run.out_dir) / "metrics.jsonl", self.stage.name, position.step)
-        source = self.batches(position)
-        window, started, tokens, samples = [], time.perf_counter(), 0, 0
-        while position.step < self.total:
-            loss, (seen, count), last = self.step(source, position)
-            position.step += 1
-            position.epoch, position.batch = last[0], last[1] + 1
-            window.append(loss)
-            tokens, samples = tokens + seen, samples + count
-            if position.step % run.log_every == 0 or position.step == self.total:
-                elapsed = max(1e-9, time.perf_counter() - started)
-                lr = max(group["lr"] for group in self.optimizer.param_groups)
-                stats = {
-                    "loss": sum(window) / len(window),
-                    "lr": lr,
-                    "tokens_per_s": tokens / elapsed,
-                    "samples_per_s": samples / elapsed,
-                    "skipped": position.skipped,
-                }
-                self.acc.log({f"{self.stage.name}/{k}": v for k, v in stats.items()}, step=position.step)
-                self.record({"stage": self.stage.name, "step": position.step, **stats})
-                bar.set_postfix(
-                    loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{stats['tokens_per_s']:,.0f}"
-                )
-                window, started, tokens, samples = [], time.perf_counter(), 0, 0
-            bar.update()
-            if position.step % run.save_every == 0 and position.step < self.total:
-                self.save(stage_dir, position)
-        bar.close()
-
-    def record(self, row: dict) -> None:
-        """Append a metrics row to out_dir/metrics.jsonl (main process)."""
-        if self.acc.is_main_process:
-            with (Path(self.recipe.run.out_dir) / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def step(self, source, position: Position) -> tuple[float, tuple[int, int], tuple[int, int]]:
-        """One optimizer step; returns (loss, (tokens, samples) seen by all processes, position)."""
+    def step(self, source, position: Position) -> StepResult:
+        """One optimizer step: the loss, (tokens, samples) seen by all processes, the position."""
         group = [next(source) for _ in range(self.accum)]
         for _, _, batch in group:
             for _, reason in batch["skipped"]:
@@ -304,12 +183,7 @@ class _StageLoop:
                     self.scheduler.step()
                 self.optimizer.zero_grad()
         loss = float(self.acc.reduce(loss_sum, reduction="sum")) / max(supervised, 1.0)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"stage {self.stage.name}: loss is {loss} at step {position.step + 1}; "
-                "lower the learning rate or check the data"
-            )
-        return loss, (int(seen), int(count)), group[-1][:2]
+        return StepResult(loss, {"tokens": seen, "samples": count}, group[-1][:2])
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Summed token cross-entropy of one micro-batch (0 with a graph if it is empty)."""
@@ -330,55 +204,6 @@ class _StageLoop:
             ignore_index=IGNORE,
             reduction="sum",
         )
-
-    def save(self, stage_dir: Path, position: Position) -> None:
-        root = stage_dir / "checkpoints"
-        tmp, final = root / f"step-{position.step:08d}.tmp", root / f"step-{position.step:08d}"
-        with _tied_weights_quiet():
-            self.acc.save_state(str(tmp))
-        if self.acc.is_main_process:
-            (tmp / "position.json").write_text(json.dumps(position.__dict__))
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            for old in _checkpoints(stage_dir)[: -self.recipe.run.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.acc.wait_for_everyone()
-
-
-def _forget_metrics_after(path: Path, stage: str, step: int) -> None:
-    """A resumed stage logs its steps after `step` again: drop the rows the killed run wrote for
-    them (and a line the kill cut short), so metrics.jsonl has each step once."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("stage") != stage or row.get("step", 0) <= step:
-            kept.append(line)
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
-
-
-class _TiedWeightsNote(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Removed shared tensor" not in record.getMessage()  # accelerate prefixes "[RANK n]"
-
-
-@contextlib.contextmanager
-def _tied_weights_quiet():
-    """accelerate logs "Removed shared tensor {'lm.lm_head.weight'}" on every save of a model with
-    tied embeddings. The state is loaded back into the same, still tied, modules (resume is
-    bit-exact, tested), so the line tells a user nothing; it is dropped during our saves only."""
-    note = _TiedWeightsNote()
-    target = logging.getLogger("accelerate.utils.other")
-    target.addFilter(note)
-    try:
-        yield
-    finally:
-        target.removeFilter(note)
 
 
 def _lengths(dataset: SupervisedDataset) -> list[int]:
