@@ -3,7 +3,9 @@
 A tower is built from a transformers config dict (its ``model_type`` is the declared type; fovea
 never looks at a model's *name* to decide what it is), runs ``pixels (V, 3, S, S)`` and returns
 every hidden state, so connectors can pick layers. No re-implementation: the modules are
-transformers' own ``CLIPVisionModel``, ``SiglipVisionModel``, ``MLCDVisionModel``, ...
+transformers' own ``CLIPVisionModel``, ``SiglipVisionModel``, ``MLCDVisionModel``, ... The one
+exception is UNICOM's ViT, which transformers lacks: towers/unicom.py writes it as a transformers
+model registered with the Auto classes, so it goes through the same paths.
 
 Families (``TOWER_FAMILIES``) carry the facts a config does not state, e.g. whether the sequence
 starts with a CLS token. An unregistered ``model_type`` still works through ``AutoModel`` if the
@@ -37,6 +39,9 @@ class TowerFamily:
     """Does the token sequence start with a CLS token?"""
     grid_kind: str = "vit"
     """``vit``: hidden states are (B, 1?+H*W, D) on a patch grid."""
+    pooled_is_embedding: bool = False
+    """Is the model's ``pooler_output`` already a trained embedding with its own head (UNICOM's
+    flatten-FC-BN head)? Pretraining then adds no head of its own."""
 
 
 TOWER_FAMILIES: Registry[TowerFamily] = Registry("tower type")

@@ -3,8 +3,9 @@
 A preset is architecture + preprocessing + where the weights live; building one never downloads
 anything (``build_tower(name)`` gives random weights; ``build_tower(name, pretrained=True)`` loads
 them). Every preset has a ``-tiny`` twin of the same type and preprocessing, a few layers wide, for
-tests. Facts: the hub ``config.json`` / ``preprocessor_config.json`` of each checkpoint (see
-docs/towers.md for sources).
+tests. Facts: the hub ``config.json`` / ``preprocessor_config.json`` of each checkpoint; for
+UNICOM, whose weights are GitHub release files, its ``vision_transformer.py`` (see docs/towers.md
+for sources).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class TowerPreset:
     image: dict
     """ImageConfig defaults: size, mean, std, resample, resize."""
     hub_id: str | None = None
+    weights_url: str | None = None
+    """Where published weights that are a file, not a hub repo, live (pass it as ``weights=``)."""
 
     def tower_config(self) -> TowerConfig:
         return TowerConfig(**{**self.tower, "weights": self.hub_id})
@@ -112,6 +115,63 @@ _add(
 )
 
 
+_UNICOM_RELEASES = "https://github.com/deepglint/unicom/releases/download"
+
+
+def _unicom(patch: int, width: int, layers: int, heads: int, image: int, embedding: int) -> dict:
+    return {
+        "model_type": "unicom_vision_model",
+        "hidden_size": width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "patch_size": patch,
+        "image_size": image,
+        "embedding_size": embedding,
+    }
+
+
+def _add_unicom(name: str, hf: dict, release: str, help: str) -> None:
+    """A UNICOM preset (weights: a GitHub release file) and its tiny twin: 2 layers of width 32, the
+    same patch size on a 2x2 grid (UNICOM's flatten head fixes the token count)."""
+    image = {**_CLIP_IMAGE, "size": hf["image_size"]}
+    preset = TowerPreset({"hf_config": hf}, image, weights_url=f"{_UNICOM_RELEASES}/{release}")
+    TOWER_PRESETS.add(name, preset, help)
+    size = 2 * hf["patch_size"]
+    tiny = {**hf, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": size}
+    tiny["embedding_size"] = 16
+    tiny_help = f"tiny twin of {name}: width 32, 2 layers, {size} px (2x2 patches)"
+    TOWER_PRESETS.add(
+        f"{name}-tiny", TowerPreset({"hf_config": tiny}, {**_CLIP_IMAGE, "size": size}), tiny_help
+    )
+
+
+# deepglint/unicom unicom/vision_transformer.py build_model() and model.py _MODELS
+_add_unicom(
+    "unicom-vit-b32",
+    _unicom(32, 768, 12, 12, 224, 512),
+    "b32/FP16-ViT-B-32.pt",
+    "UNICOM ViT-B/32 at 224 px (49 patches, no CLS; 512-d embedding)",
+)
+_add_unicom(
+    "unicom-vit-b16",
+    _unicom(16, 768, 12, 12, 224, 768),
+    "b16/FP16-ViT-B-16.pt",
+    "UNICOM ViT-B/16 at 224 px (196 patches, no CLS; 768-d embedding)",
+)
+_add_unicom(
+    "unicom-vit-l14",
+    _unicom(14, 1024, 24, 16, 224, 768),
+    "l14/FP16-ViT-L-14.pt",
+    "UNICOM ViT-L/14 at 224 px (256 patches, no CLS; 768-d embedding)",
+)
+_add_unicom(
+    "unicom-vit-l14-336",
+    _unicom(14, 1024, 24, 16, 336, 768),
+    "l14_336px/FP16-ViT-L-14-336px.pt",
+    "UNICOM ViT-L/14 at 336 px (576 patches, no CLS; 768-d embedding)",
+)
+
+
 def resolve_tower(spec: str) -> TowerPreset:
     """A preset from a preset name, a known hub id, or a local transformers tower directory.
 
@@ -147,6 +207,11 @@ def build_tower(
         return tower, preset.image
     if pretrained:
         source = spec if Path(spec).is_dir() else preset.hub_id
+        if source is None and preset.weights_url is not None:
+            raise ConfigError(
+                f"tower {spec!r}: its weights are a file ({preset.weights_url}); download it and "
+                "pass it as weights (--weights FILE)"
+            )
         if source is None:
             raise ConfigError(f"tower {spec!r} has no published weights (a tiny test preset?)")
         return VisionTower.from_pretrained(config, source), preset.image

@@ -6,10 +6,15 @@
 * DeepGlint's original MLCD RoPE2D state dict (``conv1``, ``transformer.resblocks.N.*`` with a
   fused ``attn.in_proj``): the fused projection is split into q/k/v, ``class_pos_emb`` kept, the
   absolute ``positional_embedding`` and the CLIP ``proj`` head dropped (the model uses neither),
-  and a ``torch.compile`` ``_orig_mod.`` prefix stripped.
+  and a ``torch.compile`` ``_orig_mod.`` prefix stripped;
+* UNICOM's released state dicts (``FP16-ViT-B-32.pt`` ..., deepglint/unicom
+  ``unicom/vision_transformer.py``: ``patch_embed.proj``, ``pos_embed``, ``blocks.N.*``, ``norm``,
+  the ``feature.0-3`` head) renamed for fovea's ``UnicomVisionModel`` (towers/unicom.py), with
+  ``torch.compile``/DDP prefixes (``_orig_mod.``, ``module.``) of its fine-tuning scripts stripped.
+  The fp16 tensors are cast by ``load_state_dict`` into the tower's dtype.
 
-Files are read with safetensors or ``torch.load(weights_only=True, mmap=True)``; splitting the
-fused projection makes views, not copies.
+Files are read with safetensors or ``torch.load(weights_only=True, mmap=True)`` (without mmap for
+files in torch's legacy format); splitting the fused projection makes views, not copies.
 """
 
 from __future__ import annotations
@@ -74,6 +79,57 @@ def original_mlcd_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+_UNICOM_BLOCK = re.compile(r"^blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(\w+)$")
+_UNICOM_BLOCK_PARTS = {
+    "norm1": "layer_norm1",
+    "norm2": "layer_norm2",
+    "attn.qkv": "self_attn.qkv",
+    "attn.proj": "self_attn.out_proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_UNICOM_TOP = {
+    "patch_embed.proj": "embeddings.patch_embedding",
+    "norm": "post_layernorm",
+    "feature.0": "head.fc1",  # Linear(N*D -> D), no bias
+    "feature.1": "head.bn1",  # BatchNorm1d(D)
+    "feature.2": "head.fc2",  # Linear(D -> E), no bias
+    "feature.3": "head.bn2",  # BatchNorm1d(E)
+}
+
+
+def _unwrapped(key: str) -> str:
+    while key.startswith(("_orig_mod.", "module.")):
+        key = key.removeprefix("_orig_mod.").removeprefix("module.")
+    return key
+
+
+def is_original_unicom(keys) -> bool:
+    names = {_unwrapped(k) for k in keys}
+    return "pos_embed" in names and "feature.0.weight" in names
+
+
+def original_unicom_to_fovea(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """UNICOM's ``VisionTransformer`` state dict -> fovea ``UnicomVisionModel`` keys."""
+    out: dict[str, torch.Tensor] = {}
+    for raw_key, tensor in state.items():
+        key = _unwrapped(raw_key)
+        block = _UNICOM_BLOCK.match(key)
+        stem, _, leaf = key.rpartition(".")
+        if key == "pos_embed":
+            out["embeddings.position_embedding"] = tensor
+        elif block is not None:
+            out[f"encoder.layers.{block[1]}.{_UNICOM_BLOCK_PARTS[block[2]]}.{block[3]}"] = tensor
+        elif stem in _UNICOM_TOP:
+            out[f"{_UNICOM_TOP[stem]}.{leaf}"] = tensor
+        else:
+            raise CheckpointError(f"original UNICOM state dict: unexpected key {raw_key!r}")
+    for norm in ("head.bn1", "head.bn2"):  # absent from old BatchNorm state dicts; torch fills it too
+        if f"{norm}.running_mean" in out:
+            out.setdefault(f"{norm}.num_batches_tracked", torch.tensor(0))
+    return out
+
+
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of one weights file (safetensors, or a torch state dict read safely)."""
     if path.suffix == ".safetensors":
@@ -81,7 +137,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = _torch_load(path)
     except Exception as err:  # unpickling refusals, truncation, wrong format: one line naming the file
         raise CheckpointError(f"{path}: not a readable torch state dict ({type(err).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -91,11 +147,25 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:  # torch's legacy (non-zip) format cannot be memory-mapped
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def tower_state(path: Path, module_keys: set[str]) -> dict[str, torch.Tensor]:
     """A state dict for a tower module with `module_keys`, from a tower file in any known form."""
     state = read_state(path)
-    if is_original_mlcd(state):
-        state = original_mlcd_to_hf(state)
+    try:
+        if is_original_mlcd(state):
+            state = original_mlcd_to_hf(state)
+        elif is_original_unicom(state):
+            state = original_unicom_to_fovea(state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     out = {}
     for key, tensor in state.items():
         if key.startswith(_TWO_TOWER_EXTRAS):
