@@ -1,0 +1,494 @@
+"""Teacher features for cluster discrimination: pooled, L2-normalised embeddings of many images.
+
+UNICOM and MLCD cluster a pretrained CLIP's embeddings of LAION-scale data into pseudo-classes
+(reference/unicom-mlcd.md §5, §6.1); this writes those embeddings. The teacher is any fovea tower
+(preset, hub id or directory), pooled the way the model itself pools (``pooler_output``: CLIP and
+MLCD the post-LN CLS token, SigLIP its attention-pool head), or a two-tower CLIP directory, whose
+embedding is the projected ``get_image_features``. UNICOM clusters *joint* image and text features
+but does not say how it fuses them; fovea's choice (``joint``) is the unit mean direction
+``normalise(normalise(image) + normalise(text))``, which weighs both equally whatever their norms.
+
+Output, a folder FEATS::
+
+    run.json                   the settings, written first: a resume with other settings is refused
+    parts/part-000000.npy      (n, D) float16, one row per image of input chunk 0
+    parts/part-000000.json     {"chunk", "source", "refs": [...], "skipped": [[id, reason], ...]}
+    features.json              the index (dim, count, parts in order, skipped), once all parts exist
+
+Every file is written atomically and a part's JSON after its array, so a part either exists whole
+or not at all. Under torchrun (RANK / WORLD_SIZE) process r does chunks c = r (mod world); a rerun
+of the same command skips finished parts, so a killed run resumes with no id twice and none lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ..atomic import write_atomic, write_text_atomic
+from ..errors import ConfigError
+from ..imaging.processor import ImageConfig, ImageProcessor
+from ..towers.presets import build_tower, resolve_tower
+from .data import Chunk, ImageRef, decoded_batches, plan
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "fovea-features"
+VIEWS = ("square", "pad")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_FOREIGN = "exists and was not written by fovea pretrain features; choose another --out"
+
+
+@dataclass
+class Features:
+    array: np.ndarray
+    """(N, D) float32."""
+    ids: list[str]
+    refs: list[ImageRef] | None
+    """Where each row's image is (None for a plain .npy)."""
+
+
+@dataclass
+class Summary:
+    path: Path
+    images: int
+    skipped: int
+    dim: int
+    parts: int
+    computed: int
+    """Parts this process computed; the others were found finished (resume) or are other processes'."""
+    seconds: float
+
+
+# -- the teacher ---------------------------------------------------------------------------------
+
+
+class Teacher:
+    """Images (and captions, for joint features) -> (B, D) float32 unit embeddings."""
+
+    def __init__(self, model, processor: ImageProcessor, *, clip: bool, tokenizer=None):
+        self.model, self.processor = model, processor
+        self.clip, self.tokenizer = clip, tokenizer
+        self.joint = tokenizer is not None
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        # the width of what the model pools (a projection, UNICOM's embedding head) is not always in
+        # its config under one name: one blank image tells
+        blank = torch.zeros(1, 3, processor.config.size, processor.config.size)
+        self.dim = self.embed(blank, [""] if self.joint else None).shape[1]
+
+    @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor, captions: list[str] | None = None) -> torch.Tensor:
+        pixels = pixels.to(self.device, self.dtype)
+        if not self.clip:
+            pooled = self.model(pixel_values=pixels).pooler_output
+            if pooled is None:
+                raise ConfigError("this tower gives no pooled output (its pooler_output is None)")
+            return F.normalize(pooled.float(), dim=-1)
+        image = F.normalize(_pooled(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1)
+        if not self.joint:
+            return image
+        limit = self.model.config.text_config.max_position_embeddings
+        tokens = self.tokenizer(
+            captions, padding=True, truncation=True, max_length=limit, return_tensors="pt"
+        )
+        text = self.model.get_text_features(
+            input_ids=tokens["input_ids"].to(self.device),
+            attention_mask=tokens["attention_mask"].to(self.device),
+        )
+        return F.normalize(image + F.normalize(_pooled(text).float(), dim=-1), dim=-1)
+
+
+def _pooled(out) -> torch.Tensor:
+    """transformers 5 returns the projected embedding as the output's pooler_output."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def is_two_tower_clip(spec: str) -> bool:
+    config = Path(spec) / "config.json"
+    return config.is_file() and _read_json(config).get("model_type") == "clip"
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Which teacher, and how it sees images: everything that changes the features."""
+
+    tower: str
+    """A tower preset, hub id or tower directory (pooled output), or a two-tower CLIP directory."""
+    pretrained: bool = True
+    weights: str | None = None
+    joint: bool = False
+    view: str = "square"
+    """``square``: the tower's own preprocessing (CLIP crops, SigLIP squashes); ``pad``: LLaVA's."""
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS or self.dtype not in DTYPES:
+            raise ConfigError(f"view must be one of {VIEWS} and dtype one of {tuple(DTYPES)}")
+        if is_two_tower_clip(self.tower):
+            if self.weights is not None or not self.pretrained:
+                raise ConfigError(f"{self.tower}: a two-tower CLIP directory carries its own weights")
+        elif self.joint:
+            raise ConfigError(
+                f"joint features need a two-tower CLIP directory (config model_type 'clip', with its "
+                f"tokenizer); {self.tower} is a vision tower"
+            )
+
+    def settings(self) -> dict:
+        """What run.json records of the teacher (an unknown tower is refused here, before any work)."""
+        clip, preset = is_two_tower_clip(self.tower), resolve_tower(self.tower)
+        weights = (
+            os.path.abspath(self.weights) if self.weights else "published" if self.pretrained else "random"
+        )
+        if self.joint:
+            embedding = "normalise(normalise(image_embeds) + normalise(text_embeds))"
+        else:
+            embedding = "image_embeds" if clip else "pooler_output"
+        return {
+            "tower": os.path.abspath(self.tower) if Path(self.tower).is_dir() else self.tower,
+            "weights": weights,
+            "embedding": embedding,
+            "joint": self.joint,
+            "image": {**preset.image, "mode": self.view},
+            "dtype": self.dtype,
+        }
+
+
+def build_teacher(spec: TeacherSpec, device: str | torch.device = "cpu") -> Teacher:
+    """The teacher model on `device`, with the image processor of its preprocessing."""
+    clip = is_two_tower_clip(spec.tower)
+    if clip:
+        model, tokenizer = _load_clip(Path(spec.tower), spec.joint)
+        image = resolve_tower(spec.tower).image
+    else:
+        with torch.random.fork_rng(devices=[]):  # random weights, the same in every process
+            torch.manual_seed(0)
+            built, image = build_tower(spec.tower, pretrained=spec.pretrained, weights=spec.weights)
+        model, tokenizer = built.model, None
+    model.to(device=device, dtype=DTYPES[spec.dtype]).eval()
+    processor = ImageProcessor(ImageConfig(**image, mode=spec.view))
+    return Teacher(model, processor, clip=clip, tokenizer=tokenizer)
+
+
+def _load_clip(path: Path, joint: bool):
+    from transformers import AutoTokenizer, CLIPModel
+
+    try:
+        model = CLIPModel.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path) if joint else None
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{path}: cannot load the CLIP model and its tokenizer ({str(err).splitlines()[0]})"
+        ) from None
+    return model, tokenizer
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def compute_features(
+    teacher: TeacherSpec | str,
+    inputs: list[str | Path],
+    out: str | Path,
+    *,
+    batch_size: int = 64,
+    chunk_size: int = 4096,
+    device: str | None = None,
+    progress: bool = False,
+    poll_seconds: float = 2.0,
+) -> Summary | None:
+    """Write FEATS `out` for `inputs` (see the module docstring); the summary on process 0, else None."""
+    start = time.perf_counter()
+    spec = TeacherSpec(teacher) if isinstance(teacher, str) else teacher
+    rank, world = process_rank()
+    settings, chunks = _plan_run(spec, inputs, chunk_size)
+    out = Path(out)
+    fresh = check_output(out, settings)
+    todo = [c for c in range(rank, len(chunks), world) if not _part_done(out, c, chunks[c])]
+    model = build_teacher(spec, _device(device)) if todo else None  # a failed download writes nothing
+    if fresh:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "run.json", json.dumps(settings, indent=2))
+    (out / "parts").mkdir(exist_ok=True)
+    if todo:
+        known = None if any(chunks[c].shard for c in todo) else sum(len(chunks[c].loose) for c in todo)
+        show = progress and rank == 0
+        # warnings (skipped images) print above a live bar instead of through it
+        logs = logging_redirect_tqdm() if show else nullcontext()
+        with tqdm(total=known, desc="features", unit="img", disable=not show) as bar, logs:
+            for c in todo:
+                _write_part(out, c, chunks[c], model, batch_size, bar)
+    _wait_for_parts(out, len(chunks), rank, poll_seconds, progress)
+    if rank != 0:
+        return None
+    index = write_index(out, len(chunks), settings)
+    seconds = time.perf_counter() - start
+    return Summary(out, index["count"], index["skipped"], index["dim"], len(chunks), len(todo), seconds)
+
+
+def _plan_run(spec: TeacherSpec, inputs: list, chunk_size: int) -> tuple[dict, list[Chunk]]:
+    """run.json's settings (as they read back from it) and the chunks; refusals come here, before
+    anything is written or downloaded."""
+    settings = {"format": FORMAT, **spec.settings()}
+    chunks = plan(inputs, chunk_size)
+    if not chunks:
+        raise ConfigError(f"no images found in {' '.join(map(str, inputs))}")
+    settings |= {"inputs": [os.path.abspath(str(item)) for item in inputs], "chunk_size": chunk_size}
+    settings["chunks"] = len(chunks)
+    return json.loads(json.dumps(settings)), chunks
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size): torch.distributed's when a process group is up, else torchrun's env."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return rank, world
+
+
+def _device(device: str | None) -> str:
+    if device is not None:
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process under torchrun
+
+
+def check_output(out: Path, settings: dict) -> bool:
+    """Refuse an `out` this command may not write: a file, a folder fovea did not write, or one begun
+    with other settings. True when run.json is to be written (new, or begun but nothing computed)."""
+    run = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; --out is a folder")
+    if run.is_file():
+        computed = any((out / "parts").glob("part-*.json"))
+        _check_same(run, settings if computed else {"format": FORMAT})
+        return not computed
+    # another process may be writing run.json this moment: its temporary file is not foreign
+    if out.is_dir() and [p for p in out.iterdir() if not p.name.startswith(".run.json.")]:
+        raise ConfigError(f"{out}: {_FOREIGN}")
+    return True
+
+
+def _check_same(run: Path, settings: dict) -> None:
+    before = _read_json(run)
+    if before.get("format") != FORMAT:
+        raise ConfigError(f"{run.parent}: {_FOREIGN}")
+    before, settings = _flat(before), _flat(settings)
+    for key, value in settings.items():
+        if before.get(key) != value:
+            raise ConfigError(
+                f"{run.parent} was begun with {key}={_short(before.get(key))}, this run has "
+                f"{key}={_short(value)}: rerun with the same settings to resume, or choose another --out"
+            )
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """{"image": {"mode": ...}} -> {"image.mode": ...}: a refusal names the one setting that differs."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- parts ---------------------------------------------------------------------------------------
+
+
+def _part_files(out: Path, c: int | str) -> tuple[Path, Path]:
+    stem = out / "parts" / (c if isinstance(c, str) else f"part-{c:06d}")
+    return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+
+def _complete(out: Path, c: int) -> bool:
+    return all(p.is_file() for p in _part_files(out, c))
+
+
+def _part_done(out: Path, c: int, chunk: Chunk) -> bool:
+    if not _complete(out, c):
+        return False
+    meta = _part_files(out, c)[1]
+    source = _read_json(meta).get("source")
+    if source != chunk.source:
+        raise ConfigError(
+            f"{meta}: made from {source}, but chunk {c} is now {chunk.source}: the data changed since this "
+            "run began; choose another --out"
+        )
+    return True
+
+
+def _write_part(out: Path, c: int, chunk: Chunk, teacher: Teacher, batch_size: int, bar) -> None:
+    rows, kept, skipped = [], [], []
+    for batch in decoded_batches(chunk.refs(), teacher.processor, batch_size, teacher.joint):
+        good = [(ref, pixels) for ref, pixels, _ in batch if pixels is not None]
+        for ref, _, reason in batch:
+            if reason is not None:
+                logger.warning("skipped %s: %s", ref.id, reason)
+                skipped.append([ref.id, reason])
+        if good:
+            captions = [ref.caption for ref, _ in good] if teacher.joint else None
+            embedded = teacher.embed(torch.cat([pixels for _, pixels in good]), captions)
+            rows.append(embedded.to(torch.float16).cpu().numpy())
+            kept.extend(ref for ref, _ in good)
+        bar.update(len(batch))
+    array = np.concatenate(rows) if rows else np.zeros((0, teacher.dim), np.float16)
+    npy, meta = _part_files(out, c)
+    save_npy(npy, array)
+    part = {"chunk": c, "source": chunk.source, "refs": [r.as_dict() for r in kept], "skipped": skipped}
+    write_text_atomic(meta, json.dumps(part))  # last: its presence marks the part finished
+
+
+def _wait_for_parts(out: Path, count: int, rank: int, poll_seconds: float, progress: bool) -> None:
+    """A barrier when a process group is up; else process 0 polls for the parts (so any launcher
+    works, and no collective timeout fires while a slower process finishes its shards)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        return
+    missing = [c for c in range(count) if not _complete(out, c)] if rank == 0 else []
+    if not missing:
+        return
+    logger.info("waiting for %d part(s) from the other processes", len(missing))
+    with tqdm(total=len(missing), desc="other processes", unit="part", disable=not progress) as bar:
+        while missing:
+            time.sleep(poll_seconds)
+            still = [c for c in missing if not _complete(out, c)]
+            bar.update(len(missing) - len(still))
+            missing = still
+
+
+def write_index(out: Path, chunks: int, settings: dict) -> dict:
+    """features.json from the finished parts (each checked: as many rows as images)."""
+    parts, count, skipped, dim = [], 0, 0, None
+    for c in range(chunks):
+        npy, meta = _part_files(out, c)
+        info, shape = _read_json(meta), np.load(npy, mmap_mode="r").shape
+        if shape[0] != len(info["refs"]) or dim not in (None, shape[1]):
+            raise ConfigError(
+                f"{npy}: {shape} does not fit its {len(info['refs'])} images; delete it and rerun"
+            )
+        dim = shape[1]
+        parts.append({"name": npy.stem, "count": shape[0], "skipped": len(info["skipped"])})
+        count, skipped = count + shape[0], skipped + len(info["skipped"])
+    index = {"format": FORMAT, "version": 1, "dim": dim, "count": count, "dtype": "float16"}
+    index |= {"normalised": True, "skipped": skipped, "tower": settings["tower"]}
+    index |= {"embedding": settings["embedding"], "joint": settings["joint"], "parts": parts}
+    write_text_atomic(out / "features.json", json.dumps(index, indent=2))
+    return index
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def load_features(path: str | Path) -> Features:
+    """Features from a FEATS folder (every part, in order, with its image refs) or an (N, D) .npy."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"{path}: not a .npy array ({err})") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 2:
+        raise ConfigError(
+            f"{path}: expected an (N, D) array, got shape {getattr(array, 'shape', '(an .npz archive)')}"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return Features(array, [str(i) for i in range(len(array))], None)
+
+
+def _load_folder(path: Path) -> Features:
+    index_file = path / "features.json"
+    if not index_file.is_file():
+        raise ConfigError(_incomplete(path))
+    index = _read_json(index_file)
+    if index.get("format") != FORMAT:
+        raise ConfigError(f"{index_file}: not an index written by fovea pretrain features")
+    array, refs = np.empty((index["count"], index["dim"]), np.float32), []
+    for part in index["parts"]:
+        npy, meta = _part_files(path, part["name"])
+        if not (npy.is_file() and meta.is_file()):
+            raise ConfigError(f"{path}: {part['name']} is in features.json but its files are missing")
+        block, part_refs = np.load(npy, allow_pickle=False), _read_json(meta)["refs"]
+        if block.shape != (len(part_refs), index["dim"]) or len(refs) + len(block) > len(array):
+            raise ConfigError(f"{npy}: shape {block.shape} does not fit features.json")
+        array[len(refs) : len(refs) + len(block)] = block  # filled in place: no second copy of the set
+        refs.extend(ImageRef.from_dict(r) for r in part_refs)
+    if len(refs) != len(array):
+        raise ConfigError(f"{index_file}: says {len(array)} features, the parts hold {len(refs)}")
+    return Features(array, [r.id for r in refs], refs)
+
+
+def _incomplete(path: Path) -> str:
+    run = path / "run.json"
+    if not run.is_file():
+        return f"{path}: not a features folder (no features.json); give an --out of fovea pretrain features"
+    chunks = _read_json(run).get("chunks", 0)
+    missing = [f"part-{c:06d}" for c in range(chunks) if not _complete(path, c)]
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    what = (
+        f"{len(missing)} of {chunks} parts missing ({shown})" if missing else "its index is not written yet"
+    )
+    return f"{path}: incomplete, {what}; rerun the same fovea pretrain features command to finish it"
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.save would add ".npy" to a temporary name
+            np.save(f, array)
+
+    write_atomic(path, write)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+def write_features(out: str | Path, refs: list[ImageRef], array: np.ndarray, *, teacher: str) -> dict:
+    """A FEATS folder (one part) for features computed elsewhere, with the images they describe,
+    so `fovea pretrain train` can read the images (a bare .npy serves cluster and assign only)."""
+    out, array = Path(out), np.asarray(array, dtype=np.float32)
+    if out.exists():
+        raise ConfigError(f"{out}: exists; write the features to a new folder")
+    if array.ndim != 2 or len(array) != len(refs):
+        raise ConfigError(f"features of shape {array.shape} do not fit {len(refs)} images")
+    array = array / np.linalg.norm(array, axis=1, keepdims=True)
+    settings = {"format": FORMAT, "tower": teacher, "embedding": "precomputed", "joint": False, "chunks": 1}
+    (out / "parts").mkdir(parents=True)
+    write_text_atomic(out / "run.json", json.dumps(settings, indent=2))
+    npy, meta = _part_files(out, 0)
+    save_npy(npy, array.astype(np.float16))
+    part = {"chunk": 0, "source": "precomputed", "refs": [r.as_dict() for r in refs], "skipped": []}
+    write_text_atomic(meta, json.dumps(part))
+    return write_index(out, 1, settings)
