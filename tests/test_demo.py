@@ -43,3 +43,25 @@ def test_demo_command_prints_the_table_and_how_to_use_it(tmp_path, capfd):
         assert noise not in out + err
     assert "| question type | answers | chance | held-out accuracy |" in out
     assert "fovea.load(" in out and "checkpoint:" in out
+
+
+def test_pretrain_demo_runs_every_step_and_reports_each_seed(tmp_path, capsys):
+    """A very short `fovea demo pretrain`: scenes, oracle teacher, clusters, both label kinds, the
+    three trainings per seed, the probe table with floors and ceiling. (Its numbers at full size
+    are in the README; here only that every piece runs and the table is what it says.)"""
+    import json
+
+    import numpy as np
+
+    from fovea.pretrain.demo import METHODS
+
+    args = ["--images", "150", "--centres", "8", "--labels", "2", "--steps", "3", "--seeds", "2", "--quiet"]
+    assert main(["demo", "pretrain", "--out", str(tmp_path), *args]) == 0
+    out = capsys.readouterr().out
+    assert "| MLCD, multi-label |" in out and "oracle" in out
+    accuracy = json.loads((tmp_path / "results.json").read_text())["accuracy"]
+    assert set(METHODS) < set(accuracy) and all(len(v) == 2 for v in accuracy.values())
+    assert accuracy["oracle teacher (ceiling)"][0] > 95  # the teacher knows every object
+    assert all(0 <= s <= 100 for scores in accuracy.values() for s in scores)
+    assert len(list((tmp_path / "runs").glob("*/tower/config.json"))) == 2 * len(METHODS)
+    assert np.load(tmp_path / "labels-multi" / "labels.npy").shape == (150, 2)

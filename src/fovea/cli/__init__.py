@@ -25,6 +25,7 @@ _EXTRAS = {
     "openai": "eval",
     "tfrecord": "eval",
     "faiss": "pretrain",
+    "sklearn": "pretrain",
 }
 
 

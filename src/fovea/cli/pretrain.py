@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from . import positive_int, user_error
+from . import positive_int, pretrain_features, pretrain_probe
+from .pretrain_train import add_command as add_train
 
 
 def add_commands(sub) -> None:
@@ -16,7 +16,7 @@ def add_commands(sub) -> None:
     cluster = steps.add_parser(
         "cluster",
         help="spherical k-means of teacher features into K pseudo-classes (faiss)",
-        description="Cluster FEATS, an (N, D) .npy of teacher features, into K centres by spherical k-means "
+        description="Cluster FEATS (a folder of `fovea pretrain features`, or an (N, D) .npy) into K centres by spherical k-means "
         "(faiss, every feature used, seeded). Writes OUT/centres.npy ((K, D) float32, L2-normalised) and "
         "OUT/cluster.json (iterations, objective, mean cosine, empty and imbalanced clusters).",
     )
@@ -30,8 +30,20 @@ def add_commands(sub) -> None:
         default=1,
         help="runs from different starts, best kept (default: %(default)s)",
     )
+    cluster.add_argument(
+        "--levels",
+        choices=["1", "2", "auto"],
+        default="auto",
+        help="1: k-means over all K centres; 2: hierarchical, about sqrt(K) coarse cells each split into "
+        "centres in proportion to its size (far faster for large K); auto: 2 from 100,000 centres on "
+        "(default: %(default)s)",
+    )
     cluster.add_argument("--seed", type=int, default=0)
-    cluster.add_argument("--gpu", action="store_true", help="run faiss on the GPUs (faiss-gpu)")
+    cluster.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run faiss on every GPU it sees (a GPU build of faiss; CUDA_VISIBLE_DEVICES chooses them)",
+    )
     cluster.set_defaults(func=_run_cluster)
     assign = steps.add_parser(
         "assign",
@@ -44,76 +56,35 @@ def add_commands(sub) -> None:
     assign.add_argument("--labels", type=positive_int, default=8, metavar="L", help="(default: %(default)s)")
     assign.add_argument("--out", required=True, help="output folder")
     assign.set_defaults(func=_run_assign)
+    pretrain_features.add_command(steps)
+    add_train(steps)
+    pretrain_probe.add_command(steps)
 
 
 def _run_cluster(args) -> int:
-    from ..pretrain.cluster import spherical_kmeans
+    from ..pretrain.steps import cluster_features
 
-    features = _load(Path(args.features))
-    out = _output(Path(args.out), "cluster.json")
-    centres, report = spherical_kmeans(
-        features, args.centres, iterations=args.iterations, seed=args.seed, gpu=args.gpu
+    report = cluster_features(
+        args.features,
+        args.centres,
+        args.out,
+        iterations=args.iterations,
+        restarts=args.restarts,
+        seed=args.seed,
+        gpu=args.gpu,
+        levels=None if args.levels == "auto" else int(args.levels),
     )
-    _save(out / "centres.npy", centres)
-    _write(out / "cluster.json", json.dumps(report.as_dict(), indent=2))
+    levels = f" ({report.coarse_centres} coarse cells)" if report.levels == 2 else ""
     print(
-        f"{report.points} features -> {report.centres} centres in {report.iterations} iterations; "
+        f"{report.points} features -> {report.centres} centres{levels} in {report.iterations} iterations; "
         f"mean cosine {report.mean_cosine:.4f}; {report.empty} empty; sizes {report.smallest}..{report.largest}"
     )
     return 0
 
 
 def _run_assign(args) -> int:
-    import torch
+    from ..pretrain.steps import assign_labels
 
-    from ..pretrain.assign import top_centres
-
-    features = _load(Path(args.features))
-    centres = _load(Path(args.centres) / "centres.npy")
-    out = _output(Path(args.out), "assign.json")
-    ids, sims = top_centres(torch.from_numpy(features), torch.from_numpy(centres), args.labels)
-    _save(out / "labels.npy", ids.numpy())
-    _save(out / "similarities.npy", sims.numpy())
-    _write(out / "assign.json", json.dumps({"features": str(args.features), "labels": args.labels}))
-    print(f"{len(ids)} images, {args.labels} labels each -> {out / 'labels.npy'}")
+    images, _ = assign_labels(args.features, args.centres, args.labels, args.out)
+    print(f"{images} images, {args.labels} labels each -> {Path(args.out) / 'labels.npy'}")
     return 0
-
-
-def _load(path: Path):
-    import numpy as np
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise user_error(f"{path}: not a .npy array ({err})") from None
-    if array.ndim != 2:
-        raise user_error(f"{path}: expected an (N, D) array, got shape {array.shape}")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _output(out: Path, marker: str) -> Path:
-    """OUT may be new, or a folder this step wrote before (it holds `marker`)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).is_file())):
-        raise user_error(f"{out}: exists and was not written by this step; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _save(path: Path, array) -> None:
-    import numpy as np
-
-    from ..atomic import write_atomic
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:  # a file object: np.save would add ".npy" to a path
-            np.save(f, array)
-
-    write_atomic(path, write)
-
-
-def _write(path: Path, text: str) -> None:
-    from ..atomic import write_text_atomic
-
-    write_text_atomic(path, text)

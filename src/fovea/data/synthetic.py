@@ -56,7 +56,7 @@ def chance(kind: str) -> float:
     return 1.0 / len(ANSWERS[kind])
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
     x0, y0, x1, y1 = box
     if shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -78,7 +78,7 @@ def _one_shape(size: int, rng: random.Random, side: str | None = None) -> tuple[
     side = side or rng.choice(("left", "right"))
     x0 = rng.randint(0, size // 2 - extent // 2) if side == "left" else rng.randint(size // 2, size - extent)
     y0 = rng.randint(0, size - extent)
-    _draw_shape(ImageDraw.Draw(image), shape, (x0, y0, x0 + extent, y0 + extent), COLOURS[colour])
+    draw_shape(ImageDraw.Draw(image), shape, (x0, y0, x0 + extent, y0 + extent), COLOURS[colour])
     return image, colour, shape, side
 
 
@@ -95,7 +95,7 @@ def _make(kind: str, size: int, rng: random.Random) -> tuple[Image.Image, str, s
         colour = rng.choice(list(COLOURS))
         for i in rng.sample(range(4), n):
             x, y = (i % 2) * cell, (i // 2) * cell
-            _draw_shape(draw, "circle", (x + 3, y + 3, x + cell - 3, y + cell - 3), COLOURS[colour])
+            draw_shape(draw, "circle", (x + 3, y + 3, x + cell - 3, y + cell - 3), COLOURS[colour])
         return image, str(n), f"{n} {colour} circles"
     if kind == "word":
         word = rng.choice(WORDS)

@@ -20,9 +20,11 @@ def split_images(line: str) -> list[str]:
     return [part.strip() for part in line.split(",") if part.strip()]
 
 
-def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = input, out=sys.stdout) -> None:
-    """The interactive loop; `ask` reads a line (input() by default), `out` receives the text.
-    Turns reuse the KV cache of the conversation so far (see `ChatSession`)."""
+def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = input, out=None) -> None:
+    """The interactive loop; `ask` reads a line (input() by default), `out` receives the text
+    (default: sys.stdout as it is at the call, not at import). Turns reuse the KV cache of the
+    conversation so far (see `ChatSession`)."""
+    out = out or sys.stdout
     from ..errors import FoveaError
     from .session import ChatSession
 
@@ -82,7 +84,8 @@ def _print_stream(prefix: str, pieces: Iterable[str], out) -> str:
     return "".join(parts).strip()
 
 
-def one_shot(model, prompt: str, images: list[str], options: dict, out=sys.stdout) -> None:
+def one_shot(model, prompt: str, images: list[str], options: dict, out=None) -> None:
+    out = out or sys.stdout
     from .session import ChatSession
 
     session = ChatSession(model, images, options.pop("template", "default"))

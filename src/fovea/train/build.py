@@ -31,14 +31,14 @@ def build_model(spec: ModelSpec, lora: LoraSpec | None = None) -> VisionLanguage
     else:
         model = _fresh(spec, lora)
     if spec.gradient_checkpointing:
-        _checkpoint_activations(model.lm)
-        _checkpoint_activations(model.tower.model)
+        checkpoint_activations(model.lm)
+        checkpoint_activations(model.tower.model)
     if lora is not None:
         apply_lora(model, lora)
     return model.train()
 
 
-def _checkpoint_activations(module) -> None:
+def checkpoint_activations(module) -> None:
     """Recompute activations in backward (non-reentrant), under the name the installed transformers
     uses: ``activation_checkpointing_enable`` from 5.24, ``gradient_checkpointing_enable`` before."""
     if hasattr(module, "activation_checkpointing_enable"):

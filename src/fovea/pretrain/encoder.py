@@ -1,0 +1,87 @@
+"""The encoder that cluster discrimination trains: a fovea tower plus an embedding head.
+
+The embedding is the tower's pooled output (transformers' ``pooler_output``: CLIP's and MLCD's
+post-LayerNorm CLS, SigLIP's attention-pooling head) mapped by a bias-free linear head, as CLIP's
+``visual_projection`` maps it; UNICOM's ViT ends in its own flatten-FC-BN head, so nothing is
+added there (`TowerFamily.pooled_is_embedding`). The loss normalises the embedding.
+
+`export_tower` writes the trained tower as a transformers directory with its image-processor
+settings, which every fovea command takes as a tower (`fovea train` with ``model.tower: DIR``,
+`fovea extract --tower DIR`, `fovea pretrain probe --tower DIR`); the head is saved beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import ConfigError
+from ..imaging.processor import ImageConfig
+from ..towers.base import TOWER_FAMILIES, VisionTower
+
+HEAD_FILE = "embedding_head.safetensors"
+
+
+class Encoder(nn.Module):
+    """pixels (B, 3, S, S) -> embeddings (B, D), not normalised."""
+
+    def __init__(self, tower: VisionTower, embedding_dim: int | None = None):
+        super().__init__()
+        self.tower = tower
+        family = (
+            TOWER_FAMILIES.get(tower.config.model_type) if tower.config.model_type in TOWER_FAMILIES else None
+        )
+        if family is not None and family.pooled_is_embedding:
+            if embedding_dim is not None:
+                raise ConfigError(
+                    f"encoder.embedding_dim: a {tower.config.model_type} tower has its own embedding head; "
+                    "leave it null"
+                )
+            self.head: nn.Module = nn.Identity()
+            self.embedding_dim = int(tower.hf_config.embedding_size)
+        else:
+            self.embedding_dim = embedding_dim or tower.width
+            self.head = nn.Linear(tower.width, self.embedding_dim, bias=False)
+            nn.init.normal_(self.head.weight, std=tower.width**-0.5)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        first = next(self.tower.parameters())
+        out = self.tower.model(
+            pixel_values=pixels.to(device=first.device, dtype=first.dtype), return_dict=True
+        )
+        return self.head(out.pooler_output)
+
+
+def export_tower(encoder: Encoder, image: ImageConfig, out: Path) -> Path:
+    """Write the tower as a transformers directory fovea reads as a tower, plus the head."""
+    out.mkdir(parents=True, exist_ok=True)
+    encoder.tower.model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(processor_settings(image), indent=2))
+    if isinstance(encoder.head, nn.Linear):
+        save_file({"weight": encoder.head.weight.detach().float().cpu().contiguous()}, str(out / HEAD_FILE))
+    return out
+
+
+def processor_settings(image: ImageConfig) -> dict:
+    """transformers image-processor settings for `image` (what `read_processor_settings` reads back)."""
+    side = image.size
+    crop = image.resize == "shortest_edge_crop"
+    resample = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}[image.resample]
+    return {
+        "image_processor_type": "CLIPImageProcessor" if crop else "SiglipImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": side} if crop else {"height": side, "width": side},
+        "do_center_crop": crop,
+        "crop_size": {"height": side, "width": side},
+        "resample": resample,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(image.mean),
+        "image_std": list(image.std),
+        "do_convert_rgb": True,
+    }

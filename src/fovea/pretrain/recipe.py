@@ -1,0 +1,164 @@
+"""Recipes of `fovea pretrain train`: a vision encoder trained by cluster discrimination.
+
+    encoder:  the tower to train (any preset, hub id or directory; random or from released weights)
+              and its embedding head
+    data:     the images (a FEATS folder from `fovea pretrain features`: their references and
+              order) and their labels (a LABELS folder from `fovea pretrain assign`)
+    loss:     MLCD's multi-label loss or UNICOM's margin softmax, through PartialFC
+    optim:    AdamW, batch, length
+    run:      the same run section as `fovea train` (output, seed, precision, engine, checkpoints)
+
+Defaults are the published ones (reference unicom-mlcd.md §5, §7): AdamW lr 1e-3, weight decay
+0.2, 8 labels, negatives sampled at r = 0.1, scale 64, margin 0.3 on the positives, a global batch
+of 32K (set `micro_batch_size` to what one process holds) and 32 epochs. See
+configs/pretrain/*.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..config import apply_overrides, from_dict, load_yaml
+from ..errors import ConfigError
+from ..train.recipe import RunSpec
+
+
+@dataclass(kw_only=True)
+class EncoderSpec:
+    tower: str
+    """Tower preset, hub id or directory (see `fovea list`): what is trained."""
+    pretrained: bool = False
+    """Start from the tower's published weights (fine-tuning) instead of random ones."""
+    weights: str | None = None
+    """Start from a weights file in any published form (e.g. UNICOM's FP16-ViT-B-32.pt)."""
+    tower_config: dict = field(default_factory=dict)
+    """transformers config fields over the preset's, for a new architecture trained from scratch
+    (e.g. ``image_size: 224`` to train MLCD's ViT-L/14 at 224 as published)."""
+    embedding_dim: int | None = None
+    """Width of the embedding the loss sees. A linear head (no bias) maps the tower's pooled output
+    to it; None: the tower's width. UNICOM's ViT has its own head, so this must be None there."""
+    image: dict = field(default_factory=dict)
+    """ImageConfig fields over the tower's preprocessing (size, mean, std, resample, resize)."""
+    gradient_checkpointing: bool = False
+
+
+@dataclass(kw_only=True)
+class DataSpec:
+    features: str
+    """A FEATS folder from `fovea pretrain features`: which images, in which order."""
+    labels: str
+    """A LABELS folder from `fovea pretrain assign` on those features."""
+    labels_per_image: int | None = None
+    """Use the first L labels of each image (most similar first); None: every column (MLCD: 8)."""
+
+
+@dataclass(kw_only=True)
+class LossSpec:
+    type: Literal["mlcd", "margin"] = "mlcd"
+    """``mlcd``: MLCD's separated multi-label loss; ``margin``: UNICOM's margin softmax (1 label)."""
+    sample_rate: float = 0.1
+    """PartialFC: every positive class plus this fraction of the negatives, redrawn each step."""
+    feature_rate: float | None = None
+    """UNICOM's feature-dimension sampling: this fraction of the embedding's dimensions per step."""
+    scale: float = 64.0
+    margin: float = 0.3
+    """MLCD: the margin on the positives' cosines."""
+    m1: float = 1.0
+    m2: float = 0.0
+    m3: float = 0.4
+    """Margin softmax: target logit cos(m1·θ + m2) − m3 (m3 > 0 CosFace, m2 > 0 ArcFace)."""
+
+
+@dataclass(kw_only=True)
+class OptimSpec:
+    lr: float = 1e-3
+    centres_lr: float | None = None
+    """Learning rate of the class centres (None: `lr`)."""
+    weight_decay: float = 0.2
+    warmup_ratio: float = 0.03
+    batch_size: int = 32768
+    """Images per optimizer step, over all processes and accumulation steps."""
+    micro_batch_size: int | None = None
+    """Images per forward pass per process (default: batch_size / processes)."""
+    epochs: float = 32.0
+    max_steps: int | None = None
+    grad_clip: float | None = None
+
+
+@dataclass(kw_only=True)
+class PretrainRecipe:
+    encoder: EncoderSpec
+    data: DataSpec
+    loss: LossSpec = field(default_factory=LossSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    run: RunSpec = field(default_factory=lambda: RunSpec(out_dir="runs/pretrain"))
+
+
+def load_pretrain_recipe(path: str | Path, overrides: list[str] = ()) -> PretrainRecipe:
+    """A recipe from YAML with ``a.b=value`` overrides; relative data paths resolve against the file."""
+    data = apply_overrides(load_yaml(path), list(overrides))
+    recipe = from_dict(PretrainRecipe, data)
+    base = Path(path).parent
+    for key in ("features", "labels"):
+        value = Path(getattr(recipe.data, key))
+        if not value.is_absolute() and not value.exists() and (base / value).exists():
+            setattr(recipe.data, key, str(base / value))
+    check_pretrain_recipe(recipe)
+    return recipe
+
+
+def check_pretrain_recipe(recipe: PretrainRecipe) -> None:
+    """The checks that need no file: every number in range, named by its dotted path."""
+    loss, optim, run = recipe.loss, recipe.optim, recipe.run
+    _check(0 < loss.sample_rate <= 1, "loss.sample_rate", "must be in (0, 1]", loss.sample_rate)
+    rate = loss.feature_rate
+    _check(rate is None or 0 < rate <= 1, "loss.feature_rate", "must be in (0, 1] or null", rate)
+    for key in ("scale", "lr", "batch_size", "epochs"):
+        spec = loss if key == "scale" else optim
+        _check(
+            _positive(getattr(spec, key)), f"{spec_name(spec)}.{key}", "must be positive", getattr(spec, key)
+        )
+    for key in ("centres_lr", "micro_batch_size", "max_steps", "grad_clip"):
+        value = getattr(optim, key)
+        _check(value is None or _positive(value), f"optim.{key}", "must be positive or null", value)
+    _check(optim.weight_decay >= 0, "optim.weight_decay", "must be at least 0", optim.weight_decay)
+    _check(0 <= optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)", optim.warmup_ratio)
+    encoder = recipe.encoder
+    if encoder.tower_config and (encoder.pretrained or encoder.weights):
+        raise ConfigError(
+            "encoder.tower_config: changes the architecture, so it needs random weights "
+            "(pretrained: false and no weights)"
+        )
+    dim, per_image = encoder.embedding_dim, recipe.data.labels_per_image
+    _check(dim is None or dim >= 1, "encoder.embedding_dim", "must be positive or null", dim)
+    _check(
+        per_image is None or per_image >= 1, "data.labels_per_image", "must be positive or null", per_image
+    )
+    if loss.type == "margin":
+        _check(per_image in (None, 1), "data.labels_per_image", "must be 1 for loss.type margin", per_image)
+    # the class centres live outside accelerate (one shard per process), so outside its fp16 loss scaling
+    _check(run.precision != "fp16", "run.precision", "must be bf16 or no", "fp16")
+    _check(
+        run.distributed == "ddp",
+        "run.distributed",
+        "must be ddp (PartialFC shards the classes itself)",
+        run.distributed,
+    )
+    for key in ("log_every", "save_every", "keep_last"):
+        _check(getattr(run, key) >= 1, f"run.{key}", "must be at least 1", getattr(run, key))
+
+
+def spec_name(spec) -> str:
+    return "loss" if isinstance(spec, LossSpec) else "optim"
+
+
+def _positive(value) -> bool:
+    return value > 0 and math.isfinite(value)
+
+
+def _check(ok: bool, path: str, message: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {message}, got {value!r}")

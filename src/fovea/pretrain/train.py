@@ -1,0 +1,306 @@
+"""`fovea pretrain train`: a vision encoder trained by cluster discrimination (UNICOM / MLCD).
+
+Each image carries the L centres `fovea pretrain assign` gave it; the encoder's normalised
+embedding is scored against the class centres by PartialFC (centres sharded over processes,
+every positive and a fraction r of the negatives per step) under MLCD's loss or UNICOM's margin
+softmax. The run is fovea's training engine (train/engine.py): accelerate DDP, bf16, gradient
+checkpointing, atomic checkpoints, exact resume, progress, metrics and TensorBoard.
+
+What accelerate does not hold is saved here: each process's shard of the centres with its
+optimizer and scheduler (``partial_fc-RANK.pt`` in every checkpoint), so a resume needs the same
+number of processes and says so otherwise. Negatives are drawn from the step number, so a resumed
+run draws the same ones. An image that cannot be read is skipped, counted and named; its slot in
+the batch is padding that the loss leaves out (every process's batch keeps one shape, as the
+all-gather needs). The result is exported as a tower directory (encoder.py): ``OUT/tower``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import to_dict
+from ..errors import CheckpointError, ConfigError, ImageError
+from ..imaging.processor import ImageConfig, ImageProcessor
+from ..towers.base import TowerConfig, VisionTower
+from ..towers.presets import build_tower, resolve_tower
+from ..train.build import checkpoint_activations
+from ..train.data_order import micro_batches
+from ..train.engine import Position, StepLoop, StepResult, make_accelerator, resume
+from ..train.parts import warmup_cosine
+from .encoder import Encoder, export_tower
+from .recipe import PretrainRecipe, check_pretrain_recipe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledImages:
+    """Image references in FEATS order and their labels: (N, L) int64, -1 = none."""
+
+    refs: list
+    labels: np.ndarray
+    classes: int
+    processor: ImageProcessor
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int):
+        """(pixels (3, S, S), labels (L,)) or the reason the image was skipped."""
+        ref = self.refs[i]
+        try:
+            pixels = self.processor([ref.load()]).pixels[0]
+        except ImageError as err:
+            return f"image {ref.id}: {err}"
+        return pixels, torch.from_numpy(self.labels[i])
+
+
+def load_data(recipe: PretrainRecipe, image: ImageConfig) -> LabelledImages:
+    refs, labels, classes = read_data(recipe)
+    return LabelledImages(refs, labels, classes, ImageProcessor(image))
+
+
+def read_data(recipe: PretrainRecipe) -> tuple[list, np.ndarray, int]:
+    """The image references of FEATS, their labels (N, L) int64 and the number of classes; every
+    mismatch between the two folders is one error naming both."""
+    from .features import load_features
+
+    spec = recipe.data
+    feats = load_features(spec.features)
+    if feats.refs is None:
+        raise ConfigError(f"data.features: {spec.features} holds no image references (a bare .npy?)")
+    labels_file = Path(spec.labels) / "labels.npy"
+    if not labels_file.is_file():
+        raise ConfigError(f"data.labels: {labels_file} does not exist (run `fovea pretrain assign`)")
+    labels = np.load(labels_file, allow_pickle=False)
+    if labels.ndim != 2 or len(labels) != len(feats.refs):
+        raise ConfigError(
+            f"data.labels: {labels_file} has shape {labels.shape}, expected ({len(feats.refs)}, L) for the "
+            f"{len(feats.refs)} images of {spec.features}"
+        )
+    width = spec.labels_per_image or labels.shape[1]
+    if width > labels.shape[1]:
+        raise ConfigError(f"data.labels_per_image: {width}, but {labels_file} holds {labels.shape[1]}")
+    labels = np.ascontiguousarray(labels[:, :width], dtype=np.int64)
+    return feats.refs, labels, _classes(Path(spec.labels), labels)
+
+
+def _classes(folder: Path, labels: np.ndarray) -> int:
+    """The number of centres: assign.json records it; older folders fall back to the labels."""
+    info = folder / "assign.json"
+    recorded = json.loads(info.read_text()).get("centres") if info.is_file() else None
+    return int(recorded) if recorded else int(labels.max()) + 1
+
+
+def collate(items: list, micro: int, label_width: int, size: int) -> dict:
+    """A fixed-shape batch: skipped images become padding rows (valid False, labels -1)."""
+    pixels = torch.zeros(micro, 3, size, size)
+    labels = torch.full((micro, label_width), -1, dtype=torch.long)
+    valid = torch.zeros(micro, dtype=torch.bool)
+    skipped = []
+    for row, item in enumerate(items):
+        if isinstance(item, str):
+            skipped.append(item)
+            continue
+        pixels[row], labels[row], valid[row] = item[0], item[1], True
+    return {"pixels": pixels, "labels": labels, "valid": valid, "skipped": skipped}
+
+
+def build_encoder(recipe: PretrainRecipe) -> tuple[Encoder, ImageConfig]:
+    spec = recipe.encoder
+    tower, defaults = _tower(spec)
+    try:
+        image = ImageConfig(**{**defaults, **spec.image, "mode": "square"})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"encoder.image: {err}") from None
+    encoder = Encoder(tower, spec.embedding_dim)
+    if spec.gradient_checkpointing:
+        checkpoint_activations(encoder.tower.model)
+    return encoder.train(), image
+
+
+def _tower(spec) -> tuple[VisionTower, dict]:
+    if not spec.tower_config:
+        return build_tower(spec.tower, pretrained=spec.pretrained, weights=spec.weights)
+    preset = resolve_tower(spec.tower)
+    hf = {**preset.tower["hf_config"], **spec.tower_config}
+    try:
+        tower = VisionTower(TowerConfig(**{**preset.tower, "hf_config": hf}))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"encoder.tower_config: {err}") from None
+    return tower, {**preset.image, "size": int(hf.get("image_size", preset.image["size"]))}
+
+
+def train_encoder(recipe: PretrainRecipe) -> Path:
+    """Train (resuming where a previous run stopped); returns the exported tower directory."""
+    from accelerate.utils import set_seed
+
+    check_pretrain_recipe(recipe)
+    out = Path(recipe.run.out_dir)
+    tower_dir = out / "tower"
+    if (tower_dir / "config.json").is_file():
+        logger.info("already trained: %s", tower_dir)
+        return tower_dir
+    accelerator = make_accelerator(recipe.run)
+    set_seed(recipe.run.seed)
+    encoder, image = build_encoder(recipe)
+    data = load_data(recipe, image)
+    _check_batch(recipe, accelerator.num_processes)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2))
+    if accelerator.log_with:
+        accelerator.init_trackers("fovea-pretrain", config={"seed": recipe.run.seed})
+    loop = _EncoderLoop.build(accelerator, recipe, encoder, data)
+    position = resume(accelerator, out, loop.scheduler, loop.load_extra)
+    loop.run(position, out)
+    encoder = accelerator.unwrap_model(loop.model)
+    if accelerator.is_main_process:
+        _atomic_export(encoder, image, tower_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return tower_dir
+
+
+def _check_batch(recipe: PretrainRecipe, world: int) -> None:
+    optim = recipe.optim
+    micro = optim.micro_batch_size or max(1, optim.batch_size // world)
+    if optim.batch_size % (micro * world):
+        raise ConfigError(
+            f"optim.batch_size: {optim.batch_size} is not a multiple of micro_batch_size {micro} x "
+            f"{world} processes"
+        )
+
+
+def _atomic_export(encoder: Encoder, image: ImageConfig, tower_dir: Path) -> None:
+    tmp = tower_dir.with_name(tower_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_tower(encoder, image, tmp)
+    tmp.rename(tower_dir)
+
+
+class _EncoderLoop(StepLoop):
+    """One optimizer step = `accum` micro-batches per process through the encoder and PartialFC."""
+
+    name = "pretrain"
+
+    @classmethod
+    def build(cls, accelerator, recipe: PretrainRecipe, encoder: Encoder, data: LabelledImages):
+        from .partial_fc import PartialFC
+
+        optim, world = recipe.optim, accelerator.num_processes
+        micro = optim.micro_batch_size or max(1, optim.batch_size // world)
+        accum = optim.batch_size // (micro * world)
+        per_epoch = max(1, len(data) // (micro * world)) // accum or 1
+        total = optim.max_steps or max(1, math.ceil(optim.epochs * per_epoch))
+        loss = recipe.loss
+        pfc = PartialFC(
+            encoder.embedding_dim, data.classes, loss=loss.type, sample_rate=loss.sample_rate,
+            feature_rate=loss.feature_rate, scale=loss.scale, margin=loss.margin,
+            m1=loss.m1, m2=loss.m2, m3=loss.m3, seed=recipe.run.seed,
+        ).to(accelerator.device)  # fmt: skip
+        optimizer = _adamw(encoder.parameters(), optim.lr, optim.weight_decay)
+        centres = _adamw(pfc.parameters(), optim.centres_lr or optim.lr, optim.weight_decay)
+        factor = warmup_cosine(total, optim.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        centres_scheduler = torch.optim.lr_scheduler.LambdaLR(centres, factor)
+        accelerator.gradient_accumulation_steps = accum
+        # BatchNorm (UNICOM's head) normalises over the global batch, as one process would; torch's
+        # SyncBatchNorm runs on accelerators only, so CPU processes (gloo) keep per-process statistics
+        if world > 1 and accelerator.device.type != "cpu":
+            encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+        model, optimizer = accelerator.prepare(encoder, optimizer)
+        loop = cls(accelerator, recipe.run, scheduler, [optimizer, centres], total)
+        loop.recipe, loop.data, loop.model, loop.pfc = recipe, data, model, pfc
+        loop.optimizer, loop.centres, loop.centres_scheduler = optimizer, centres, centres_scheduler
+        loop.micro, loop.accum, loop.size = micro, accum, data.processor.config.size
+        return loop
+
+    def batches(self, position: Position):
+        order = micro_batches(
+            len(self.data), micro=self.micro, world=self.acc.num_processes, rank=self.acc.process_index,
+            seed=self.recipe.run.seed, start=(position.epoch, position.batch),
+        )  # fmt: skip
+        width = self.data.labels.shape[1]
+        for epoch, index, indices in order:
+            yield epoch, index, collate([self.data[i] for i in indices], self.micro, width, self.size)
+
+    def step(self, source, position: Position) -> StepResult:
+        group = [next(source) for _ in range(self.accum)]
+        for _, _, batch in group:
+            for reason in batch["skipped"]:
+                logger.warning("skipped: %s", reason)
+        device, losses = self.acc.device, []
+        for k, (_, _, batch) in enumerate(group):
+            with self.acc.accumulate(self.model):
+                with self.acc.autocast():
+                    embeddings = self.model(batch["pixels"].to(device))
+                loss = self.pfc(
+                    embeddings.float(), batch["labels"].to(device), position.step * self.accum + k,
+                    valid=batch["valid"].to(device),
+                )  # fmt: skip
+                self.acc.backward(loss)
+                losses.append(float(loss.detach()))
+                if self.acc.sync_gradients:
+                    self._optimizer_step()
+        local = torch.tensor(
+            [sum(int(b["valid"].sum()) for _, _, b in group), sum(len(b["skipped"]) for _, _, b in group)],
+            dtype=torch.float64, device=device,
+        )  # fmt: skip
+        samples, skipped = self.acc.reduce(local, reduction="sum").tolist()
+        position.skipped += int(skipped)
+        return StepResult(sum(losses) / len(losses), {"samples": samples}, group[-1][:2])
+
+    def _optimizer_step(self) -> None:
+        clip = self.recipe.optim.grad_clip
+        if clip:
+            self.acc.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.centres.step()
+        self.scheduler.step()
+        self.centres_scheduler.step()
+        self.optimizer.zero_grad()
+        self.centres.zero_grad()
+
+    def save_extra(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "world": self.acc.num_processes,
+            "centres": self.pfc.state_dict(),
+            "optimizer": self.centres.state_dict(),
+            "scheduler": self.centres_scheduler.state_dict(),
+        }
+        torch.save(state, folder / f"partial_fc-{self.acc.process_index:05d}.pt")
+
+    def load_extra(self, folder: Path) -> None:
+        path = folder / f"partial_fc-{self.acc.process_index:05d}.pt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"{folder}: no class centres for process {self.acc.process_index} ({path.name})"
+            )
+        state = torch.load(path, weights_only=True, map_location=self.acc.device)
+        if state["world"] != self.acc.num_processes:
+            raise CheckpointError(
+                f"{folder}: written by {state['world']} processes, resumed with {self.acc.num_processes}; "
+                f"resume with {state['world']} (the class centres are sharded over processes)"
+            )
+        self.pfc.load_state_dict(state["centres"])
+        self.centres.load_state_dict(state["optimizer"])
+        self.centres_scheduler.load_state_dict(state["scheduler"])
+
+
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and tables only, not on norms and biases."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8)
