@@ -231,3 +231,59 @@ def test_two_processes_train_like_one(prepared, tmp_path):
     moved = {k for k in a if not k.endswith("k_proj.bias")}
     assert max((a[k] - b[k]).abs().max().item() for k in moved) < 1e-5
     assert (tmp_path / "two" / "checkpoints" / "step-00000003" / "partial_fc-00001.pt").is_file()
+
+
+def _family_preset(family: str) -> str:
+    from fovea.towers.presets import TOWER_PRESETS
+
+    return next(
+        name
+        for name in TOWER_PRESETS.names()
+        if name.endswith("-tiny") and TOWER_PRESETS.get(name).tower["hf_config"]["model_type"] == family
+    )
+
+
+@pytest.mark.parametrize(
+    "family", sorted(__import__("fovea.towers.base", fromlist=["x"]).TOWER_FAMILIES.names())
+)
+@pytest.mark.parametrize("loss", ["mlcd", "margin"])
+def test_every_tower_family_trains_with_either_loss(prepared, tmp_path, family, loss):
+    """CLIP, SigLIP (attention-pool head), MLCD (2D RoPE) and UNICOM (its own BN head) towers each
+    train a few steps and come out as a tower directory that builds again."""
+    from fovea.towers.presets import build_tower
+
+    unicom = family == "unicom_vision_model"
+    encoder = {"tower": _family_preset(family), "tower_config": {}, "embedding_dim": None if unicom else 16}
+    labels = {"labels_per_image": 1} if loss == "margin" else {}
+    recipe = _recipe(prepared, tmp_path, encoder=encoder, loss={"type": loss}, data=labels)
+    recipe.optim.max_steps = 2
+    tower = train_encoder(recipe)
+    losses = _losses(tmp_path)
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    rebuilt, _ = build_tower(str(tower), pretrained=True)
+    assert rebuilt.config.model_type == family
+    assert (tower / "embedding_head.safetensors").is_file() != unicom  # UNICOM's head is in the tower
+
+
+def test_fine_tuning_starts_from_the_given_weights(prepared, tmp_path):
+    """encoder.weights (a released file) and encoder.pretrained with a tower directory both start
+    from those weights, not random ones."""
+    from safetensors.torch import save_file
+
+    from fovea.pretrain.train import build_encoder
+
+    first = train_encoder(_recipe(prepared, tmp_path / "first", optim={"max_steps": 2}))
+    trained = load_file(str(first / "model.safetensors"))
+    again = _recipe(
+        prepared, tmp_path / "again", encoder={"tower": str(first), "tower_config": {}, "pretrained": True}
+    )
+    encoder, _ = build_encoder(again)
+    assert all(torch.equal(v, trained[k]) for k, v in encoder.tower.model.state_dict().items())
+    save_file(trained, str(tmp_path / "released.safetensors"))
+    from_file = _recipe(
+        prepared,
+        tmp_path / "file",
+        encoder={"tower": str(first), "tower_config": {}, "weights": str(tmp_path / "released.safetensors")},
+    )
+    encoder, _ = build_encoder(from_file)
+    assert all(torch.equal(v, trained[k]) for k, v in encoder.tower.model.state_dict().items())

@@ -21,8 +21,8 @@ The protocols, for any tower (fovea's own or a released one), on features that a
   same objective (scikit-learn's: C * summed loss + |W|^2 / 2, bias free) is minimised by torch's
   LBFGS.
 
-Feature extraction here is a small function (``pooled_features``); src/fovea/pretrain/features.py
-has the teacher-feature extraction for clustering, and the two may share one later.
+Features come from the same embedding as `fovea pretrain features` (``features.Teacher``: the
+tower's pooler_output, L2-normalised) with its threaded decoding (``data.decoded_batches``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, ImageError
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -303,32 +303,27 @@ def pooled_features(
     desc: str = "features",
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """(M, D) float32 L2-normalised ``pooler_output`` of the images that load, their indices in
-    `paths`, and (image, reason) for each one skipped (logged, never silent)."""
+    `paths`, and (image, reason) for each one skipped (logged, never silent). The same embedding
+    and the same threaded decoding as `fovea pretrain features` (features.Teacher)."""
+    from .data import ImageRef, decoded_batches
+    from .features import Teacher
+
+    teacher = Teacher(tower.model, processor, clip=False)
+    refs = [ImageRef(id=str(path), path=str(path)) for path in paths]
+    index = {ref.id: i for i, ref in enumerate(refs)}
     feats, kept, skipped = [], [], []
     with tqdm(total=len(paths), disable=not progress, desc=desc, unit="img") as bar:
-        for start in range(0, len(paths), batch_size):
-            pixels, ids = [], []
-            for i in range(start, min(start + batch_size, len(paths))):
-                try:
-                    pixels.append(processor([paths[i]]).pixels)  # (1, 3, S, S)
-                    ids.append(i)
-                except ImageError as err:
-                    logger.warning("skipped %s", err)
-                    skipped.append((str(paths[i]), str(err)))
-            if pixels:
-                feats.append(_pooled(tower, torch.cat(pixels)))
-                kept += ids
-            bar.update(min(batch_size, len(paths) - start))
-    return (torch.cat(feats) if feats else torch.empty(0, tower.width)), kept, skipped
-
-
-def _pooled(tower, pixels: torch.Tensor) -> torch.Tensor:
-    first = next(tower.parameters())
-    out = tower.model(pixel_values=pixels.to(device=first.device, dtype=first.dtype), return_dict=True)
-    pooled = getattr(out, "pooler_output", None)
-    if pooled is None:
-        raise ConfigError(f"the {tower.config.model_type} tower has no pooler_output to probe")
-    return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()  # (B, D)
+        for batch in decoded_batches(refs, processor, batch_size):
+            good = [(ref, pixels) for ref, pixels, _ in batch if pixels is not None]
+            for ref, _, reason in batch:
+                if reason is not None:
+                    logger.warning("skipped %s: %s", ref.id, reason)
+                    skipped.append((ref.id, reason))
+            if good:
+                feats.append(teacher.embed(torch.cat([pixels for _, pixels in good])).cpu())
+                kept += [index[ref.id] for ref, _ in good]
+            bar.update(len(batch))
+    return (torch.cat(feats) if feats else torch.empty(0, teacher.dim)), kept, skipped
 
 
 # -- the whole probe ------------------------------------------------------------------------------
