@@ -287,3 +287,11 @@ def test_fine_tuning_starts_from_the_given_weights(prepared, tmp_path):
     )
     encoder, _ = build_encoder(from_file)
     assert all(torch.equal(v, trained[k]) for k, v in encoder.tower.model.state_dict().items())
+
+
+def test_training_reads_the_image_refs_without_the_teacher_vectors(prepared):
+    from fovea.pretrain.features import load_features
+
+    full, refs_only = load_features(prepared / "feats"), load_features(prepared / "feats", vectors=False)
+    assert refs_only.array is None and full.array.shape == (48, 32)
+    assert refs_only.refs == full.refs and refs_only.ids == full.ids

@@ -52,7 +52,7 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a training run holds one per image
 class ImageRef:
     """Where one image's bytes are: a whole file, or `size` bytes at `offset` inside a tar shard."""
 

@@ -52,8 +52,8 @@ _FOREIGN = "exists and was not written by fovea pretrain features; choose anothe
 
 @dataclass
 class Features:
-    array: np.ndarray
-    """(N, D) float32."""
+    array: np.ndarray | None
+    """(N, D) float32 (None when loaded with vectors=False)."""
     ids: list[str]
     refs: list[ImageRef] | None
     """Where each row's image is (None for a plain .npy)."""
@@ -403,11 +403,13 @@ def write_index(out: Path, chunks: int, settings: dict) -> dict:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def load_features(path: str | Path) -> Features:
-    """Features from a FEATS folder (every part, in order, with its image refs) or an (N, D) .npy."""
+def load_features(path: str | Path, *, vectors: bool = True) -> Features:
+    """Features from a FEATS folder (every part, in order, with its image refs) or an (N, D) .npy.
+    ``vectors=False`` reads only the image refs (training needs no teacher vectors; at LAION scale
+    they are terabytes): ``array`` is then None, the parts' shapes are still checked."""
     path = Path(path)
     if path.is_dir():
-        return _load_folder(path)
+        return _load_folder(path, vectors)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder")
     try:
@@ -422,25 +424,27 @@ def load_features(path: str | Path) -> Features:
     return Features(array, [str(i) for i in range(len(array))], None)
 
 
-def _load_folder(path: Path) -> Features:
+def _load_folder(path: Path, vectors: bool = True) -> Features:
     index_file = path / "features.json"
     if not index_file.is_file():
         raise ConfigError(_incomplete(path))
     index = _read_json(index_file)
     if index.get("format") != FORMAT:
         raise ConfigError(f"{index_file}: not an index written by fovea pretrain features")
-    array, refs = np.empty((index["count"], index["dim"]), np.float32), []
+    array = np.empty((index["count"], index["dim"]), np.float32) if vectors else None
+    refs, count = [], index["count"]
     for part in index["parts"]:
         npy, meta = _part_files(path, part["name"])
         if not (npy.is_file() and meta.is_file()):
             raise ConfigError(f"{path}: {part['name']} is in features.json but its files are missing")
-        block, part_refs = np.load(npy, allow_pickle=False), _read_json(meta)["refs"]
-        if block.shape != (len(part_refs), index["dim"]) or len(refs) + len(block) > len(array):
+        block, part_refs = np.load(npy, mmap_mode="r"), _read_json(meta)["refs"]
+        if block.shape != (len(part_refs), index["dim"]) or len(refs) + len(block) > count:
             raise ConfigError(f"{npy}: shape {block.shape} does not fit features.json")
-        array[len(refs) : len(refs) + len(block)] = block  # filled in place: no second copy of the set
+        if array is not None:  # filled in place: no second copy of the set
+            array[len(refs) : len(refs) + len(block)] = block
         refs.extend(ImageRef.from_dict(r) for r in part_refs)
-    if len(refs) != len(array):
-        raise ConfigError(f"{index_file}: says {len(array)} features, the parts hold {len(refs)}")
+    if len(refs) != count:
+        raise ConfigError(f"{index_file}: says {count} features, the parts hold {len(refs)}")
     return Features(array, [r.id for r in refs], refs)
 
 

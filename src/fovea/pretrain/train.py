@@ -74,7 +74,7 @@ def read_data(recipe: PretrainRecipe) -> tuple[list, np.ndarray, int]:
     from .features import load_features
 
     spec = recipe.data
-    feats = load_features(spec.features)
+    feats = load_features(spec.features, vectors=False)
     if feats.refs is None:
         raise ConfigError(f"data.features: {spec.features} holds no image references (a bare .npy?)")
     labels_file = Path(spec.labels) / "labels.npy"
