@@ -217,8 +217,19 @@ def test_wrong_image_size_and_train_batch_of_one_are_clear():
     with pytest.raises(ValueError, match="takes 24x24 pixels, got 32x32"):
         tower(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="at least 2 images, got 1; call .eval()"):
-        tower(torch.randn(1, 3, 24, 24))
+        tower.model(pixel_values=torch.randn(1, 3, 24, 24))  # the embedding head, in train mode
     assert tower.eval()(torch.randn(1, 3, 24, 24)).hidden_states[-1].shape == (1, 9, 32)
+
+
+def test_as_a_vlm_tower_the_embedding_head_does_not_run():
+    """A LLaVA-style model reads hidden states: in train mode one view works, and the head's
+    BatchNorm statistics do not move (it would otherwise drift in a frozen tower)."""
+    tower = _tower().train()
+    before = {k: v.clone() for k, v in tower.model.head.state_dict().items()}
+    out = tower(torch.randn(1, 3, 24, 24))
+    assert len(out.hidden_states) == tower.num_layers + 1
+    after = tower.model.head.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def _drop(state, key):

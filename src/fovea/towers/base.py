@@ -42,6 +42,9 @@ class TowerFamily:
     pooled_is_embedding: bool = False
     """Is the model's ``pooler_output`` already a trained embedding with its own head (UNICOM's
     flatten-FC-BN head)? Pretraining then adds no head of its own."""
+    hidden_states_kwargs: dict = field(default_factory=dict)
+    """Extra forward arguments when only the hidden states are wanted (UNICOM: ``pool=False``
+    skips its BatchNorm embedding head)."""
 
 
 TOWER_FAMILIES: Registry[TowerFamily] = Registry("tower type")
@@ -139,8 +142,12 @@ class VisionTower(nn.Module):
         blocks: a connector that reads layer -2 need not run the last block (LLaVA's default)."""
         first = next(self.parameters())
         pixels = pixels.to(device=first.device, dtype=first.dtype)
+        family = (
+            TOWER_FAMILIES.get(self.config.model_type) if self.config.model_type in TOWER_FAMILIES else None
+        )
+        extra = family.hidden_states_kwargs if family is not None else {}
         with _shortened(self.model, depth):
-            out = self.model(pixel_values=pixels, output_hidden_states=True, return_dict=True)
+            out = self.model(pixel_values=pixels, output_hidden_states=True, return_dict=True, **extra)
         return TowerOutput(
             hidden_states=tuple(out.hidden_states),
             num_prefix_tokens=1 if self.config.cls_token else 0,

@@ -238,8 +238,15 @@ class UnicomVisionModel(PreTrainedModel):
         self.post_init()
 
     def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, return_dict: bool = True
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+        pool: bool = True,
     ) -> BaseModelOutputWithPooling | tuple:
+        """`pool=False` skips the embedding head (pooler_output None): what a LLaVA-style model
+        reads is the hidden states, and the head's BatchNorm must then neither refuse a single
+        view in train mode nor move its running statistics."""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         states = self.encoder(self.embeddings(pixel_values))
@@ -247,7 +254,7 @@ class UnicomVisionModel(PreTrainedModel):
         complete = len(self.encoder.layers) == self.config.num_hidden_layers
         out = BaseModelOutputWithPooling(
             last_hidden_state=last,
-            pooler_output=self.head(last) if complete else None,
+            pooler_output=self.head(last) if complete and pool else None,
             hidden_states=states if output_hidden_states else None,
         )
         return out if return_dict else out.to_tuple()
@@ -279,6 +286,6 @@ AutoConfig.register(UnicomVisionConfig.model_type, UnicomVisionConfig)
 AutoModel.register(UnicomVisionConfig, UnicomVisionModel)
 TOWER_FAMILIES.add(
     UnicomVisionConfig.model_type,
-    TowerFamily(has_cls=False, pooled_is_embedding=True),
+    TowerFamily(has_cls=False, pooled_is_embedding=True, hidden_states_kwargs={"pool": False}),
     "UNICOM's own ViT (no CLS, ReLU6, flatten-FC-BN embedding head); fovea's module",
 )
