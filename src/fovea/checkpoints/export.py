@@ -338,8 +338,8 @@ def refuse_inexpressible(config) -> None:
     """ConfigError naming the first part transformers' LlavaNext cannot express."""
     problems = [
         (
-            config.connector.fuser != "concat",
-            f"fuser {config.connector.fuser!r} (LlavaNext only concatenates layers)",
+            config.connector.fuser_type != "concat",
+            f"fuser {config.connector.fuser_type!r} (LlavaNext only concatenates layers)",
         ),
         (
             config.connector.projector != "mlp2x_gelu",

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..towers.base import TowerOutput
-from .fusers import FUSERS, FuserInput
+from .fusers import FuserInput, build_fuser, fuser_fields
 from .projectors import build_projector
 
 
@@ -24,7 +24,9 @@ class ConnectorConfig:
     """Tower hidden-state indices (transformers order: 0 = embeddings); several are fused."""
     keep_cls: bool = False
     """Keep the CLS token (LLaVA ``cls_patch``); only for towers that have one."""
-    fuser: str = "concat"
+    fuser: str | dict = "concat"
+    """The fuser: a registered type name, or ``{type: NAME, ...its own settings}`` (see
+    connectors/fusers.py); stored normalised as the mapping, every key checked."""
     projector: str = "mlp2x_gelu"
     projector_bias: bool = True
     projector_act: str = "gelu"
@@ -32,6 +34,11 @@ class ConnectorConfig:
     def __post_init__(self) -> None:
         if not self.layers:
             raise ValueError("layers must name at least one tower layer")
+        self.fuser = fuser_fields(self.fuser)
+
+    @property
+    def fuser_type(self) -> str:
+        return self.fuser["type"]
 
 
 class Connector(nn.Module):
@@ -57,7 +64,7 @@ class Connector(nn.Module):
                 )
         # hidden states are indexed as transformers returns them for the *full* tower: 0..L
         self.layer_index = [i if i >= 0 else tower_layers + 1 + i for i in config.layers]
-        self.fuser = FUSERS.get(config.fuser)(tower_width, len(config.layers))
+        self.fuser = build_fuser(config.fuser, tower_width, len(config.layers))
         self.projector = build_projector(
             config.projector,
             self.fuser.out_width(),

@@ -5,6 +5,11 @@ the patch grid and, for question-aware fusers such as vMLLM's, the text context.
 (V, N', D') map and says, before running, its output width and grid — so token counts are known
 when the prompt is tokenized. The default ``concat`` is LLaVA's multi-layer selection (layers
 concatenated on channels); MMFuser, vMLLM and ConvLLaVA's stage fusion register here later.
+
+Each fuser owns its config (as torchtitan's components do): a dataclass subclassing `FuserConfig`,
+named by the fuser's ``config_class``, selected by its declared ``type``. A recipe writes
+``connector: {fuser: {type: mmfuser, heads: 16}}`` (or just ``fuser: concat``); its keys are checked
+as strictly as every other config section.
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import from_dict, to_dict
+from ..errors import ConfigError
 from ..registry import Registry
+
+
+@dataclass(kw_only=True)
+class FuserConfig:
+    """The base of every fuser's config: its registered type."""
+
+    type: str = "concat"
 
 
 @dataclass
@@ -28,7 +42,10 @@ class FuserInput:
 
 
 class Fuser(nn.Module):
-    """Contract: selected layers -> one (V, N', out_width) map with a known output grid."""
+    """Contract: selected layers -> one (V, N', out_width) map with a known output grid. Built as
+    ``cls(config, width, num_layers)``; ``config_class`` is the dataclass of its settings."""
+
+    config_class: type[FuserConfig] = FuserConfig
 
     def out_width(self) -> int:
         raise NotImplementedError
@@ -43,11 +60,33 @@ class Fuser(nn.Module):
 FUSERS: Registry[type[Fuser]] = Registry("fuser")
 
 
+def fuser_config(value: str | dict | FuserConfig) -> FuserConfig:
+    """A fuser's config from its type name or a mapping with ``type`` (strict keys)."""
+    if isinstance(value, FuserConfig):
+        return value
+    fields = {"type": value} if isinstance(value, str) else dict(value) if isinstance(value, dict) else None
+    if fields is None:
+        raise ConfigError(f"fuser: expected a type name or a mapping with 'type', got {value!r}")
+    name = fields.setdefault("type", "concat")
+    cls = FUSERS.get(name).config_class  # an unknown type raises with did-you-mean
+    return from_dict(cls, fields, "fuser")
+
+
+def fuser_fields(value: str | dict | FuserConfig) -> dict:
+    """The normalised, checked mapping a ConnectorConfig stores (and config.json holds)."""
+    return to_dict(fuser_config(value))
+
+
+def build_fuser(value: str | dict | FuserConfig, width: int, num_layers: int) -> Fuser:
+    config = fuser_config(value)
+    return FUSERS.get(config.type)(config, width, num_layers)
+
+
 @FUSERS.register("concat", "selected layers concatenated on channels (LLaVA multi-layer selection)")
 class ConcatFuser(Fuser):
-    def __init__(self, width: int, num_layers: int):
+    def __init__(self, config: FuserConfig, width: int, num_layers: int):
         super().__init__()
-        self.width, self.num_layers = width, num_layers
+        self.config, self.width, self.num_layers = config, width, num_layers
 
     def out_width(self) -> int:
         return self.width * self.num_layers

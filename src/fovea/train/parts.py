@@ -1,8 +1,9 @@
 """Which parameters train, at which learning rate: stages name *parts*, never parameter names.
 
 Parts: ``tower``, ``tower.embeddings``, ``tower.layers.A-B`` (blocks A..B inclusive, or one
-``tower.layers.N``), ``connector``, ``lm``, ``lm.embeddings`` (input and output embeddings),
-``newline``. A parameter takes the learning rate of the most specific part that contains it;
+``tower.layers.N``), ``connector`` (or its ``connector.fuser`` and ``connector.projector`` apart,
+e.g. MMFuser's fuser at 1e-4 beside the MLP at 1e-3), ``lm``, ``lm.embeddings`` (input and output
+embeddings), ``newline``. A parameter takes the learning rate of the most specific part that contains it;
 parameters of no listed part are frozen. `describe` gives the table the run logs.
 
 Optimizer groups follow common practice: no weight decay on biases and normalisation weights
@@ -20,7 +21,17 @@ from torch import nn
 
 from ..errors import ConfigError
 
-PARTS = ("tower", "tower.embeddings", "tower.layers.A-B", "connector", "lm", "lm.embeddings", "newline")
+PARTS = (
+    "tower",
+    "tower.embeddings",
+    "tower.layers.A-B",
+    "connector",
+    "connector.fuser",
+    "connector.projector",
+    "lm",
+    "lm.embeddings",
+    "newline",
+)
 """What a stage may train (``tower.layers.A-B``: blocks A..B, or ``tower.layers.N``)."""
 _LAYER_RANGE = re.compile(r"^tower\.layers\.(\d+)(?:-(\d+))?$")
 _LAYER_OF = re.compile(r"\.layers\.(\d+)\.")
@@ -47,6 +58,8 @@ def part_of(name: str, part: str, embeddings: set[str]) -> bool:
         return name.startswith("tower.") and layer is not None and first <= int(layer.group(1)) <= last
     if part == "connector":
         return name.startswith("connector.")
+    if part in ("connector.fuser", "connector.projector"):
+        return name.startswith(f"{part}.")
     if part == "lm":
         return name.startswith("lm.")
     if part == "lm.embeddings":

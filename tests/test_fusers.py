@@ -1,0 +1,103 @@
+"""Every registered fuser, through the whole model: token counts known before running, gradients to
+every trainable parameter, save -> load exact; and fusers' own configs, strictly checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fovea
+from fovea.config import from_dict, to_dict
+from fovea.connectors.connector import ConnectorConfig
+from fovea.connectors.fusers import FUSERS, FuserConfig, fuser_config
+from fovea.errors import ConfigError
+from fovea.tiny import tiny_vlm
+from fovea.train.parts import assign
+
+IMAGES = [(50, 90), (90, 40), (20, 20)]  # wide, tall, tiny (height, width)
+
+
+def _model(fuser: str):
+    model = tiny_vlm()
+    config = model.config
+    config.connector = from_dict(ConnectorConfig, {"layers": [-3, -2], "fuser": {"type": fuser}})
+    return fovea.VisionLanguageModel(config, model.tokenizer)
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")) for h, w in IMAGES]
+
+
+@pytest.mark.parametrize("name", list(FUSERS))
+def test_token_counts_are_known_before_running(name):
+    model = _model(name)
+    inputs = model.prepare("<image><image><image>\nWhat is it?", images=_images())
+    with torch.no_grad():
+        packed = model.encode_images(inputs["pixel_values"], inputs["image_layouts"])
+    for layout, tokens in zip(inputs["image_layouts"], packed):
+        assert tokens.shape[0] == model.num_image_tokens(layout)
+    placeholders = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert placeholders == sum(t.shape[0] for t in packed)
+
+
+@pytest.mark.parametrize("name", list(FUSERS))
+def test_a_gradient_reaches_every_trainable_connector_parameter(name):
+    model = _model(name).train()
+    rates = assign(model, {"connector": 1e-3})
+    inputs = model.prepare("<image>\nWhat is it?", images=_images()[:1])
+    model(**inputs).logits.float().pow(2).mean().backward()
+    for param_name, param in model.named_parameters():
+        if param_name in rates:
+            assert param.grad is not None and param.grad.abs().sum() > 0, param_name
+
+
+@pytest.mark.parametrize("name", list(FUSERS))
+def test_save_and_load_are_exact(name, tmp_path):
+    model = _model(name).eval()
+    inputs = model.prepare("<image>\nWhat is it?", images=_images()[:1])
+    with torch.no_grad():
+        before = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    loaded = fovea.load(tmp_path).eval()
+    assert loaded.config.connector.fuser == model.config.connector.fuser
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(**loaded.prepare("<image>\nWhat is it?", images=_images()[:1])).logits, before
+        )
+
+
+@pytest.mark.parametrize("name", list(FUSERS))
+def test_each_fuser_owns_a_config_of_its_type(name):
+    config = fuser_config(name)
+    assert isinstance(config, FUSERS.get(name).config_class) and isinstance(config, FuserConfig)
+    assert fuser_config(to_dict(config)) == config  # the stored mapping reads back the same
+
+
+def test_a_type_name_and_a_mapping_are_the_same_config():
+    a = from_dict(ConnectorConfig, {"fuser": "concat"})
+    b = from_dict(ConnectorConfig, {"fuser": {"type": "concat"}})
+    assert a == b and a.fuser == {"type": "concat"} and a.fuser_type == "concat"
+
+
+@pytest.mark.parametrize(
+    "fuser, message",
+    [
+        ("concatt", "unknown fuser 'concatt' \\(did you mean 'concat'\\?\\)"),
+        ({"type": "concat", "heads": 4}, "unknown config key 'fuser.heads'"),
+        (3, "fits none of"),
+    ],
+)
+def test_a_bad_fuser_is_one_line_naming_it(fuser, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ConnectorConfig, {"fuser": fuser}, "model.connector")
+
+
+def test_the_fuser_and_the_projector_train_at_their_own_rates():
+    model = _model("concat")
+    rates = assign(model, {"connector": 1e-3, "connector.projector": 2e-5})
+    projector = [n for n in rates if n.startswith("connector.projector.")]
+    assert projector and all(rates[n] == 2e-5 for n in projector)
+    assert not [n for n in rates if not n.startswith("connector.")]
