@@ -35,23 +35,17 @@ def test_identity_and_unknown():
 def _connector(tower_name: str, **kw) -> tuple:
     tower, image = build_tower(tower_name)
     cfg = ConnectorConfig(**kw)
-    conn = Connector(
-        cfg,
-        tower_width=tower.width,
-        tower_layers=tower.num_layers,
-        tower_has_cls=tower.config.cls_token,
-        lm_width=48,
-    )
+    conn = Connector(cfg, levels=tower.feature_levels(), lm_width=48)
     return tower, conn, image["size"]
 
 
 def test_multi_layer_concat_and_cls():
     tower, conn, size = _connector("clip-vit-l14-336-tiny", layers=[0, -2, -1])
-    out = conn(tower(torch.randn(2, 3, size, size)))
+    out = conn(tower(torch.randn(2, 3, size, size)), (size, size))
     assert conn.projector[0].in_features == 3 * tower.width
     assert out.shape == (2, 4, 48)  # CLS dropped
     tower, conn, size = _connector("clip-vit-l14-336-tiny", keep_cls=True)
-    assert conn(tower(torch.randn(1, 3, size, size))).shape == (1, 5, 48)
+    assert conn(tower(torch.randn(1, 3, size, size)), (size, size)).shape == (1, 5, 48)
 
 
 def test_misuse_is_reported():

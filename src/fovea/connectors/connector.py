@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..towers.base import TowerOutput
+from ..towers.base import FeatureLevel, TowerOutput
 from .fusers import FuserInput, build_fuser, fuser_fields
 from .projectors import build_projector
 
@@ -44,27 +44,20 @@ class ConnectorConfig:
 class Connector(nn.Module):
     """TowerOutput -> (V, N', D_lm) visual tokens per view."""
 
-    def __init__(
-        self,
-        config: ConnectorConfig,
-        *,
-        tower_width: int,
-        tower_layers: int,
-        tower_has_cls: bool,
-        lm_width: int,
-    ):
+    def __init__(self, config: ConnectorConfig, *, levels: list[FeatureLevel], lm_width: int):
+        """`levels`: the tower's feature levels (`VisionTower.feature_levels()`), one per hidden state."""
         super().__init__()
         self.config = config
-        if config.keep_cls and not tower_has_cls:
-            raise ConfigError("connector.keep_cls is set but the tower has no CLS token")
+        count = len(levels)
         for index in config.layers:
-            if not -(tower_layers + 1) <= index <= tower_layers:
-                raise ConfigError(
-                    f"connector.layers: {index} is outside the tower's {tower_layers + 1} hidden states"
-                )
+            if not -count <= index < count:
+                raise ConfigError(f"connector.layers: {index} is outside the tower's {count} hidden states")
         # hidden states are indexed as transformers returns them for the *full* tower: 0..L
-        self.layer_index = [i if i >= 0 else tower_layers + 1 + i for i in config.layers]
-        self.fuser = build_fuser(config.fuser, tower_width, len(config.layers))
+        self.layer_index = [i if i >= 0 else count + i for i in config.layers]
+        self.levels = [levels[i] for i in self.layer_index]
+        if config.keep_cls and not all(level.prefix_tokens for level in self.levels):
+            raise ConfigError("connector.keep_cls is set but the tower has no CLS token")
+        self.fuser = build_fuser(config.fuser, [level.width for level in self.levels])
         self.projector = build_projector(
             config.projector,
             self.fuser.out_width(),
@@ -73,9 +66,10 @@ class Connector(nn.Module):
             act=config.projector_act,
         )
 
-    def out_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
-        """(rows, cols) of visual tokens per view for a tower patch grid (CLS not counted)."""
-        return self.fuser.out_grid(grid)
+    def out_grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of visual tokens per view for a (height, width) pixel input (CLS not
+        counted), from the selected levels' grids: known before anything runs."""
+        return self.fuser.out_grid([level.grid(*size) for level in self.levels])
 
     def tower_depth(self) -> int:
         """Tower blocks that must run: the deepest selected hidden state (0 = embeddings only)."""
@@ -85,8 +79,12 @@ class Connector(nn.Module):
         """Tokens per view outside the grid (the kept CLS)."""
         return 1 if self.config.keep_cls else 0
 
-    def forward(self, tower_out: TowerOutput, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tower_out: TowerOutput, pixels: tuple[int, int], context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Visual tokens (V, N', D_lm) of the views of `pixels` (height, width) size."""
         skip = 0 if self.config.keep_cls else tower_out.num_prefix_tokens
         layers = [tower_out.hidden_states[i][:, skip:] for i in self.layer_index]  # each (V, N, D)
-        fused = self.fuser(FuserInput(layers=layers, grid=tower_out.grid, context=context))
+        grids = [level.grid(*pixels) for level in self.levels]
+        fused = self.fuser(FuserInput(layers=layers, grids=grids, context=context))
         return self.projector(fused)

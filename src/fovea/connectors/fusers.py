@@ -35,23 +35,24 @@ class FuserConfig:
 class FuserInput:
     layers: list[torch.Tensor]
     """Selected hidden states, each (V, N, D), in the order the config lists them."""
-    grid: tuple[int, int]
-    """(rows, cols) of the patch grid, N = rows * cols (plus CLS when the connector keeps it)."""
+    grids: list[tuple[int, int]]
+    """(rows, cols) of each selected level, N = rows * cols (plus CLS when the connector keeps it)."""
     context: torch.Tensor | None = None
     """Optional text context, e.g. question embeddings for vMLLM-style gating."""
 
 
 class Fuser(nn.Module):
     """Contract: selected layers -> one (V, N', out_width) map with a known output grid. Built as
-    ``cls(config, width, num_layers)``; ``config_class`` is the dataclass of its settings."""
+    ``cls(config, widths)`` (each selected level's width); ``config_class`` is its settings' dataclass."""
 
     config_class: type[FuserConfig] = FuserConfig
 
     def out_width(self) -> int:
         raise NotImplementedError
 
-    def out_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
-        return grid
+    def out_grid(self, grids: list[tuple[int, int]]) -> tuple[int, int]:
+        """(rows, cols) of the output for the selected levels' grids (default: the last one's)."""
+        return grids[-1]
 
     def forward(self, inputs: FuserInput) -> torch.Tensor:
         raise NotImplementedError
@@ -77,19 +78,24 @@ def fuser_fields(value: str | dict | FuserConfig) -> dict:
     return to_dict(fuser_config(value))
 
 
-def build_fuser(value: str | dict | FuserConfig, width: int, num_layers: int) -> Fuser:
+def build_fuser(value: str | dict | FuserConfig, widths: list[int]) -> Fuser:
     config = fuser_config(value)
-    return FUSERS.get(config.type)(config, width, num_layers)
+    return FUSERS.get(config.type)(config, widths)
 
 
 @FUSERS.register("concat", "selected layers concatenated on channels (LLaVA multi-layer selection)")
 class ConcatFuser(Fuser):
-    def __init__(self, config: FuserConfig, width: int, num_layers: int):
+    def __init__(self, config: FuserConfig, widths: list[int]):
         super().__init__()
-        self.config, self.width, self.num_layers = config, width, num_layers
+        self.config, self.widths = config, widths
 
     def out_width(self) -> int:
-        return self.width * self.num_layers
+        return sum(self.widths)
+
+    def out_grid(self, grids: list[tuple[int, int]]) -> tuple[int, int]:
+        if len(set(grids)) > 1:
+            raise ConfigError(f"fuser concat: the selected levels have different grids {sorted(set(grids))}")
+        return grids[0]
 
     def forward(self, inputs: FuserInput) -> torch.Tensor:
         if len(inputs.layers) == 1:

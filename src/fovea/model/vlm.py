@@ -54,13 +54,7 @@ class VisionLanguageModel(PromptMixin, nn.Module):
             )
         self.lm = lm
         lm_width = self.lm.config.hidden_size
-        self.connector = Connector(
-            config.connector,
-            tower_width=self.tower.width,
-            tower_layers=self.tower.num_layers,
-            tower_has_cls=config.tower.cls_token,
-            lm_width=lm_width,
-        )
+        self.connector = Connector(config.connector, levels=self.tower.feature_levels(), lm_width=lm_width)
         if config.newline:
             # LLaVA-NeXT's init: randn * D^-1/2 (overwritten when a checkpoint is loaded).
             self.image_newline = nn.Parameter(torch.randn(lm_width) / math.sqrt(lm_width))
@@ -72,7 +66,7 @@ class VisionLanguageModel(PromptMixin, nn.Module):
     def token_grid(self) -> tuple[int, int]:
         """(rows, cols) of visual tokens one view yields."""
         size = self.config.image.size
-        return self.connector.out_grid(self.tower.grid(size, size))
+        return self.connector.out_grid((size, size))
 
     def num_image_tokens(self, layout: ImageLayout) -> int:
         """Visual tokens an image with this layout becomes (known before running anything)."""
@@ -87,13 +81,14 @@ class VisionLanguageModel(PromptMixin, nn.Module):
     ) -> list[torch.Tensor]:
         """All views (V, 3, S, S) -> one (n_i, D) token sequence per image."""
         tower_out = self.tower(pixel_values.to(self.tower_device), depth=self.connector.tower_depth())
-        views = self.connector(tower_out, context)  # (V, N', D)
+        size = (pixel_values.shape[-2], pixel_values.shape[-1])
+        views = self.connector(tower_out, size, context)  # (V, N', D)
         expected = sum(layout.num_views for layout in layouts)
         if views.shape[0] != expected:
             raise ValueError(
                 f"pixel_values has {views.shape[0]} views but the image layouts describe {expected}"
             )
-        side = self.connector.out_grid(tower_out.grid)
+        side = self.connector.out_grid(size)
         packed, start = [], 0
         for layout in layouts:
             chunk = views[start : start + layout.num_views]

@@ -90,6 +90,22 @@ class TowerConfig:
             raise ConfigError(f"tower hf_config: {library_error_line(err)}") from None
 
 
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One hidden state a tower offers, described before anything runs (timm's ``feature_info``):
+    its channel width, its stride in pixels and the tokens before its grid. A ViT has one level per
+    hidden state, all alike; a hierarchical tower (ConvNeXt) has one per stage, each its own."""
+
+    width: int
+    stride: int
+    prefix_tokens: int = 0
+    """Tokens before the patch grid (a CLS token); 0 for a feature map."""
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of this level for an input of `height` x `width` pixels."""
+        return height // self.stride, width // self.stride
+
+
 @dataclass
 class TowerOutput:
     """Everything a connector may need from one tower call."""
@@ -136,6 +152,11 @@ class VisionTower(nn.Module):
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         return height // self.patch_size, width // self.patch_size
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """Every hidden state's level, in `TowerOutput.hidden_states` order (0 = embeddings)."""
+        prefix = 1 if self.config.cls_token else 0
+        return [FeatureLevel(self.width, self.patch_size, prefix)] * (self.num_layers + 1)
 
     def forward(self, pixels: torch.Tensor, depth: int | None = None) -> TowerOutput:
         """All hidden states, or (with `depth`) only those of the embeddings and the first `depth`
