@@ -80,11 +80,16 @@ class Connector(nn.Module):
         return 1 if self.config.keep_cls else 0
 
     def forward(
-        self, tower_out: TowerOutput, pixels: tuple[int, int], context: torch.Tensor | None = None
+        self,
+        tower_out: TowerOutput,
+        pixels: tuple[int, int],
+        context: torch.Tensor | None = None,
+        samples: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Visual tokens (V, N', D_lm) of the views of `pixels` (height, width) size."""
+        """Visual tokens (V, N', D_lm) of the views of `pixels` (height, width) size; `samples`
+        (V,) is the batch row each view belongs to."""
         skip = 0 if self.config.keep_cls else tower_out.num_prefix_tokens
         layers = [tower_out.hidden_states[i][:, skip:] for i in self.layer_index]  # each (V, N, D)
         grids = [level.grid(*pixels) for level in self.levels]
-        fused = self.fuser(FuserInput(layers=layers, grids=grids, context=context))
+        fused = self.fuser(FuserInput(layers=layers, grids=grids, context=context, samples=samples))
         return self.projector(fused)

@@ -39,6 +39,9 @@ class FuserInput:
     """(rows, cols) of each selected level, N = rows * cols (plus CLS when the connector keeps it)."""
     context: torch.Tensor | None = None
     """Optional text context, e.g. question embeddings for vMLLM-style gating."""
+    samples: torch.Tensor | None = None
+    """(V,) the batch row (sample) each view belongs to, so a question-aware fuser conditions
+    every view on its own sample's question."""
 
 
 class Fuser(nn.Module):

@@ -100,6 +100,7 @@ def collate(items: list, pad_id: int) -> dict:
         "attention_mask": mask,
         "pixel_values": torch.cat(pixels) if pixels else None,
         "image_layouts": [layout for x in good for layout in x["image_layouts"]] or None,
+        "image_samples": [row for row, x in enumerate(good) for _ in x["image_layouts"]] or None,
         "ids": [x["id"] for x in good],
         "skipped": skipped,
         "size": len(good),

@@ -36,10 +36,8 @@ class RunningBatch:
         """One forward pass over the newcomers' prompts (all their images through the tower)."""
         rows = [p["input_ids"][0][p["attention_mask"][0].bool()].tolist() for p in prepared]
         ids, mask = model._pad_left(rows)
-        pixels = [p["pixel_values"] for p in prepared if p["pixel_values"] is not None]
-        layouts = [layout for p in prepared for layout in (p["image_layouts"] or [])]
         ids, mask = ids.to(model.device), mask.to(model.device)
-        embeds = model.embed(ids, torch.cat(pixels) if pixels else None, layouts or None)
+        embeds = model.embed_inputs({**model.join_inputs(prepared), "input_ids": ids})
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model.lm(
             inputs_embeds=embeds,

@@ -82,9 +82,7 @@ class ChatSession:
         last_image = max((i for i, t in enumerate(ids) if t == image_id), default=-1)
         device = model.device
         if self.cache is None or keep <= last_image or keep == len(ids):
-            embeds = model.embed(
-                inputs["input_ids"].to(device), inputs["pixel_values"], inputs["image_layouts"]
-            )
+            embeds = model.embed_inputs(inputs)
             out = model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
             self.prefilled.append(len(ids))
         else:

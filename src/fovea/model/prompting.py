@@ -79,7 +79,8 @@ class PromptMixin:
 
         ``template=None`` uses the text as given (tokenizer special tokens added as the
         tokenizer does by default); a template name (see `chat_format`) wraps it as one user turn.
-        Returns ``input_ids``, ``attention_mask`` (left-padded), ``pixel_values``, ``image_layouts``.
+        Returns ``input_ids``, ``attention_mask`` (left-padded), ``pixel_values``, ``image_layouts``
+        and ``image_samples`` (the prompt each image belongs to): `embed_inputs` reads them all.
         """
         if self.tokenizer is None:
             raise ConfigError("this model has no tokenizer; load it with fovea.load or pass one")
@@ -87,7 +88,7 @@ class PromptMixin:
         per_prompt = [images or []] if isinstance(text, str) else list(images or [[] for _ in batch])
         if len(per_prompt) != len(batch):
             raise ConfigError(f"{len(batch)} prompts but {len(per_prompt)} image lists")
-        rows, all_pixels, layouts = [], [], []
+        rows, all_pixels, layouts, samples = [], [], [], []
         fmt = self.chat_format(template)
         for prompt, imgs in zip(batch, per_prompt):
             processed = self.processor(list(imgs))
@@ -102,12 +103,14 @@ class PromptMixin:
             if imgs:
                 all_pixels.append(processed.pixels)
                 layouts.extend(processed.layouts)
+                samples.extend([len(rows) - 1] * len(processed.layouts))
         input_ids, attention_mask = self._pad_left(rows)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "pixel_values": torch.cat(all_pixels) if all_pixels else None,
             "image_layouts": layouts or None,
+            "image_samples": samples or None,
         }
 
     def _tokenize(self: VisionLanguageModel, text: str, add_special_tokens: bool) -> list[int]:
@@ -206,6 +209,7 @@ class PromptMixin:
             "attention_mask": attention_mask,
             "pixel_values": processed.pixels if images else None,
             "image_layouts": processed.layouts or None,
+            "image_samples": [0] * len(processed.layouts) or None,
         }
 
     @torch.inference_mode()
@@ -227,7 +231,7 @@ class PromptMixin:
 
         inputs = self.prepare_chat(messages, images, template)
         device = self.device
-        embeds = self.embed(inputs["input_ids"].to(device), inputs["pixel_values"], inputs["image_layouts"])
+        embeds = self.embed_inputs(inputs)
         kwargs = {
             "inputs_embeds": embeds,
             "attention_mask": inputs["attention_mask"].to(device),
@@ -259,7 +263,7 @@ class PromptMixin:
         the model's own template (see `chat_format`); None uses the text as given."""
         inputs = self.prepare(text, images, template)
         device = self.device
-        embeds = self.embed(inputs["input_ids"].to(device), inputs["pixel_values"], inputs["image_layouts"])
+        embeds = self.embed_inputs(inputs)
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
         out = self.lm.generate(
             inputs_embeds=embeds,

@@ -77,17 +77,26 @@ class VisionLanguageModel(PromptMixin, nn.Module):
     # -- forward -------------------------------------------------------------------------------
 
     def encode_images(
-        self, pixel_values: torch.Tensor, layouts: list[ImageLayout], context: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        layouts: list[ImageLayout],
+        samples: list[int] | None = None,
+        context: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """All views (V, 3, S, S) -> one (n_i, D) token sequence per image."""
+        """All views (V, 3, S, S) -> one (n_i, D) token sequence per image. `samples` gives the
+        batch row each image belongs to (default: all row 0); the fuser sees it per view."""
+        expected = sum(layout.num_views for layout in layouts)
+        if pixel_values.shape[0] != expected:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[0]} views but the image layouts describe {expected}"
+            )
+        rows = samples if samples is not None else [0] * len(layouts)
+        if len(rows) != len(layouts):
+            raise ValueError(f"image_samples names {len(rows)} images but there are {len(layouts)} layouts")
+        per_view = torch.tensor([r for r, layout in zip(rows, layouts) for _ in range(layout.num_views)])
         tower_out = self.tower(pixel_values.to(self.tower_device), depth=self.connector.tower_depth())
         size = (pixel_values.shape[-2], pixel_values.shape[-1])
-        views = self.connector(tower_out, size, context)  # (V, N', D)
-        expected = sum(layout.num_views for layout in layouts)
-        if views.shape[0] != expected:
-            raise ValueError(
-                f"pixel_values has {views.shape[0]} views but the image layouts describe {expected}"
-            )
+        views = self.connector(tower_out, size, context, samples=per_view)  # (V, N', D)
         side = self.connector.out_grid(size)
         packed, start = [], 0
         for layout in layouts:
@@ -101,6 +110,7 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_layouts: list[ImageLayout] | None = None,
+        image_samples: list[int] | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) + images -> input embeddings (B, T, D) with visual tokens merged."""
         mask = input_ids == self.config.image_token_id
@@ -113,8 +123,20 @@ class VisionLanguageModel(PromptMixin, nn.Module):
                     f"the text has {int(mask.sum())} image placeholder tokens but no images were given"
                 )
             return embeds
-        features = torch.cat(self.encode_images(pixel_values, image_layouts))
+        features = torch.cat(self.encode_images(pixel_values, image_layouts, image_samples))
         return merge_tokens(embeds, mask, features.to(embeds.device))
+
+    def embed_inputs(self, inputs: dict) -> torch.Tensor:
+        """The one place model inputs become input embeddings. `inputs` is what `prepare`,
+        `prepare_chat`, `join_inputs` and the training collator build (``input_ids``,
+        ``pixel_values``, ``image_layouts``, ``image_samples``): a new input (a question for a
+        question-aware fuser) is added there and read here, not threaded through every caller."""
+        return self.embed(
+            inputs["input_ids"].to(self.device),
+            inputs.get("pixel_values"),
+            inputs.get("image_layouts"),
+            inputs.get("image_samples"),
+        )
 
     def forward(
         self,
@@ -124,12 +146,13 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         image_layouts: list[ImageLayout] | None = None,
         labels: torch.Tensor | None = None,
         cache=None,
+        image_samples: list[int] | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
     ):
         """Returns the LM's ``CausalLMOutputWithPast`` (logits (B, T or logits_to_keep, vocab));
         ``cache`` is a transformers ``Cache`` (passed under the name the installed release uses)."""
-        embeds = self.embed(input_ids, pixel_values, image_layouts)
+        embeds = self.embed(input_ids, pixel_values, image_layouts, image_samples)
         return self.lm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -138,6 +161,21 @@ class VisionLanguageModel(PromptMixin, nn.Module):
             **cache_kwargs(cache),
             logits_to_keep=logits_to_keep,
         )
+
+    @staticmethod
+    def join_inputs(prepared: list[dict]) -> dict:
+        """The image fields of several single-row inputs as one batch (row i = prepared[i]):
+        pixels concatenated, layouts in order, each image's row renumbered."""
+        pixels = [p["pixel_values"] for p in prepared if p.get("pixel_values") is not None]
+        layouts, samples = [], []
+        for row, p in enumerate(prepared):
+            layouts.extend(p.get("image_layouts") or [])
+            samples.extend(row for _ in p.get("image_layouts") or [])
+        return {
+            "pixel_values": torch.cat(pixels) if pixels else None,
+            "image_layouts": layouts or None,
+            "image_samples": samples or None,
+        }
 
     @property
     def tower_device(self) -> torch.device:

@@ -196,6 +196,7 @@ class _StageLoop(StepLoop):
                 batch["attention_mask"].to(device),
                 batch["pixel_values"],
                 batch["image_layouts"],
+                image_samples=batch["image_samples"],
             )
         labels = batch["labels"].to(device)
         return F.cross_entropy(
