@@ -18,12 +18,28 @@ from fovea.train.parts import assign
 
 IMAGES = [(50, 90), (90, 40), (20, 20)]  # wide, tall, tiny (height, width)
 
+# The selected layers per fuser, from the tiny tower's 3 hidden states (embeddings + 2 blocks).
+# MMFuser reads its last layer as the query and the others as levels: 4 levels + query as the
+# original's [-22, -17, -12, -7, -2], which here has to repeat layers.
+LAYERS = {"mmfuser": [0, 1, 0, 1, -2]}
+
 
 def _model(fuser: str):
     model = tiny_vlm()
     config = model.config
-    config.connector = from_dict(ConnectorConfig, {"layers": [-3, -2], "fuser": {"type": fuser}})
+    layers = LAYERS.get(fuser, [-3, -2])
+    config.connector = from_dict(ConnectorConfig, {"layers": layers, "fuser": {"type": fuser}})
     return fovea.VisionLanguageModel(config, model.tokenizer)
+
+
+def _off_init(model) -> None:
+    """Every connector parameter a small random step off its init, as a first optimizer step
+    would move it. A fuser may start as an exact identity behind zero-initialised gates (MMFuser's
+    LayerScale gammas), where at step 0 no gradient reaches its inner weights by design."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.connector.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
 
 
 def _images():
@@ -46,6 +62,7 @@ def test_token_counts_are_known_before_running(name):
 @pytest.mark.parametrize("name", list(FUSERS))
 def test_a_gradient_reaches_every_trainable_connector_parameter(name):
     model = _model(name).train()
+    _off_init(model)
     rates = assign(model, {"connector": 1e-3})
     inputs = model.prepare("<image>\nWhat is it?", images=_images()[:1])
     model(**inputs).logits.float().pow(2).mean().backward()
@@ -57,6 +74,7 @@ def test_a_gradient_reaches_every_trainable_connector_parameter(name):
 @pytest.mark.parametrize("name", list(FUSERS))
 def test_save_and_load_are_exact(name, tmp_path):
     model = _model(name).eval()
+    _off_init(model)  # the fuser's weights must be saved, not only re-created by its init
     inputs = model.prepare("<image>\nWhat is it?", images=_images()[:1])
     with torch.no_grad():
         before = model(**inputs).logits

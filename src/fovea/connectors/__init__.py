@@ -2,6 +2,7 @@
 
 from .connector import Connector, ConnectorConfig
 from .fusers import FUSERS, Fuser, FuserInput
+from .mmfuser import MMFuser, MMFuserConfig  # registers the 'mmfuser' fuser
 from .projectors import PROJECTOR_TYPES, build_projector
 
 __all__ = [
@@ -11,5 +12,7 @@ __all__ = [
     "ConnectorConfig",
     "Fuser",
     "FuserInput",
+    "MMFuser",
+    "MMFuserConfig",
     "build_projector",
 ]
