@@ -20,9 +20,10 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median times of several functions, run alternately so machine noise hits all alike."""
-    for fn in fns.values():
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Median times of several functions, run alternately so machine noise hits all alike (after
+    one untimed run each, unless the caller warmed them up already)."""
+    for fn in fns.values() if warmup else ():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):

@@ -27,7 +27,6 @@ import argparse
 import io
 import itertools
 import os
-import statistics
 import tarfile
 import tempfile
 import time
@@ -45,7 +44,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from fovea.pretrain.data import plan
 from fovea.pretrain.features import TeacherSpec, build_teacher, compute_features, load_features
 
-from common import table
+from common import interleaved, table
 
 SIZE = 224
 CHUNK = 4096  # compute_features' default: every input here is one chunk
@@ -174,17 +173,6 @@ def cosine(out: Path, keys: list[str], ref: torch.Tensor) -> float:
 # -- timing --------------------------------------------------------------------------------------
 
 
-def alternate(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each, run in turn `repeats` times (after each has run once)."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def breakdown(tower: Path, source: Path, batch_size: int) -> dict[str, float]:
     """Seconds per image of fovea's three stages, each alone and in one thread of Python: read +
     decode (ImageRef.load), resize + normalise (the teacher's ImageProcessor), the tower."""
@@ -227,7 +215,7 @@ def run(n: int, batch_size: int, repeats: int) -> str:
             fns[f"ref {name}"] = lambda s=source, im=images: reference(tower, im(s), batch_size)
         for name, (source, _) in inputs.items():
             fns[f"resume {name}"] = lambda o=checks[name][0], s=source: fovea.resume(o, s)
-        times = alternate(fns, repeats)
+        times = interleaved(fns, repeats, warmup=False)  # warmed up above
         stages = breakdown(tower, folder, batch_size), breakdown(tower, shard, batch_size)
 
     rows = []
