@@ -8,7 +8,8 @@ its weights are inside the checkpoint (``model.vision_tower.vision_tower.*``), o
 directory. LLaVA-NeXT reads ``image_grid_pinpoints`` lists as (width, height): they are swapped
 into fovea's (height, width) here. SigLIP towers run as LLaVA-NeXT runs them: last block
 removed, no pooling head, last hidden state. Stage-1 outputs (``mm_projector.bin`` only) load on
-top of their base LM (``_name_or_path``, or ``base=``).
+top of their base LM (``_name_or_path``, or ``base=``). A fuser saved as ``model.mm_projector.0``
+(MMFuser's LLaVA-1.5 checkpoints) is recognised by its weights: see mmfuser_original.py.
 
 The tokenizer of these checkpoints has no ``<image>`` token: prompts are split at the tag and
 LLaVA's placeholder id -200 goes between the pieces, as ``tokenizer_image_token`` does.
@@ -26,6 +27,7 @@ from ..errors import CheckpointError, ConfigError
 from ..imaging.processor import ImageConfig
 from ..towers.base import TowerConfig
 from ..towers.presets import resolve_tower
+from . import mmfuser_original
 from .weights import KeyMap, Source, weight_files
 
 IMAGE_TOKEN_INDEX = -200
@@ -79,19 +81,24 @@ def tower_spec(raw: dict, where: Path, override: str | None) -> tuple[TowerConfi
     return TowerConfig(hf_config=hf), preset.image, name
 
 
-def connector_spec(raw: dict, tower: TowerConfig, where: Path) -> ConnectorConfig:
-    layer = int(raw.get("mm_vision_select_layer", -1))
+def connector_spec(raw: dict, tower: TowerConfig, where: Path, shapes: dict | None = None) -> ConnectorConfig:
+    """`shapes`: the checkpoint's ``model.mm_projector.*`` shapes (a fuser saved there, e.g.
+    MMFuser's, is recognised by them)."""
+    selected = mmfuser_original.select_layers(raw.get("mm_vision_select_layer", -1), where)
     feature = raw.get("mm_vision_select_feature", "patch")
     hidden = tower.hf_config["num_hidden_layers"] + 1
+    sliced = feature.startswith(("slicefour_", "slice_m25811_f6_"))
+    if sliced and len(selected) != 1:
+        raise CheckpointError(f"{where}: mm_vision_select_layer {selected} with {feature!r} must be one int")
     if tower.model_type == "siglip_vision_model":
         layers = [-1]  # LLaVA-NeXT's SigLIP tower ignores the select layer
     elif feature.startswith("slicefour_"):
         step = hidden // 4
-        layers = list(range(step + layer, hidden, step))
+        layers = list(range(step + selected[0], hidden, step))
     elif feature.startswith("slice_m25811_f6_"):
         layers = [-2, -5, -8, -11, 6]
     else:
-        layers = [layer]
+        layers = selected
     kind = feature.removeprefix("slicefour_").removeprefix("slice_m25811_f6_")
     if kind not in ("patch", "cls_patch"):
         raise CheckpointError(f"{where}: unsupported mm_vision_select_feature {feature!r}")
@@ -101,7 +108,15 @@ def connector_spec(raw: dict, tower: TowerConfig, where: Path) -> ConnectorConfi
             f"{where}: unsupported mm_projector_type {projector!r} (linear, mlpNx_gelu, identity)"
         )
     keep_cls = kind == "cls_patch" and tower.cls_token
-    return ConnectorConfig(layers=layers, keep_cls=keep_cls, projector=projector)
+    layout = mmfuser_original.detect(shapes or {})
+    if layout is None:
+        return ConnectorConfig(layers=layers, keep_cls=keep_cls, projector=projector)
+    layout.check(layers, tower.hf_config["hidden_size"], shapes, where)
+    if keep_cls:
+        raise CheckpointError(
+            f"{where}: mm_vision_select_feature {feature!r}: the {layout.name} fuser needs 'patch'"
+        )
+    return ConnectorConfig(layers=layers, fuser=dict(layout.fuser), projector=projector)
 
 
 def image_spec(raw: dict, defaults: dict, where: Path) -> tuple[ImageConfig, str]:
@@ -127,9 +142,10 @@ def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | Non
     where = directory / "config.json"
     kind = lm_type(raw, where)
     tower, image_defaults, _ = tower_spec(raw, where, tower_override)
-    connector = connector_spec(raw, tower, where)
+    connector = connector_spec(raw, tower, where, projector_shapes(directory))
     image, merge = image_spec(raw, image_defaults, where)
-    width = tower.hf_config["hidden_size"] * len(connector.layers)
+    per_layer = 1 if connector.fuser_type != "concat" else len(connector.layers)
+    width = tower.hf_config["hidden_size"] * per_layer
     if raw.get("mm_hidden_size") not in (None, width, tower.hf_config["hidden_size"]):
         raise CheckpointError(
             f"{where}: mm_hidden_size {raw['mm_hidden_size']} does not fit the tower (width {width})"
@@ -152,10 +168,14 @@ def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | Non
 def key_map(model_keys: set[str], tower_layers: int) -> KeyMap:
     """Original checkpoint key -> fovea key."""
 
+    fuser = mmfuser_original.of_model(model_keys)
+
     def mapped(key: str) -> str | None:
         if key.startswith("model.vision_tower.vision_tower."):
             return tower_key(key.removeprefix("model.vision_tower.vision_tower."), model_keys, tower_layers)
         if key.startswith("model.mm_projector."):
+            if fuser is not None:
+                return fuser.key(key.removeprefix("model.mm_projector."))
             return "connector.projector." + key.removeprefix("model.mm_projector.")
         if key == "model.image_newline":
             return "image_newline"
@@ -221,6 +241,19 @@ def _own_files(directory: Path) -> list[Path]:
     if projector.is_file() and projector not in files:
         files.append(projector)
     return files
+
+
+def projector_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the checkpoint's own ``model.mm_projector.*`` tensors (headers only)."""
+    from .weights import TensorFile
+
+    shapes = {}
+    for file in _own_files(directory):
+        with TensorFile(file) as handle:
+            for key in handle.keys():
+                if key.startswith(mmfuser_original.PREFIX):
+                    shapes[key] = handle.shape(key)
+    return shapes
 
 
 def _keys_of(files: list[Path]) -> set[str]:
