@@ -119,3 +119,28 @@ def test_the_fuser_and_the_projector_train_at_their_own_rates():
     projector = [n for n in rates if n.startswith("connector.projector.")]
     assert projector and all(rates[n] == 2e-5 for n in projector)
     assert not [n for n in rates if not n.startswith("connector.")]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_recipes_connector_builds_on_its_real_tower(path):
+    """The full-size tower on the meta device (no weights, no download) and the recipe's connector
+    on it: the layers exist, the fuser's config fits the tower's widths, token counts are known."""
+    from fovea.connectors.connector import Connector
+    from fovea.towers.base import VisionTower
+    from fovea.towers.presets import resolve_tower
+    from fovea.train.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    if recipe.model.tower is None:
+        pytest.skip("a tiny tower_config recipe: built by tests/test_train.py")
+    preset = resolve_tower(recipe.model.tower)
+    with torch.device("meta"):
+        tower = VisionTower(preset.tower_config())
+        connector = Connector(recipe.model.connector, levels=tower.feature_levels(), lm_width=3584)
+    size = preset.image["size"]
+    rows, cols = connector.out_grid((size, size))
+    assert rows * cols == (size // tower.patch_size) ** 2
