@@ -20,6 +20,8 @@ from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 import fovea
 from fovea.checkpoints.export import convert
 from fovea.cli import main
+from fovea.config import from_dict, to_dict
+from fovea.connectors.connector import ConnectorConfig
 from fovea.errors import ConfigError
 from fovea.tiny import tiny_vlm
 from test_llava_original import PINPOINTS, _reference_next, _tower_dir, _vision
@@ -134,14 +136,16 @@ def test_round_trip_through_fovea_format(tmp_path):
     [
         ({"projector": "linear"}, "projector 'linear'"),
         ({"mode": "square"}, "image mode 'square'"),
+        ({"fuser": {"type": "mmfuser"}, "layers": [0, 1, -2]}, "fuser 'mmfuser'"),
     ],
 )
 def test_inexpressible_exports_are_refused_by_name(tmp_path, change, message, capsys):
     from fovea.model.vlm import VisionLanguageModel
 
     model = tiny_vlm(mode=change.get("mode", "anyres"))
-    if "projector" in change:
-        model.config.connector.projector = change["projector"]
+    if "projector" in change or "fuser" in change:
+        fields = {k: v for k, v in change.items() if k != "mode"}
+        model.config.connector = from_dict(ConnectorConfig, {**to_dict(model.config.connector), **fields})
         model = VisionLanguageModel(model.config, model.tokenizer)
     model.save_pretrained(tmp_path / "src")
     with pytest.raises(ConfigError, match=message):
