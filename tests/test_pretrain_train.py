@@ -295,3 +295,16 @@ def test_training_reads_the_image_refs_without_the_teacher_vectors(prepared):
     full, refs_only = load_features(prepared / "feats"), load_features(prepared / "feats", vectors=False)
     assert refs_only.array is None and full.array.shape == (48, 32)
     assert refs_only.refs == full.refs and refs_only.ids == full.ids
+
+
+def test_the_command_checks_a_recipe_and_refuses_a_bad_one_in_one_line(prepared, tmp_path, capsys):
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(to_dict(_recipe(prepared, tmp_path / "out"))))
+    assert main(["pretrain", "train", str(recipe), "--check"]) == 0
+    assert "OK: 48 images, 2 labels each, 6 classes, loss mlcd" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()  # a check writes nothing
+    assert main(["pretrain", "train", str(recipe), "loss.sample_rate=2", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "loss.sample_rate: must be in (0, 1], got 2" in err
