@@ -37,6 +37,12 @@ def add_command(steps) -> None:
         help="UNICOM's joint image+text features: normalise(normalise(image) + normalise(caption)); needs "
         "a two-tower CLIP directory and captions (images without one are skipped)",
     )
+    _add_teacher_flags(p)
+    _add_run_flags(p)
+    p.set_defaults(func=_run_features)
+
+
+def _add_teacher_flags(p) -> None:
     p.add_argument(
         "--random-weights",
         action="store_true",
@@ -53,6 +59,9 @@ def add_command(steps) -> None:
         help="square: the tower's own preprocessing (CLIP crops, SigLIP squashes; default); "
         "pad: the whole image padded to a square with the mean colour, as LLaVA does",
     )
+
+
+def _add_run_flags(p) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=64, help="images per tower call (default: %(default)s)"
     )
@@ -70,7 +79,6 @@ def add_command(steps) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present, one GPU per process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_features)
 
 
 def _run_features(args) -> int:

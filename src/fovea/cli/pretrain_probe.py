@@ -35,6 +35,12 @@ def add_command(steps) -> None:
         default="linear,knn,retrieval",
         help="comma-separated, any of linear, knn, retrieval (default: %(default)s)",
     )
+    _add_method_flags(p)
+    _add_tower_flags(p)
+    p.set_defaults(func=_run_probe)
+
+
+def _add_method_flags(p) -> None:
     p.add_argument(
         "--ks", type=_ks, default="10,20,100,200", help="k-NN neighbour counts (default: %(default)s)"
     )
@@ -59,6 +65,9 @@ def add_command(steps) -> None:
         default="auto",
         help="linear probe: torch's LBFGS when --device is a GPU, else scikit-learn's (default: %(default)s)",
     )
+
+
+def _add_tower_flags(p) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=64, help="images per tower call (default: %(default)s)"
     )
@@ -72,7 +81,6 @@ def add_command(steps) -> None:
         "--weights", help="tower weights file in any published form; TOWER then gives the architecture"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_probe)
 
 
 def _methods(text: str) -> tuple[str, ...]:
