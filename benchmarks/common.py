@@ -86,3 +86,44 @@ def save_random_llava_next(
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
     ).save_pretrained(directory)
+
+
+def memory_mark(device: str) -> int:
+    """Bytes in use now, and the peak counter reset to it (CUDA: allocated; CPU: RSS, with the
+    kernel's peak (VmHWM) reset through /proc/self/clear_refs). Pair with `memory_peak`."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    try:  # "5" resets the process's peak RSS (VmHWM) to its current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_kib("VmRSS") * 1024
+
+
+def memory_peak(device: str) -> int | None:
+    """The peak since `memory_mark` (None where the kernel cannot reset it)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    return _status_kib("VmHWM") * 1024 if Path("/proc/self/clear_refs").exists() else None
+
+
+def release_freed_memory_at_once() -> None:
+    """glibc: mmap (and unmap on free) every block over 64 KiB, so RSS follows live memory."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")

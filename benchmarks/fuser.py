@@ -4,7 +4,8 @@ At MMFuser's published size: CLIP ViT-L/14-336 (576 patches, width 1024, random 
 hidden states 3/8/13/18 as levels queried by 23, the fuser (16 heads, 4 points, 5.2M parameters),
 against the tower's forward and against the prefill of the resulting 576 visual tokens + 64 text
 tokens through an LM (Qwen2.5-0.5B's shape by default: a 7B does not fit this CPU's time budget).
-Medians of alternating runs in one process. (Memory is not measured here yet.)
+Medians of alternating runs in one process; memory is each part's peak over what was live before
+it (RSS on the CPU with freed blocks returned at once, allocated bytes on CUDA).
 
     python benchmarks/fuser.py [--repeats 3] [--views 1] [--device cpu|cuda] [--dtype float32|bfloat16]
 """
@@ -20,7 +21,7 @@ from fovea.connectors.fusers import FuserInput, build_fuser
 from fovea.towers.base import VisionTower
 from fovea.towers.presets import resolve_tower
 
-from common import interleaved, table
+from common import interleaved, memory_mark, memory_peak, release_freed_memory_at_once, table
 
 LAYERS = [3, 8, 13, 18, 23]  # MMFuser's -22/-17/-12/-7/-2 of CLIP-L's 25 hidden states
 
@@ -42,6 +43,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
+    release_freed_memory_at_once()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     tower = VisionTower(resolve_tower("clip-vit-l14-336").tower_config()).to(device, dtype).eval()
@@ -71,18 +73,31 @@ def main() -> None:
     def run_prefill():
         model(inputs_embeds=embeds, logits_to_keep=1)
 
-    times = interleaved({"tower": run_tower, "fuser": run_fuser, "prefill": run_prefill}, args.repeats)
+    runs = {"tower": run_tower, "fuser": run_fuser, "prefill": run_prefill}
+    times = interleaved(runs, args.repeats)
+    memory = {}
+    for name, fn in runs.items():
+        base = memory_mark(args.device)
+        fn()
+        peak = memory_peak(args.device)
+        memory[name] = "n/a" if peak is None else f"{(peak - base) / 2**20:.0f}"
     params = {
         "tower": sum(p.numel() for p in tower.parameters()),
         "fuser": sum(p.numel() for p in fuser.parameters()),
         "prefill": sum(p.numel() for p in model.parameters()),
     }
     rows = [
-        [name, f"{params[name] / 1e6:.1f}M", f"{t * 1000 / args.views:.1f}", f"{t / times['fuser']:.1f}x"]
+        [
+            name,
+            f"{params[name] / 1e6:.1f}M",
+            f"{t * 1000 / args.views:.1f}",
+            f"{t / times['fuser']:.1f}x",
+            memory[name],
+        ]
         for name, t in times.items()
     ]
     print(f"{args.views} view(s), {args.device} {args.dtype}, median of {args.repeats}")
-    print(table(["part", "parameters", "ms per view", "time / fuser's"], rows))
+    print(table(["part", "parameters", "ms per view", "time / fuser's", "peak MiB over live"], rows))
     print(f"\nthe fuser adds {times['fuser'] / (times['tower'] + times['prefill']):.1%} to tower + prefill")
 
 

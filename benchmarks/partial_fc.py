@@ -31,9 +31,8 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from common import interleaved, table
+from common import interleaved, memory_mark, memory_peak, table
 
 GiB, MiB = 2**30, 2**20
 RATES = (1.0, 0.1)
@@ -71,38 +70,10 @@ def measure_memory(loss: str, classes: int, rate: float, dim: int, batch: int, d
     """Child process (alone, so the memory is its own): step memory bytes after a warm-up step."""
     step = _setting(loss, classes, rate, dim, batch, device)
     step()
-    base = _memory_now(device)
+    base = memory_mark(device)
     step()
-    peak = _memory_peak(device)
+    peak = memory_peak(device)
     return {"memory": None if peak is None else peak - base}
-
-
-def _memory_now(device: str) -> int:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    try:  # "5" resets the process's peak RSS (VmHWM) to its current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _status_kib("VmRSS") * 1024
-
-
-def _memory_peak(device: str) -> int | None:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.max_memory_allocated()
-    return _status_kib("VmHWM") * 1024 if Path("/proc/self/clear_refs").exists() else None
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def run_child(args, *child: str) -> dict:
