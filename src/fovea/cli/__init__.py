@@ -108,6 +108,13 @@ def add_template_option(parser) -> None:
     )
 
 
+def add_recipe_arguments(parser, check_help: str) -> None:
+    """RECIPE, its dotted overrides and --check: the same for `fovea train` and `fovea pretrain train`."""
+    parser.add_argument("recipe", help="YAML recipe")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides (leading -- optional)")
+    parser.add_argument("--check", action="store_true", help=check_help)
+
+
 # -- flag types: a value out of range is argparse's own one-line error, naming the flag ----------
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import add_template_option, non_negative_float, positive_float, positive_int, probability
+from . import (
+    add_recipe_arguments,
+    add_template_option,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    probability,
+)
 from . import chat_template as _chat_template
 from . import user_error as _user_error
 
@@ -292,12 +299,9 @@ def _add_train(sub) -> None:
             "checkpoint. For several GPUs: accelerate launch -m fovea.cli train RECIPE (or torchrun)."
         ),
     )
-    p.add_argument("recipe", help="YAML recipe")
-    p.add_argument("overrides", nargs="*", help="key.path=value overrides (leading -- optional)")
-    p.add_argument(
-        "--check",
-        action="store_true",
-        help="check the whole recipe (every stage's numbers, parts, templates, data files) and exit, "
+    add_recipe_arguments(
+        p,
+        "check the whole recipe (every stage's numbers, parts, templates, data files) and exit, "
         "writing nothing and loading no model",
     )
     p.set_defaults(func=_run_train)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from . import add_recipe_arguments
+
 
 def add_command(steps) -> None:
     p = steps.add_parser(
@@ -18,12 +20,8 @@ def add_command(steps) -> None:
             "(model.tower: OUT/tower), `fovea extract` and `fovea pretrain probe`."
         ),
     )
-    p.add_argument("recipe", help="YAML recipe")
-    p.add_argument("overrides", nargs="*", help="key.path=value overrides (leading -- optional)")
-    p.add_argument(
-        "--check",
-        action="store_true",
-        help="check the recipe, its features and labels and exit, writing nothing and building no model",
+    add_recipe_arguments(
+        p, "check the recipe, its features and labels and exit, writing nothing and building no model"
     )
     p.set_defaults(func=_run)
 
