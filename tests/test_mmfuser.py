@@ -17,6 +17,7 @@ from fovea.connectors.fusers import FuserInput, build_fuser, fuser_config
 from fovea.connectors.mmfuser import MMFuser, MMFuserConfig
 from fovea.errors import ConfigError
 from fovea.tiny import tiny_vlm
+from mmfuser_reference import reference
 
 # The original's state dict (MSCrossAttnBlock: gammas, then the children in registration order).
 _ATTENTION = ["sampling_offsets", "attention_weights", "value_proj", "output_proj"]
@@ -52,58 +53,6 @@ def _randomise(fuser: MMFuser, seed: int = 0) -> MMFuser:
     return fuser
 
 
-# --- the independent reference: plain torch from the facts, nothing from fovea or transformers ---
-
-
-def _ref_points(rows: int, cols: int) -> torch.Tensor:
-    """(N, 2) cell centres as (x, y) = ((j + 0.5) / cols, (i + 0.5) / rows), row-major."""
-    i, j = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    return torch.stack([(j.flatten() + 0.5) / cols, (i.flatten() + 0.5) / rows], -1).float()
-
-
-def _deformable(w: dict, query, value, ref, grids, heads, points):
-    """MSDeformAttn: query (B, N, D) samples `value` (B, sum h*w, D) around `ref` (N, 2)."""
-    B, N, D = query.shape
-    L, d = len(grids), D // heads
-    v = F.linear(value, w["value_proj.weight"], w["value_proj.bias"]).view(B, -1, heads, d)
-    off = F.linear(query, w["sampling_offsets.weight"], w["sampling_offsets.bias"])
-    off = off.view(B, N, heads, L, points, 2)
-    logits = F.linear(query, w["attention_weights.weight"], w["attention_weights.bias"])
-    a = logits.view(B, N, heads, L * points).softmax(-1).view(B, N, heads, L, points)
-    out = query.new_zeros(B, N, heads, d)
-    start = 0
-    for level, (h, wd) in enumerate(grids):
-        # (B, h*w, heads, d) -> (B*heads, d, h, w)
-        v_l = v[:, start : start + h * wd].reshape(B, h, wd, heads, d).permute(0, 3, 4, 1, 2)
-        v_l = v_l.reshape(B * heads, d, h, wd)
-        start += h * wd
-        loc = ref[None, :, None, None, :] + off[:, :, :, level] / torch.tensor([wd, h])  # (B, N, heads, P, 2)
-        grid = (2 * loc - 1).permute(0, 2, 1, 3, 4).reshape(B * heads, N, points, 2)
-        s = F.grid_sample(v_l, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        s = s.view(B, heads, d, N, points).permute(0, 3, 1, 4, 2)  # (B, N, heads, P, d)
-        out = out + (s * a[:, :, :, level, :, None]).sum(3)
-    return F.linear(out.reshape(B, N, D), w["output_proj.weight"], w["output_proj.bias"])
-
-
-def _reference(state: dict, layers, grids, heads, points, eps):
-    """q + gamma1 * (ca + gamma2 * sa), ca = cross(LN_q(q), LN_f(cat(levels))), sa = self(LN_1(ca))."""
-    *levels, q = layers
-    D = q.shape[-1]
-
-    def norm(name, t):
-        return F.layer_norm(t, (D,), state[f"{name}.weight"], state[f"{name}.bias"], eps)
-
-    def part(prefix):
-        return {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-
-    ref = _ref_points(*grids[-1])
-    features = norm("feat_norm", torch.cat(levels, 1))
-    ca = _deformable(part("cross_attn"), norm("query_norm", q), features, ref, grids[:-1], heads, points)
-    n = norm("norm1", ca)
-    sa = _deformable(part("self_attn"), n, n, ref, [grids[-1]], heads, points)
-    return q + state["gamma1"] * (ca + state["gamma2"] * sa)
-
-
 CASES = {
     "square, 4 levels, 16 heads": ([(4, 4)] * 5, 64, 16, 4),
     "non-square 3x5": ([(3, 5)] * 3, 32, 4, 3),
@@ -120,7 +69,7 @@ def test_matches_an_independent_reference_forward(case):
     layers = [torch.randn(2, h * w, width) for h, w in grids]
     with torch.no_grad():
         out = fuser(FuserInput(layers=layers, grids=grids))
-        expected = _reference(fuser.state_dict(), layers, grids, heads, points, 1e-6)
+        expected = reference(fuser.state_dict(), layers, grids, heads, points, 1e-6)
     assert out.shape == (2, grids[-1][0] * grids[-1][1], width)
     assert fuser.out_grid(grids) == grids[-1] and fuser.out_width() == width
     assert (out - layers[-1]).abs().mean() > 0.1  # the fused part is not negligible

@@ -26,6 +26,7 @@ import fovea
 from fovea.errors import CheckpointError
 from fovea.imaging.processor import CLIP_MEAN
 from fovea.tiny import tiny_lm_config, tiny_tokenizer
+from mmfuser_reference import reference
 
 from llava_layouts import save_sharded
 
@@ -143,49 +144,11 @@ class Original:
         canvas.paste(image, ((side - w) // 2, 0) if w < h else (0, (side - h) // 2))
         return self.image_processor(images=[canvas], return_tensors="pt")["pixel_values"]
 
-    def _deform(self, name, query, value_in, levels):
-        p = {k.removeprefix(name + "."): v for k, v in self.fuser.items() if k.startswith(name + ".")}
-        B, N, _ = query.shape
-        L, dh = len(levels), D // HEADS
-        v = F.linear(value_in, p["value_proj.weight"], p["value_proj.bias"]).view(B, -1, HEADS, dh)
-        off = F.linear(query, p["sampling_offsets.weight"], p["sampling_offsets.bias"])
-        off = off.view(B, N, HEADS, L, POINTS, 2)
-        a = F.linear(query, p["attention_weights.weight"], p["attention_weights.bias"])
-        a = a.view(B, N, HEADS, L * POINTS).softmax(-1).view(B, N, HEADS, L, POINTS)
-        e = int(math.sqrt(N))
-        ys, xs = torch.meshgrid(
-            torch.linspace(0.5, e - 0.5, e), torch.linspace(0.5, e - 0.5, e), indexing="ij"
-        )
-        ref = torch.stack([xs.reshape(-1) / e, ys.reshape(-1) / e], -1)[None, :, None].expand(B, N, L, 2)
-        normaliser = torch.tensor([[w, h] for h, w in levels], dtype=torch.float32)
-        loc = ref[:, :, None, :, None, :] + off / normaliser[None, None, None, :, None, :]
-        out = torch.zeros(B, HEADS, dh, N)
-        start = 0
-        for lvl, (h, w) in enumerate(levels):
-            v_l = v[:, start : start + h * w].permute(0, 2, 3, 1).reshape(B * HEADS, dh, h, w)
-            start += h * w
-            grid = (2 * loc[:, :, :, lvl] - 1).permute(0, 2, 1, 3, 4).reshape(B * HEADS, N, POINTS, 2)
-            sampled = F.grid_sample(v_l, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            weight = a[:, :, :, lvl].permute(0, 2, 1, 3).reshape(B * HEADS, 1, N, POINTS)
-            out += (sampled * weight).sum(-1).view(B, HEADS, dh, N)
-        out = out.permute(0, 3, 1, 2).reshape(B, N, D)
-        return F.linear(out, p["output_proj.weight"], p["output_proj.bias"])
-
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         hidden = self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states
         srcs = [hidden[ix][:, 1:] for ix in SELECT]  # 'patch': CLS dropped
-        e = int(math.sqrt(srcs[0].shape[1]))
-        f = self.fuser
-
-        def norm(name, x):
-            return F.layer_norm(x, (D,), f[f"{name}.weight"], f[f"{name}.bias"], EPS)
-
-        q = srcs[-1]
-        features = torch.cat(srcs[:LEVELS], dim=1)
-        ca = self._deform("cross_attn", norm("query_norm", q), norm("feat_norm", features), [(e, e)] * LEVELS)
-        n = norm("norm1", ca)
-        sa = self._deform("self_attn", n, n, [(e, e)])
-        fused = q + f["gamma1"] * (ca + f["gamma2"] * sa)
+        e = int(math.sqrt(srcs[0].shape[1]))  # the original assumes a square grid
+        fused = reference(self.fuser, srcs, [(e, e)] * len(srcs), HEADS, POINTS, EPS)
         m = self.mlp
         return F.linear(F.gelu(F.linear(fused, m["1.weight"], m["1.bias"])), m["3.weight"], m["3.bias"])
 
