@@ -1,5 +1,7 @@
 """One path for model inputs: `prepare`, the serving batch and the training collator all reach the
-model through `embed_inputs`, and the fuser learns which sample each image view belongs to."""
+model through `embed_inputs`, and the fuser learns which sample each image view belongs to and
+that sample's question. A question-aware test fuser checks the question reaches it everywhere,
+conditions each view on its own row, and stops the chat session reusing stale image tokens."""
 
 from __future__ import annotations
 
@@ -8,7 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from fovea.connectors.fusers import ConcatFuser
 from fovea.data.dataset import collate
+from fovea.errors import ConfigError
+from fovea.infer.engine import Engine, Request
+from fovea.infer.session import ChatSession
 from fovea.tiny import tiny_vlm
 
 
@@ -62,10 +68,12 @@ def test_the_training_collator_gives_each_image_its_row():
     layouts = [["L0"], [], ["L2a", "L2b"]]
     items = [
         {"input_ids": torch.ones(3, dtype=torch.long), "labels": torch.ones(3, dtype=torch.long), "pixel_values": None,
-         "image_layouts": layout, "id": str(i)}
+         "image_layouts": layout, "id": str(i), "question": f"q{i}"}
         for i, layout in enumerate(layouts)
     ]  # fmt: skip
-    assert collate(items, 0)["image_samples"] == [0, 2, 2]
+    batch = collate(items, 0)
+    assert batch["image_samples"] == [0, 2, 2]
+    assert batch["questions"] == ["q0", "q1", "q2"]
 
 
 def test_embedding_through_the_one_path_equals_the_explicit_call(model):
@@ -74,3 +82,84 @@ def test_embedding_through_the_one_path_equals_the_explicit_call(model):
         a = model.embed_inputs(inputs)
         b = model.embed(inputs["input_ids"], inputs["pixel_values"], inputs["image_layouts"])
     assert torch.equal(a, b)
+
+
+class QuestionFuser(ConcatFuser):
+    """Test fuser whose output depends on each view's question (a per-character offset)."""
+
+    reads_question = True
+
+    def forward(self, inputs):
+        rows = inputs.samples.tolist()
+        shift = torch.tensor([sum(map(ord, inputs.questions[r])) % 97 / 97 for r in rows])
+        return super().forward(inputs) + shift[:, None, None].to(inputs.layers[0].dtype)
+
+
+@pytest.fixture(scope="module")
+def asking():
+    model = tiny_vlm().eval()
+    model.connector.fuser = QuestionFuser(model.connector.fuser.config, model.connector.fuser.widths)
+    return model
+
+
+def test_prepare_and_prepare_chat_give_the_question(model):
+    one = model.prepare(["What is it?", "<image> two"], images=[[_image(20, 20)], [_image(30, 30)]])
+    assert one["questions"] == ["<image>\nWhat is it?", "<image> two"]
+    turns = [
+        {"role": "user", "content": "Describe."},
+        {"role": "assistant", "content": "A cat."},
+        {"role": "user", "content": "And now?"},
+    ]
+    chat = model.prepare_chat(turns, [_image(20, 20)])
+    assert chat["questions"] == ["<image>\nDescribe.And now?"]  # user turns joined with no separator
+
+
+def test_each_view_is_conditioned_on_its_own_rows_question(asking):
+    image = _image(50, 90)
+    both = asking.prepare(["<image> left?", "<image> right?"], images=[[image], [image]])
+    with torch.no_grad():
+        together = asking.embed_inputs(both)
+        apart = [asking.embed_inputs(asking.prepare(q, images=[image])) for q in ["<image> left?", "<image> right?"]]
+    for row, alone in enumerate(apart):
+        n = alone.shape[1]
+        torch.testing.assert_close(together[row, -n:], alone[0], rtol=0, atol=1e-5)
+    mask = both["input_ids"] == asking.config.image_token_id
+    assert (together[0][mask[0]] - together[1][mask[1]]).abs().max() > 1e-3  # the question changed them
+
+
+def test_a_question_aware_fuser_refuses_a_call_without_questions(asking):
+    inputs = asking.prepare("<image> what?", images=[_image(20, 20)])
+    with pytest.raises(ConfigError, match="conditions on the question"):
+        asking(inputs["input_ids"], pixel_values=inputs["pixel_values"], image_layouts=inputs["image_layouts"])
+
+
+def test_the_chat_session_recomputes_image_tokens_when_the_question_changes(asking):
+    image = _image(40, 60)
+    session, history = ChatSession(asking, [image]), []
+    for question in ["What is it?", "And its colour?"]:
+        answer = "".join(session.ask(question, max_new_tokens=5)).strip()
+        history.append({"role": "user", "content": question})
+        assert answer == asking.chat(history, [image], max_new_tokens=5)
+        history.append({"role": "assistant", "content": answer})
+        full = int(asking.prepare_chat(history[:-1], [image])["attention_mask"].sum())
+        assert session.prefilled[-1] == full  # nothing reused: the image tokens depend on the question
+
+
+def test_the_batching_engine_passes_each_requests_question(asking):
+    image = _image(40, 60)
+    prompts = ["What is it?", "Which colour?"]
+    solo = [asking.chat([{"role": "user", "content": p}], [image], max_new_tokens=5) for p in prompts]
+    engine = Engine(asking, max_batch=8, max_wait=0.05)
+    done = [{} for _ in prompts]
+    try:
+        for prompt, box in zip(prompts, done):
+            engine.submit(Request([{"role": "user", "content": prompt}], images=[image], max_tokens=5,
+                                  emit=lambda kind, value, box=box: box.setdefault(kind, value)))  # fmt: skip
+        import time
+
+        deadline = time.time() + 60
+        while not all("done" in b or "error" in b for b in done) and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        engine.close()
+    assert [b["done"].text.strip() for b in done] == solo

@@ -83,13 +83,18 @@ class Connector(nn.Module):
         self,
         tower_out: TowerOutput,
         pixels: tuple[int, int],
-        context: torch.Tensor | None = None,
         samples: torch.Tensor | None = None,
+        questions: list[str] | None = None,
     ) -> torch.Tensor:
         """Visual tokens (V, N', D_lm) of the views of `pixels` (height, width) size; `samples`
-        (V,) is the batch row each view belongs to."""
+        (V,) is the batch row each view belongs to, `questions` one text per row."""
+        if self.fuser.reads_question and questions is None:
+            raise ConfigError(
+                f"the {self.config.fuser_type} fuser conditions on the question: pass the inputs "
+                "`prepare`/`prepare_chat` build (their `questions`), or questions=[...] per row"
+            )
         skip = 0 if self.config.keep_cls else tower_out.num_prefix_tokens
         layers = [tower_out.hidden_states[i][:, skip:] for i in self.layer_index]  # each (V, N, D)
         grids = [level.grid(*pixels) for level in self.levels]
-        fused = self.fuser(FuserInput(layers=layers, grids=grids, context=context, samples=samples))
+        fused = self.fuser(FuserInput(layers=layers, grids=grids, samples=samples, questions=questions))
         return self.projector(fused)

@@ -1,7 +1,8 @@
 """Fusers: how the selected tower layers become one feature map before the projector.
 
 A fuser receives the selected hidden states (patch tokens only, CLS handled by the connector),
-the patch grid and, for question-aware fusers such as vMLLM's, the text context. It returns one
+each level's grid, which sample every view belongs to and, for question-aware fusers such as
+vMLLM's (``reads_question``), each sample's question text. It returns one
 (V, N', D') map and says, before running, its output width and grid — so token counts are known
 when the prompt is tokenized. The default ``concat`` is LLaVA's multi-layer selection (layers
 concatenated on channels); MMFuser, vMLLM and ConvLLaVA's stage fusion register here later.
@@ -37,11 +38,12 @@ class FuserInput:
     """Selected hidden states, each (V, N, D), in the order the config lists them."""
     grids: list[tuple[int, int]]
     """(rows, cols) of each selected level, N = rows * cols (plus CLS when the connector keeps it)."""
-    context: torch.Tensor | None = None
-    """Optional text context, e.g. question embeddings for vMLLM-style gating."""
     samples: torch.Tensor | None = None
     """(V,) the batch row (sample) each view belongs to, so a question-aware fuser conditions
     every view on its own sample's question."""
+    questions: list[str] | None = None
+    """One question text per batch row (see `fovea.model.prompting.question_text`); given to
+    every fuser, read by those with ``reads_question``."""
 
 
 class Fuser(nn.Module):
@@ -49,6 +51,9 @@ class Fuser(nn.Module):
     ``cls(config, widths)`` (each selected level's width); ``config_class`` is its settings' dataclass."""
 
     config_class: type[FuserConfig] = FuserConfig
+    reads_question: bool = False
+    """Do its visual tokens depend on the question? Then every caller must pass the questions,
+    and a chat session cannot reuse image tokens computed for an earlier question."""
 
     def out_width(self) -> int:
         raise NotImplementedError

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ImageError
+from ..model.prompting import question_text
 from ..model.templates import TEMPLATES
 from .labels import IGNORE, encode
 from .records import BadRecord, normalise, record_id, skip_reason
@@ -77,6 +78,7 @@ class SupervisedDataset(Dataset):
             "labels": torch.tensor(enc.labels),
             "pixel_values": processed.pixels[:views] if enc.num_images else None,
             "image_layouts": layouts[: enc.num_images],
+            "question": question_text(sample.messages),
         }
 
 
@@ -101,6 +103,7 @@ def collate(items: list, pad_id: int) -> dict:
         "pixel_values": torch.cat(pixels) if pixels else None,
         "image_layouts": [layout for x in good for layout in x["image_layouts"]] or None,
         "image_samples": [row for row, x in enumerate(good) for _ in x["image_layouts"]] or None,
+        "questions": [x["question"] for x in good],
         "ids": [x["id"] for x in good],
         "skipped": skipped,
         "size": len(good),

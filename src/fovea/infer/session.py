@@ -4,8 +4,9 @@ The session remembers the token ids the language model has seen (prompt and gene
 and the cache they produced. For the next turn the whole conversation is rendered and tokenized
 again; the longest common prefix with what the cache holds is kept (the cache is cropped to it,
 which also covers an answer whose text re-tokenizes differently), and only the rest is prefilled.
-When the new part would have to start inside an image's tokens, the turn is prefilled whole.
-Greedy answers equal `model.chat` on the same history.
+When the new part would have to start inside an image's tokens, the turn is prefilled whole; so
+it is when the fuser conditions on the question (vMLLM) and the question changed, since the cached
+image tokens were computed for the earlier one. Greedy answers equal `model.chat` on the same history.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class ChatSession:
         self.messages: list[dict] = []
         self.ids: list[int] = []
         self.cache = None
+        self.question: str | None = None
+        """The question the cached image tokens were computed for."""
         self.prefilled: list[int] = []
         """Tokens prefilled per turn (for tests and curiosity: the cache at work)."""
 
@@ -81,7 +84,9 @@ class ChatSession:
         image_id = model.config.image_token_id
         last_image = max((i for i, t in enumerate(ids) if t == image_id), default=-1)
         device = model.device
-        if self.cache is None or keep <= last_image or keep == len(ids):
+        question = inputs["questions"][0]
+        stale = model.connector.fuser.reads_question and last_image >= 0 and question != self.question
+        if self.cache is None or stale or keep <= last_image or keep == len(ids):
             embeds = model.embed_inputs(inputs)
             out = model.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
             self.prefilled.append(len(ids))
@@ -92,7 +97,7 @@ class ChatSession:
             new = torch.tensor([ids[keep:]], device=device)
             out = model.lm(input_ids=new, use_cache=True, logits_to_keep=1, **cache_kwargs(self.cache))
             self.prefilled.append(len(ids) - keep)
-        self.cache, self.ids = output_cache(out), list(ids)
+        self.cache, self.ids, self.question = output_cache(out), list(ids), question
         return out
 
 

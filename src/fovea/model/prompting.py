@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from .vlm import VisionLanguageModel
 
 
+def question_text(messages: list[dict]) -> str:
+    """The question a question-aware fuser conditions on: every user turn's text, image tags
+    included, joined with no separator (vMLLM's rule). For one prompt, that prompt itself."""
+    return "".join(m["content"] for m in messages if m["role"] == "user")
+
+
 def _joined(pieces, worker):
     """Yield the streamed pieces, then wait for the generating thread to finish."""
     try:
@@ -58,14 +64,19 @@ class PromptMixin:
     def _checkpoint_template(self: VisionLanguageModel) -> JinjaTemplate:
         return JinjaTemplate(self.config.chat_template, self.tokenizer, self.config.image_token)
 
-    def render_prompt(self: VisionLanguageModel, text: str, num_images: int, template: str | None) -> str:
-        """Apply `template` to a user `text`; images without tags are placed first (LLaVA style)."""
+    def tagged(self: VisionLanguageModel, text: str, num_images: int) -> str:
+        """`text` with one image tag per image; untagged images go first (LLaVA style)."""
         tag = self.config.image_token
         found = text.count(tag)
         if found == 0 and num_images:
-            text = f"{tag}\n" * num_images + text
-        elif found != num_images:
+            return f"{tag}\n" * num_images + text
+        if found != num_images:
             raise ConfigError(f"the prompt has {found} {tag} tags but {num_images} images were given")
+        return text
+
+    def render_prompt(self: VisionLanguageModel, text: str, num_images: int, template: str | None) -> str:
+        """Apply `template` to a user `text` (tagged, see `tagged`)."""
+        text = self.tagged(text, num_images)
         fmt = self.chat_format(template)
         return text if fmt is None else fmt.prompt(text, bos_token=self.tokenizer.bos_token)
 
@@ -79,8 +90,9 @@ class PromptMixin:
 
         ``template=None`` uses the text as given (tokenizer special tokens added as the
         tokenizer does by default); a template name (see `chat_format`) wraps it as one user turn.
-        Returns ``input_ids``, ``attention_mask`` (left-padded), ``pixel_values``, ``image_layouts``
-        and ``image_samples`` (the prompt each image belongs to): `embed_inputs` reads them all.
+        Returns ``input_ids``, ``attention_mask`` (left-padded), ``pixel_values``, ``image_layouts``,
+        ``image_samples`` (the prompt each image belongs to) and ``questions`` (each prompt, tagged):
+        `embed_inputs` reads them all.
         """
         if self.tokenizer is None:
             raise ConfigError("this model has no tokenizer; load it with fovea.load or pass one")
@@ -111,6 +123,7 @@ class PromptMixin:
             "pixel_values": torch.cat(all_pixels) if all_pixels else None,
             "image_layouts": layouts or None,
             "image_samples": samples or None,
+            "questions": [self.tagged(prompt, len(imgs)) for prompt, imgs in zip(batch, per_prompt)],
         }
 
     def _tokenize(self: VisionLanguageModel, text: str, add_special_tokens: bool) -> list[int]:
@@ -210,6 +223,7 @@ class PromptMixin:
             "pixel_values": processed.pixels if images else None,
             "image_layouts": processed.layouts or None,
             "image_samples": [0] * len(processed.layouts) or None,
+            "questions": [question_text(messages)],
         }
 
     @torch.inference_mode()

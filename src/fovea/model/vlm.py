@@ -28,6 +28,16 @@ from .prompting import PromptMixin
 
 logger = logging.getLogger(__name__)
 
+IMAGE_INPUTS = ("pixel_values", "image_layouts", "image_samples", "questions")
+"""The fields besides ``input_ids`` that reach the visual side: pixels, each image's layout and
+batch row, and each row's question (for question-aware fusers). `prepare`, `prepare_chat`, the
+training collator and `join_inputs` build them; `embed_inputs` and the training loop read them."""
+
+
+def image_inputs(inputs: dict) -> dict:
+    """The `IMAGE_INPUTS` of a prepared-inputs or batch dict, as keyword arguments."""
+    return {name: inputs.get(name) for name in IMAGE_INPUTS}
+
 
 class VisionLanguageModel(PromptMixin, nn.Module):
     """A LLaVA-NeXT-style model; see the module docstring for the data flow."""
@@ -81,10 +91,11 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         pixel_values: torch.Tensor,
         layouts: list[ImageLayout],
         samples: list[int] | None = None,
-        context: torch.Tensor | None = None,
+        questions: list[str] | None = None,
     ) -> list[torch.Tensor]:
         """All views (V, 3, S, S) -> one (n_i, D) token sequence per image. `samples` gives the
-        batch row each image belongs to (default: all row 0); the fuser sees it per view."""
+        batch row each image belongs to (default: all row 0) and `questions` one text per row;
+        the fuser sees both per view."""
         expected = sum(layout.num_views for layout in layouts)
         if pixel_values.shape[0] != expected:
             raise ValueError(
@@ -93,10 +104,12 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         rows = samples if samples is not None else [0] * len(layouts)
         if len(rows) != len(layouts):
             raise ValueError(f"image_samples names {len(rows)} images but there are {len(layouts)} layouts")
+        if questions is not None and max(rows, default=-1) >= len(questions):
+            raise ValueError(f"an image belongs to row {max(rows)} but only {len(questions)} questions were given")
         per_view = torch.tensor([r for r, layout in zip(rows, layouts) for _ in range(layout.num_views)])
         tower_out = self.tower(pixel_values.to(self.tower_device), depth=self.connector.tower_depth())
         size = (pixel_values.shape[-2], pixel_values.shape[-1])
-        views = self.connector(tower_out, size, context, samples=per_view)  # (V, N', D)
+        views = self.connector(tower_out, size, samples=per_view, questions=questions)  # (V, N', D)
         side = self.connector.out_grid(size)
         packed, start = [], 0
         for layout in layouts:
@@ -111,6 +124,7 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         pixel_values: torch.Tensor | None = None,
         image_layouts: list[ImageLayout] | None = None,
         image_samples: list[int] | None = None,
+        questions: list[str] | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) + images -> input embeddings (B, T, D) with visual tokens merged."""
         mask = input_ids == self.config.image_token_id
@@ -123,20 +137,14 @@ class VisionLanguageModel(PromptMixin, nn.Module):
                     f"the text has {int(mask.sum())} image placeholder tokens but no images were given"
                 )
             return embeds
-        features = torch.cat(self.encode_images(pixel_values, image_layouts, image_samples))
+        features = torch.cat(self.encode_images(pixel_values, image_layouts, image_samples, questions))
         return merge_tokens(embeds, mask, features.to(embeds.device))
 
     def embed_inputs(self, inputs: dict) -> torch.Tensor:
         """The one place model inputs become input embeddings. `inputs` is what `prepare`,
-        `prepare_chat`, `join_inputs` and the training collator build (``input_ids``,
-        ``pixel_values``, ``image_layouts``, ``image_samples``): a new input (a question for a
-        question-aware fuser) is added there and read here, not threaded through every caller."""
-        return self.embed(
-            inputs["input_ids"].to(self.device),
-            inputs.get("pixel_values"),
-            inputs.get("image_layouts"),
-            inputs.get("image_samples"),
-        )
+        `prepare_chat`, `join_inputs` and the training collator build: ``input_ids`` plus the
+        `IMAGE_INPUTS`. A new input is added there and read here, not threaded through every caller."""
+        return self.embed(inputs["input_ids"].to(self.device), **image_inputs(inputs))
 
     def forward(
         self,
@@ -149,10 +157,11 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         image_samples: list[int] | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        questions: list[str] | None = None,
     ):
         """Returns the LM's ``CausalLMOutputWithPast`` (logits (B, T or logits_to_keep, vocab));
         ``cache`` is a transformers ``Cache`` (passed under the name the installed release uses)."""
-        embeds = self.embed(input_ids, pixel_values, image_layouts, image_samples)
+        embeds = self.embed(input_ids, pixel_values, image_layouts, image_samples, questions)
         return self.lm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -164,17 +173,19 @@ class VisionLanguageModel(PromptMixin, nn.Module):
 
     @staticmethod
     def join_inputs(prepared: list[dict]) -> dict:
-        """The image fields of several single-row inputs as one batch (row i = prepared[i]):
-        pixels concatenated, layouts in order, each image's row renumbered."""
+        """The `IMAGE_INPUTS` of several single-row inputs as one batch (row i = prepared[i]):
+        pixels concatenated, layouts in order, each image's row renumbered, one question per row."""
         pixels = [p["pixel_values"] for p in prepared if p.get("pixel_values") is not None]
         layouts, samples = [], []
         for row, p in enumerate(prepared):
             layouts.extend(p.get("image_layouts") or [])
             samples.extend(row for _ in p.get("image_layouts") or [])
+        questions = [question for p in prepared for question in p.get("questions") or [""]]
         return {
             "pixel_values": torch.cat(pixels) if pixels else None,
             "image_layouts": layouts or None,
             "image_samples": samples or None,
+            "questions": questions,
         }
 
     @property

@@ -24,6 +24,7 @@ from ..data.dataset import SupervisedDataset, collate
 from ..data.labels import IGNORE
 from ..data.sources import RecordSource
 from ..imaging.processor import ImageConfig, ImageProcessor
+from ..model.vlm import image_inputs
 from .build import apply_lora, build_model, merge_lora
 from .data_order import micro_batches
 from .engine import Position, StepLoop, StepResult, atomic_save, make_accelerator, resume
@@ -192,11 +193,7 @@ class _StageLoop(StepLoop):
         device = self.acc.device
         with self.acc.autocast():
             out = self.model(
-                batch["input_ids"].to(device),
-                batch["attention_mask"].to(device),
-                batch["pixel_values"],
-                batch["image_layouts"],
-                image_samples=batch["image_samples"],
+                batch["input_ids"].to(device), batch["attention_mask"].to(device), **image_inputs(batch)
             )
         labels = batch["labels"].to(device)
         return F.cross_entropy(
