@@ -103,3 +103,35 @@ def test_shortened_tower_gives_the_same_states_and_skips_the_rest(name):
     assert ran == [0, 1, 0]  # the full run, then the shortened one stops after block 0
     assert len(short) == 2 and all(torch.equal(a, b) for a, b in zip(short, full[:2]))
     assert len(tower.model.encoder.layers) == tower.num_layers  # restored
+
+
+def _one_tiny_per_family() -> list[str]:
+    from fovea.towers.base import TOWER_FAMILIES
+
+    first = {}
+    for name in TINY:
+        first.setdefault(resolve_tower(name).tower["hf_config"]["model_type"], name)
+    assert sorted(first) == TOWER_FAMILIES.names()  # every registered family has a tiny preset
+    return list(first.values())
+
+
+@pytest.mark.parametrize("name", _one_tiny_per_family())
+def test_tower_parts_follow_the_towers_own_blocks(name):
+    """``tower.layers.N`` (``tower.stages.N`` for a hierarchical tower) is exactly block N's
+    parameters, wherever the family keeps its blocks; the other unit is refused by name."""
+    from types import SimpleNamespace
+
+    from fovea.tiny import tiny_vlm
+    from fovea.train.parts import assign
+    from fovea.train.validate import check_parts_match
+
+    model = tiny_vlm(name)
+    path, blocks = model.tower.blocks()
+    unit = path.rsplit(".", 1)[-1]
+    rates = assign(model, {f"tower.{unit}.1": 1e-4})
+    expected = {f"tower.model.{path}.1.{n}" for n, _ in blocks[1].named_parameters()}
+    assert set(rates) == expected and expected
+    other = "stages" if unit == "layers" else "layers"
+    recipe = SimpleNamespace(stages=[SimpleNamespace(train={f"tower.{other}.0": 1e-4})])
+    with pytest.raises(ConfigError, match=f"this tower's blocks are its {unit}"):
+        check_parts_match(recipe, model)

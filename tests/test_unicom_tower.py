@@ -147,7 +147,7 @@ def test_tower_contract_and_shortened_runs():
     with torch.no_grad():
         out = tower(pixels)
         short = tower(pixels, depth=1)
-        with _shortened(tower.model, 2):
+        with _shortened(tower.model, "encoder.layers", 2):
             cut = tower.model(pixels)
     assert len(out.hidden_states) == 3 + 1 and out.num_prefix_tokens == 0 and out.grid == (3, 3)
     assert all(h.shape == (2, 9, 32) for h in out.hidden_states)

@@ -45,6 +45,10 @@ class TowerFamily:
     hidden_states_kwargs: dict = field(default_factory=dict)
     """Extra forward arguments when only the hidden states are wanted (UNICOM: ``pool=False``
     skips its BatchNorm embedding head)."""
+    blocks: str = "encoder.layers"
+    """Where the model's blocks sit (a ModuleList; hidden state i is block i's output). Its last
+    name is how recipes name them as parts: ``tower.layers.A-B`` for a ViT's layers,
+    ``tower.stages.A-B`` for a hierarchical tower's stages."""
 
 
 TOWER_FAMILIES: Registry[TowerFamily] = Registry("tower type")
@@ -153,6 +157,20 @@ class VisionTower(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         return height // self.patch_size, width // self.patch_size
 
+    @property
+    def family(self) -> TowerFamily:
+        """The registered facts of this tower's type (defaults for an unregistered type)."""
+        known = self.config.model_type in TOWER_FAMILIES
+        return TOWER_FAMILIES.get(self.config.model_type) if known else TowerFamily(has_cls=self.config.cls_token)
+
+    def blocks(self) -> tuple[str, nn.ModuleList | None]:
+        """(path inside ``self.model``, the ModuleList there) of the tower's blocks."""
+        path = self.family.blocks
+        module = self.model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        return path, module if isinstance(module, nn.ModuleList) else None
+
     def feature_levels(self) -> list[FeatureLevel]:
         """Every hidden state's level, in `TowerOutput.hidden_states` order (0 = embeddings)."""
         prefix = 1 if self.config.cls_token else 0
@@ -163,11 +181,8 @@ class VisionTower(nn.Module):
         blocks: a connector that reads layer -2 need not run the last block (LLaVA's default)."""
         first = next(self.parameters())
         pixels = pixels.to(device=first.device, dtype=first.dtype)
-        family = (
-            TOWER_FAMILIES.get(self.config.model_type) if self.config.model_type in TOWER_FAMILIES else None
-        )
-        extra = family.hidden_states_kwargs if family is not None else {}
-        with _shortened(self.model, depth):
+        extra = self.family.hidden_states_kwargs
+        with _shortened(self.model, self.blocks()[0], depth):
             out = self.model(pixel_values=pixels, output_hidden_states=True, return_dict=True, **extra)
         return TowerOutput(
             hidden_states=tuple(out.hidden_states),
@@ -209,19 +224,22 @@ class VisionTower(nn.Module):
 
 
 @contextmanager
-def _shortened(model: nn.Module, depth: int | None):
-    """Temporarily run only the first `depth` encoder blocks. transformers records hidden states
-    with hooks on each block, so the states it returns are exactly those of the full model."""
-    encoder = getattr(model, "encoder", None)
-    layers = getattr(encoder, "layers", None)
-    if depth is None or not isinstance(layers, nn.ModuleList) or depth >= len(layers):
+def _shortened(model: nn.Module, path: str, depth: int | None):
+    """Temporarily run only the first `depth` blocks of the ModuleList at `path` (a ViT's layers,
+    a ConvNeXt's stages). The states returned are exactly those of the full model's first blocks."""
+    *parents, name = path.split(".")
+    owner = model
+    for parent in parents:
+        owner = getattr(owner, parent, None)
+    blocks = getattr(owner, name, None)
+    if depth is None or not isinstance(blocks, nn.ModuleList) or depth >= len(blocks):
         yield
         return
-    encoder.layers = layers[:depth]
+    setattr(owner, name, blocks[:depth])
     try:
         yield
     finally:
-        encoder.layers = layers
+        setattr(owner, name, blocks)
 
 
 def _as_int(value) -> int:

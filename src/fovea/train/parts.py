@@ -1,7 +1,8 @@
 """Which parameters train, at which learning rate: stages name *parts*, never parameter names.
 
-Parts: ``tower``, ``tower.embeddings``, ``tower.layers.A-B`` (blocks A..B inclusive, or one
-``tower.layers.N``), ``connector`` (or its ``connector.fuser`` and ``connector.projector`` apart,
+Parts: ``tower``, ``tower.embeddings``, ``tower.layers.A-B`` (a ViT's blocks A..B inclusive, or
+one ``tower.layers.N``), ``tower.stages.A-B`` (a hierarchical tower's stages, each with its own
+downsampling layer: the tower's family says which it has, see `TowerFamily.blocks`), ``connector`` (or its ``connector.fuser`` and ``connector.projector`` apart,
 e.g. MMFuser's fuser at 1e-4 beside the MLP at 1e-3), ``lm``, ``lm.embeddings`` (input and output
 embeddings), ``newline``. A parameter takes the learning rate of the most specific part that contains it;
 parameters of no listed part are frozen. `describe` gives the table the run logs.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,6 +27,7 @@ PARTS = (
     "tower",
     "tower.embeddings",
     "tower.layers.A-B",
+    "tower.stages.A-B",
     "connector",
     "connector.fuser",
     "connector.projector",
@@ -33,8 +36,28 @@ PARTS = (
     "newline",
 )
 """What a stage may train (``tower.layers.A-B``: blocks A..B, or ``tower.layers.N``)."""
-_LAYER_RANGE = re.compile(r"^tower\.layers\.(\d+)(?:-(\d+))?$")
-_LAYER_OF = re.compile(r"\.layers\.(\d+)\.")
+_BLOCK_RANGE = re.compile(r"^tower\.(layers|stages)\.(\d+)(?:-(\d+))?$")
+
+
+@dataclass(frozen=True)
+class PartIndex:
+    """What naming parts needs to know about one model: its LM embedding parameters and where its
+    tower's blocks are (``unit`` "layers" or "stages", parameter names under ``prefix``)."""
+
+    embeddings: frozenset[str] = frozenset()
+    unit: str | None = None
+    prefix: str | None = None
+
+    @classmethod
+    def of(cls, model) -> PartIndex:
+        path, _ = model.tower.blocks()
+        return cls(frozenset(lm_embedding_names(model)), path.rsplit(".", 1)[-1], f"tower.model.{path}.")
+
+    def block(self, name: str) -> int | None:
+        """The tower block (layer or stage) parameter `name` lies in, or None."""
+        if self.prefix is None or not name.startswith(self.prefix):
+            return None
+        return int(name[len(self.prefix) :].split(".", 1)[0])
 
 
 def lm_embedding_names(model) -> set[str]:
@@ -45,17 +68,25 @@ def lm_embedding_names(model) -> set[str]:
     return names
 
 
-def part_of(name: str, part: str, embeddings: set[str]) -> bool:
+def block_unit_mismatch(part: str, index: PartIndex) -> str | None:
+    """Why a ``tower.stages.N`` part cannot apply to a tower with layers (or the reverse), or None."""
+    match = _BLOCK_RANGE.match(part)
+    if match is None or index.unit is None or match.group(1) == index.unit:
+        return None
+    return f"this tower's blocks are its {index.unit} (tower.{index.unit}.A-B), not {match.group(1)}"
+
+
+def part_of(name: str, part: str, index: PartIndex) -> bool:
     """Does parameter `name` belong to `part`?"""
     if part == "tower":
         return name.startswith("tower.")
     if part == "tower.embeddings":
         return name.startswith("tower.") and ".embeddings." in name
-    match = _LAYER_RANGE.match(part)
+    match = _BLOCK_RANGE.match(part)
     if match:
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        layer = _LAYER_OF.search(name)
-        return name.startswith("tower.") and layer is not None and first <= int(layer.group(1)) <= last
+        first, last = int(match.group(2)), int(match.group(3) or match.group(2))
+        block = index.block(name) if match.group(1) == index.unit else None
+        return block is not None and first <= block <= last
     if part == "connector":
         return name.startswith("connector.")
     if part in ("connector.fuser", "connector.projector"):
@@ -63,7 +94,7 @@ def part_of(name: str, part: str, embeddings: set[str]) -> bool:
     if part == "lm":
         return name.startswith("lm.")
     if part == "lm.embeddings":
-        return name in embeddings
+        return name in index.embeddings
     if part == "newline":
         return name == "image_newline"
     raise ConfigError(f"unknown part {part!r}; parts are {', '.join(PARTS)}")
@@ -78,14 +109,14 @@ def assign(model: nn.Module, train: dict[str, float], lora_lr: float | None = No
     With LoRA (`lora_lr` set), a part covering adapted weights trains only their adapters, at
     the part's rate; adapters of parts not listed train at `lora_lr`.
     """
-    embeddings = lm_embedding_names(model)
+    index = PartIndex.of(model)
     order = sorted(train, key=lambda p: _SPECIFICITY.get(p, 2))  # later = more specific, wins
     adapted = {n.split(".lora_")[0] for n, _ in model.named_parameters() if ".lora_" in n}
     rates: dict[str, float] = {}
     for name, param in model.named_parameters():
         lr = None
         for part in order:
-            if part_of(name, part, embeddings):
+            if part_of(name, part, index):
                 lr = train[part]
         if lora_lr is not None and ".lora_" in name:
             lr = lr if lr is not None else lora_lr

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..imaging.processor import check_image_mode
 from ..model.templates import TEMPLATES
 from ..registry import suggest
-from .parts import PARTS, lm_embedding_names, part_of
+from .parts import PARTS, PartIndex, block_unit_mismatch, part_of
 from .recipe import Recipe, StageSpec
 
 
@@ -96,7 +96,7 @@ def _check_stage(path: str, stage: StageSpec) -> None:
 
 def _is_part(part: str) -> bool:
     try:
-        part_of("", part, set())
+        part_of("", part, PartIndex())
     except ConfigError:
         return False
     return True
@@ -131,10 +131,13 @@ def _data_files(spec: Path) -> None:
 def check_parts_match(recipe: Recipe, model) -> None:
     """Each stage's parts cover at least one parameter of the built model (``tower.layers.30-40``
     on a 24-block tower would otherwise train nothing, silently)."""
-    names, embeddings = [name for name, _ in model.named_parameters()], lm_embedding_names(model)
+    names, index = [name for name, _ in model.named_parameters()], PartIndex.of(model)
     for i, stage in enumerate(recipe.stages):
         for part in stage.train:
-            if not any(part_of(name, part, embeddings) for name in names):
+            why = block_unit_mismatch(part, index)
+            if why:
+                raise ConfigError(f"stages.{i}.train: part {part!r} does not fit: {why}")
+            if not any(part_of(name, part, index) for name in names):
                 raise ConfigError(f"stages.{i}.train: part {part!r} matches no parameter of this model")
 
 
