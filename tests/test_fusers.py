@@ -3,54 +3,22 @@ every trainable parameter, save -> load exact; and fusers' own configs, strictly
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import fovea
 from fovea.config import from_dict, to_dict
 from fovea.connectors.connector import ConnectorConfig
 from fovea.connectors.fusers import FUSERS, FuserConfig, fuser_config
 from fovea.errors import ConfigError
-from fovea.tiny import tiny_vlm
 from fovea.train.parts import assign
-
-IMAGES = [(50, 90), (90, 40), (20, 20)]  # wide, tall, tiny (height, width)
-
-# The selected layers per fuser, from the tiny tower's 3 hidden states (embeddings + 2 blocks).
-# MMFuser reads its last layer as the query and the others as levels: 4 levels + query as the
-# original's [-22, -17, -12, -7, -2], which here has to repeat layers.
-LAYERS = {"mmfuser": [0, 1, 0, 1, -2]}
-
-
-def _model(fuser: str):
-    model = tiny_vlm()
-    config = model.config
-    layers = LAYERS.get(fuser, [-3, -2])
-    config.connector = from_dict(ConnectorConfig, {"layers": layers, "fuser": {"type": fuser}})
-    return fovea.VisionLanguageModel(config, model.tokenizer)
-
-
-def _off_init(model) -> None:
-    """Every connector parameter a small random step off its init, as a first optimizer step
-    would move it. A fuser may start as an exact identity behind zero-initialised gates (MMFuser's
-    LayerScale gammas), where at step 0 no gradient reaches its inner weights by design."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.connector.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-
-
-def _images():
-    rng = np.random.default_rng(0)
-    return [Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")) for h, w in IMAGES]
+from fuser_models import fuser_model, images, off_init
 
 
 @pytest.mark.parametrize("name", list(FUSERS))
 def test_token_counts_are_known_before_running(name):
-    model = _model(name)
-    inputs = model.prepare("<image><image><image>\nWhat is it?", images=_images())
+    model = fuser_model(name)
+    inputs = model.prepare("<image><image><image>\nWhat is it?", images=images())
     with torch.no_grad():
         packed = model.encode_images(inputs["pixel_values"], inputs["image_layouts"])
     for layout, tokens in zip(inputs["image_layouts"], packed):
@@ -61,10 +29,10 @@ def test_token_counts_are_known_before_running(name):
 
 @pytest.mark.parametrize("name", list(FUSERS))
 def test_a_gradient_reaches_every_trainable_connector_parameter(name):
-    model = _model(name).train()
-    _off_init(model)
+    model = fuser_model(name).train()
+    off_init(model)
     rates = assign(model, {"connector": 1e-3})
-    inputs = model.prepare("<image>\nWhat is it?", images=_images()[:1])
+    inputs = model.prepare("<image>\nWhat is it?", images=images()[:1])
     model(**inputs).logits.float().pow(2).mean().backward()
     for param_name, param in model.named_parameters():
         if param_name in rates:
@@ -73,9 +41,9 @@ def test_a_gradient_reaches_every_trainable_connector_parameter(name):
 
 @pytest.mark.parametrize("name", list(FUSERS))
 def test_save_and_load_are_exact(name, tmp_path):
-    model = _model(name).eval()
-    _off_init(model)  # the fuser's weights must be saved, not only re-created by its init
-    inputs = model.prepare("<image>\nWhat is it?", images=_images()[:1])
+    model = fuser_model(name).eval()
+    off_init(model)  # the fuser's weights must be saved, not only re-created by its init
+    inputs = model.prepare("<image>\nWhat is it?", images=images()[:1])
     with torch.no_grad():
         before = model(**inputs).logits
     model.save_pretrained(tmp_path)
@@ -83,7 +51,7 @@ def test_save_and_load_are_exact(name, tmp_path):
     assert loaded.config.connector.fuser == model.config.connector.fuser
     with torch.no_grad():
         assert torch.equal(
-            loaded(**loaded.prepare("<image>\nWhat is it?", images=_images()[:1])).logits, before
+            loaded(**loaded.prepare("<image>\nWhat is it?", images=images()[:1])).logits, before
         )
 
 
@@ -114,7 +82,7 @@ def test_a_bad_fuser_is_one_line_naming_it(fuser, message):
 
 
 def test_the_fuser_and_the_projector_train_at_their_own_rates():
-    model = _model("concat")
+    model = fuser_model("concat")
     rates = assign(model, {"connector": 1e-3, "connector.projector": 2e-5})
     projector = [n for n in rates if n.startswith("connector.projector.")]
     assert projector and all(rates[n] == 2e-5 for n in projector)

@@ -1,0 +1,45 @@
+"""Tiny models with each registered fuser, off their init, for the registry-wide fuser tests.
+
+The selected layers per fuser come from the tiny tower's 3 hidden states (embeddings + 2 blocks).
+MMFuser reads its last layer as the query and the others as levels: 4 levels + query as the
+original's [-22, -17, -12, -7, -2], which here has to repeat layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+import fovea
+from fovea.config import from_dict
+from fovea.connectors.connector import ConnectorConfig
+from fovea.tiny import tiny_vlm
+
+LAYERS = {"mmfuser": [0, 1, 0, 1, -2]}
+IMAGES = [(50, 90), (90, 40), (20, 20)]  # wide, tall, tiny (height, width)
+
+
+def fuser_model(fuser: str) -> fovea.VisionLanguageModel:
+    """The tiny model with `fuser` in its connector, at its init."""
+    model = tiny_vlm()
+    config = model.config
+    config.connector = from_dict(
+        ConnectorConfig, {"layers": LAYERS.get(fuser, [-3, -2]), "fuser": {"type": fuser}}
+    )
+    return fovea.VisionLanguageModel(config, model.tokenizer)
+
+
+def off_init(model) -> None:
+    """Every connector parameter a small random step off its init, as a first optimizer step
+    would move it. A fuser may start as an exact identity behind zero-initialised gates (MMFuser's
+    LayerScale gammas), where at step 0 no gradient reaches its inner weights by design."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.connector.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")) for h, w in IMAGES]
