@@ -2,7 +2,9 @@
 
 The selected layers per fuser come from the tiny tower's 3 hidden states (embeddings + 2 blocks).
 MMFuser reads its last layer as the query and the others as levels: 4 levels + query as the
-original's [-22, -17, -12, -7, -2], which here has to repeat layers.
+original's [-22, -17, -12, -7, -2], which here has to repeat layers. vMLLM aggregates two groups of two
+states (a one-layer group's attention weight is always 1) and then reads the selected one (-2); its CLIP variant (projection_dim) with a tiny CLIP
+text tower, whose tokenizer is attached as `fovea.load` attaches a checkpoint's.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from PIL import Image
 import fovea
 from fovea.config import from_dict
 from fovea.connectors.connector import ConnectorConfig
-from fovea.tiny import tiny_vlm
+from fovea.tiny import tiny_text_tower, tiny_vlm
 
-LAYERS = {"mmfuser": [0, 1, 0, 1, -2]}
+LAYERS = {"mmfuser": [0, 1, 0, 1, -2], "vmllm": [0, 1, 1, 2, -2]}
 IMAGES = [(50, 90), (90, 40), (20, 20)]  # wide, tall, tiny (height, width)
 
 
@@ -24,10 +26,15 @@ def fuser_model(fuser: str) -> fovea.VisionLanguageModel:
     """The tiny model with `fuser` in its connector, at its init."""
     model = tiny_vlm()
     config = model.config
-    config.connector = from_dict(
-        ConnectorConfig, {"layers": LAYERS.get(fuser, [-3, -2]), "fuser": {"type": fuser}}
-    )
-    return fovea.VisionLanguageModel(config, model.tokenizer)
+    fields, tokenizer = {"type": fuser}, None
+    if fuser == "vmllm":
+        text, tokenizer = tiny_text_tower("clip_text_model", width=16)
+        fields |= {"text_tower": text, "projection_dim": 16}
+    config.connector = from_dict(ConnectorConfig, {"layers": LAYERS.get(fuser, [-3, -2]), "fuser": fields})
+    built = fovea.VisionLanguageModel(config, model.tokenizer)
+    if tokenizer is not None:
+        built.connector.fuser.tokenizer = tokenizer
+    return built
 
 
 def off_init(model) -> None:

@@ -123,11 +123,12 @@ def convert(
     if to == "hf":
         refuse_inexpressible(opened.config)  # before touching any weight
     skeleton = opened.skeleton()
+    opened.attach(skeleton)
     plans = plan_load(skeleton, opened.sources(skeleton))
     target = HFTarget(opened) if to == "hf" else None
     _start_partial(work)
     try:
-        report = _write(opened, plans, target, work, Report(dest), dtype, max_shard_size, progress)
+        report = _write(opened, skeleton, plans, target, work, Report(dest), dtype, max_shard_size, progress)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # ours: marked and created by this run
         raise
@@ -139,7 +140,7 @@ def convert(
     return report
 
 
-def _write(opened, plans, target, work: Path, report: Report, dtype, max_shard_size, progress) -> Report:
+def _write(opened, skeleton, plans, target, work: Path, report: Report, dtype, max_shard_size, progress) -> Report:
     writer = ShardWriter(work, max_shard_size)
     rename: Callable[[str], str] = target.rename if target else (lambda k: k)
     bar = tqdm(total=len(plans), disable=not progress, desc="convert", unit="tensor")
@@ -153,6 +154,7 @@ def _write(opened, plans, target, work: Path, report: Report, dtype, max_shard_s
         target.write_metadata(work, report)
     else:
         _write_fovea_metadata(opened, work)
+        skeleton.connector.fuser.save_files(work)
     return report
 
 

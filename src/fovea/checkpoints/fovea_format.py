@@ -3,6 +3,7 @@
     config.json        {"format": "fovea", "fovea_version": ..., "model": <VLMConfig as a dict>}
     model.safetensors  (or model-0000i-of-0000n.safetensors + model.safetensors.index.json)
     tokenizer files    (whatever the tokenizer's save_pretrained writes)
+    text_tokenizer/    a fuser's own files, if it has any (vMLLM's text tower tokenizer)
 
 Weights keep the module names of ``VisionLanguageModel`` (``tower.model.*``, ``connector.*``,
 ``lm.*``, ``image_newline``), so the tower and LM parts are transformers' own key names under a
@@ -33,6 +34,7 @@ def save_model(model: VisionLanguageModel, directory: Path, max_shard_size: int)
     save_state(model.state_dict(), directory, max_shard_size)
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(directory))
+    model.connector.fuser.save_files(directory)
     payload = {"format": FORMAT, "fovea_version": __version__, "model": to_dict(model.config)}
     # written last: a directory with config.json is complete
     write_text_atomic(directory / "config.json", json.dumps(payload, indent=2))

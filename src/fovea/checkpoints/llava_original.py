@@ -9,7 +9,8 @@ directory. LLaVA-NeXT reads ``image_grid_pinpoints`` lists as (width, height): t
 into fovea's (height, width) here. SigLIP towers run as LLaVA-NeXT runs them: last block
 removed, no pooling head, last hidden state. Stage-1 outputs (``mm_projector.bin`` only) load on
 top of their base LM (``_name_or_path``, or ``base=``). A fuser saved as ``model.mm_projector.0``
-(MMFuser's LLaVA-1.5 checkpoints) is recognised by its weights: see mmfuser_original.py.
+(MMFuser's LLaVA-1.5 checkpoints) is recognised by its weights: see mmfuser_original.py; so is
+vMLLM's ``ProjectBlock`` (vmllm_original.py), whose towers all come from ``mm_vision_tower``.
 
 The tokenizer of these checkpoints has no ``<image>`` token: prompts are split at the tag and
 LLaVA's placeholder id -200 goes between the pieces, as ``tokenizer_image_token`` does.
@@ -27,7 +28,7 @@ from ..errors import CheckpointError, ConfigError
 from ..imaging.processor import ImageConfig
 from ..towers.base import TowerConfig
 from ..towers.presets import resolve_tower
-from . import mmfuser_original
+from . import mmfuser_original, vmllm_original
 from .weights import KeyMap, Source, weight_files
 
 IMAGE_TOKEN_INDEX = -200
@@ -108,6 +109,8 @@ def connector_spec(raw: dict, tower: TowerConfig, where: Path, shapes: dict | No
             f"{where}: unsupported mm_projector_type {projector!r} (linear, mlpNx_gelu, identity)"
         )
     keep_cls = kind == "cls_patch" and tower.cls_token
+    if vmllm_original.detect(shapes or {}):
+        return ConnectorConfig(**vmllm_original.connector_fields(raw, tower, shapes, selected, where))
     layout = mmfuser_original.detect(shapes or {})
     if layout is None:
         return ConnectorConfig(layers=layers, keep_cls=keep_cls, projector=projector)
@@ -165,15 +168,24 @@ def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | Non
     )
 
 
+def _is_vmllm(model_keys: set[str]) -> bool:
+    return "connector.fuser.enhance.low.query.weight" in model_keys
+
+
 def key_map(model_keys: set[str], tower_layers: int) -> KeyMap:
     """Original checkpoint key -> fovea key."""
 
     fuser = mmfuser_original.of_model(model_keys)
+    vmllm = _is_vmllm(model_keys)
 
     def mapped(key: str) -> str | None:
+        if vmllm and key.startswith("model.vision_tower."):
+            return None  # the original reloads every tower from mm_vision_tower
         if key.startswith("model.vision_tower.vision_tower."):
             return tower_key(key.removeprefix("model.vision_tower.vision_tower."), model_keys, tower_layers)
         if key.startswith("model.mm_projector."):
+            if vmllm:
+                return vmllm_original.projector_key(key.removeprefix("model.mm_projector."))
             if fuser is not None:
                 return fuser.key(key.removeprefix("model.mm_projector."))
             return "connector.projector." + key.removeprefix("model.mm_projector.")
@@ -210,18 +222,27 @@ def tower_key(rest: str, model_keys: set[str], tower_layers: int) -> str | None:
 
 
 def sources(
-    directory: Path, raw: dict, model_keys: set[str], tower_layers: int, base: str | None
+    directory: Path,
+    raw: dict,
+    model_keys: set[str],
+    tower_layers: int,
+    base: str | None,
+    tower: str | None = None,
 ) -> list[Source]:
     """Where every part's weights come from: the checkpoint, and for what it lacks, the tower
-    directory and (stage-1 outputs) the base LM."""
+    directory (`tower`, else ``mm_vision_tower``) and (stage-1 outputs) the base LM."""
     from .loader import resolve_directory
 
     own = _own_files(directory)
     found = [Source(own, key_map(model_keys, tower_layers))] if own else []
     keys = _keys_of(own)
-    if not any(k.startswith("model.vision_tower.") for k in keys):
-        tower_dir = resolve_directory(raw.get("mm_vision_tower") or raw.get("vision_tower"))
-        found.append(Source(weight_files(tower_dir), _tower_prefix_map(model_keys, tower_layers)))
+    vmllm = _is_vmllm(model_keys)
+    if vmllm or not any(k.startswith("model.vision_tower.") for k in keys):
+        tower_dir = resolve_directory(tower or raw.get("mm_vision_tower") or raw.get("vision_tower"))
+        tower_map = _tower_prefix_map(model_keys, tower_layers)
+        if vmllm:
+            tower_map = lambda key, inner=tower_map: vmllm_original.tower_key(key, inner)  # noqa: E731
+        found.append(Source(weight_files(tower_dir), tower_map))
     if not any(k.startswith("model.layers.") for k in keys):
         base_name = base or raw.get("_name_or_path")
         if not base_name or Path(base_name).resolve() == directory.resolve():
@@ -230,6 +251,12 @@ def sources(
             )
         found.append(Source(weight_files(resolve_directory(base_name)), key_map(model_keys, tower_layers)))
     return found
+
+
+def attach(model, raw: dict, tower: str | None) -> None:
+    """What a fuser reads from the tower's directory besides weights (vMLLM's text tokenizer)."""
+    if _is_vmllm(set(model.state_dict())):
+        vmllm_original.attach(model, tower or raw.get("mm_vision_tower") or raw.get("vision_tower"))
 
 
 def _own_files(directory: Path) -> list[Path]:

@@ -68,6 +68,8 @@ class Opened:
     config: VLMConfig
     tokenizer: object
     base: str | None = None
+    tower: str | None = None
+    """The tower named in place of an original config's ``mm_vision_tower``."""
 
     def sources(self, model) -> list[Source]:
         keys = set(model.state_dict())
@@ -75,7 +77,15 @@ class Opened:
             return [Source(weight_files(self.directory), lambda k: k)]
         if self.raw.get("model_type") == hf_llava_next.MODEL_TYPE:
             return [Source(weight_files(self.directory), hf_llava_next.key_map(keys))]
-        return llava_original.sources(self.directory, self.raw, keys, model.tower.num_layers, self.base)
+        return llava_original.sources(self.directory, self.raw, keys, model.tower.num_layers, self.base, self.tower)
+
+    def attach(self, model) -> None:
+        """Give the model's fuser the files it keeps beside its weights (vMLLM's text tokenizer):
+        a fovea checkpoint holds them; an original one has them in its tower's directory."""
+        if fovea_format.is_fovea_checkpoint(self.raw):
+            model.connector.fuser.load_files(self.directory)
+        elif llava_original.is_original(self.raw):
+            llava_original.attach(model, self.raw, self.tower)
 
     def skeleton(self):
         """The model on the meta device: every name and shape, no memory."""
@@ -108,7 +118,7 @@ def open_checkpoint(source: str | Path, *, base: str | None = None, tower: str |
         raise CheckpointError(
             f"{directory / 'config.json'}: unsupported checkpoint layout {kind!r} (fovea, llava_next, llava_*)"
         )
-    return Opened(directory, raw, config, tokenizer, base)
+    return Opened(directory, raw, config, tokenizer, base, tower)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -140,6 +150,7 @@ def load(
     opened = open_checkpoint(source, base=base, tower=tower)
     model = opened.skeleton()
     fill(model, plan_load(model, opened.sources(model)), dtype, device)
+    opened.attach(model)
     if model.lm.config.tie_word_embeddings:
         model.lm.tie_weights()
     _check_filled(model, opened.directory)

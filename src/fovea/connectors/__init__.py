@@ -4,6 +4,7 @@ from .connector import Connector, ConnectorConfig
 from .fusers import FUSERS, Fuser, FuserInput
 from .mmfuser import MMFuser, MMFuserConfig  # registers the 'mmfuser' fuser
 from .projectors import PROJECTOR_TYPES, build_projector
+from .vmllm import VMLLMConfig, VMLLMFuser  # registers the 'vmllm' fuser
 
 __all__ = [
     "FUSERS",
@@ -14,5 +15,7 @@ __all__ = [
     "FuserInput",
     "MMFuser",
     "MMFuserConfig",
+    "VMLLMConfig",
+    "VMLLMFuser",
     "build_projector",
 ]

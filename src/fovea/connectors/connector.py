@@ -94,7 +94,13 @@ class Connector(nn.Module):
                 "`prepare`/`prepare_chat` build (their `questions`), or questions=[...] per row"
             )
         skip = 0 if self.config.keep_cls else tower_out.num_prefix_tokens
-        layers = [tower_out.hidden_states[i][:, skip:] for i in self.layer_index]  # each (V, N, D)
-        grids = [level.grid(*pixels) for level in self.levels]
-        fused = self.fuser(FuserInput(layers=layers, grids=grids, samples=samples, questions=questions))
+        states = [tower_out.hidden_states[i] for i in self.layer_index]
+        inputs = FuserInput(
+            layers=[state[:, skip:] for state in states],  # each (V, N, D)
+            grids=[level.grid(*pixels) for level in self.levels],
+            prefix=[state[:, :skip] for state in states] if skip else None,
+            samples=samples,
+            questions=questions,
+        )
+        fused = self.fuser(inputs)
         return self.projector(fused)

@@ -41,6 +41,9 @@ class FuserInput:
     samples: torch.Tensor | None = None
     """(V,) the batch row (sample) each view belongs to, so a question-aware fuser conditions
     every view on its own sample's question."""
+    prefix: list[torch.Tensor] | None = None
+    """Each selected layer's tokens before its grid (V, P, D) — the CLS token — when the tower has
+    them and the connector does not keep them in `layers` (vMLLM reads the CLS as an image vector)."""
     questions: list[str] | None = None
     """One question text per batch row (see `fovea.model.prompting.question_text`); given to
     every fuser, read by those with ``reads_question``."""
@@ -57,6 +60,27 @@ class Fuser(nn.Module):
 
     def out_width(self) -> int:
         raise NotImplementedError
+
+    # -- what a fuser with pretrained parts of its own (vMLLM's text tower) overrides ----------
+
+    @classmethod
+    def complete_config(cls, config: FuserConfig, source: str | None) -> FuserConfig:
+        """The config with what a recipe may leave out filled from the tower's pretrained
+        `source` (hub id or directory; None: a random tower)."""
+        return config
+
+    def load_pretrained(self, source: str) -> None:
+        """Fill the fuser's own pretrained parts from the tower's `source` (none by default)."""
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Sub-modules that never train, whatever a stage's parts say (none by default)."""
+        return []
+
+    def save_files(self, directory) -> None:
+        """Files the fuser keeps beside the weights of a fovea checkpoint (none by default)."""
+
+    def load_files(self, directory) -> None:
+        """Read what `save_files` wrote (none by default)."""
 
     def out_grid(self, grids: list[tuple[int, int]]) -> tuple[int, int]:
         """(rows, cols) of the output for the selected levels' grids (default: the last one's)."""

@@ -3,7 +3,8 @@
 Parts: ``tower``, ``tower.embeddings``, ``tower.layers.A-B`` (a ViT's blocks A..B inclusive, or
 one ``tower.layers.N``), ``tower.stages.A-B`` (a hierarchical tower's stages, each with its own
 downsampling layer: the tower's family says which it has, see `TowerFamily.blocks`), ``connector`` (or its ``connector.fuser`` and ``connector.projector`` apart,
-e.g. MMFuser's fuser at 1e-4 beside the MLP at 1e-3), ``lm``, ``lm.embeddings`` (input and output
+e.g. MMFuser's fuser at 1e-4 beside the MLP at 1e-3; ``connector.fuser.NAME``, one sub-module of
+the fuser, e.g. vMLLM's ``enhance``), ``lm``, ``lm.embeddings`` (input and output
 embeddings), ``newline``. A parameter takes the learning rate of the most specific part that contains it;
 parameters of no listed part are frozen. `describe` gives the table the run logs.
 
@@ -30,6 +31,7 @@ PARTS = (
     "tower.stages.A-B",
     "connector",
     "connector.fuser",
+    "connector.fuser.NAME",
     "connector.projector",
     "lm",
     "lm.embeddings",
@@ -37,6 +39,7 @@ PARTS = (
 )
 """What a stage may train (``tower.layers.A-B``: blocks A..B, or ``tower.layers.N``)."""
 _BLOCK_RANGE = re.compile(r"^tower\.(layers|stages)\.(\d+)(?:-(\d+))?$")
+_FUSER_PART = re.compile(r"^connector\.fuser\.[A-Za-z_]\w*$")
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,15 @@ class PartIndex:
     embeddings: frozenset[str] = frozenset()
     unit: str | None = None
     prefix: str | None = None
+    frozen: frozenset[str] = frozenset()
+    """Parameters that never train (a fuser's frozen text tower), whatever the parts say."""
 
     @classmethod
     def of(cls, model) -> PartIndex:
         path, _ = model.tower.blocks()
-        return cls(frozenset(lm_embedding_names(model)), path.rsplit(".", 1)[-1], f"tower.model.{path}.")
+        frozen = {id(p) for module in model.connector.fuser.frozen_modules() for p in module.parameters()}
+        names = frozenset(n for n, p in model.named_parameters() if id(p) in frozen)
+        return cls(frozenset(lm_embedding_names(model)), path.rsplit(".", 1)[-1], f"tower.model.{path}.", names)
 
     def block(self, name: str) -> int | None:
         """The tower block (layer or stage) parameter `name` lies in, or None."""
@@ -89,7 +96,7 @@ def part_of(name: str, part: str, index: PartIndex) -> bool:
         return block is not None and first <= block <= last
     if part == "connector":
         return name.startswith("connector.")
-    if part in ("connector.fuser", "connector.projector"):
+    if part in ("connector.fuser", "connector.projector") or _FUSER_PART.match(part):
         return name.startswith(f"{part}.")
     if part == "lm":
         return name.startswith("lm.")
@@ -100,9 +107,6 @@ def part_of(name: str, part: str, index: PartIndex) -> bool:
     raise ConfigError(f"unknown part {part!r}; parts are {', '.join(PARTS)}")
 
 
-_SPECIFICITY = {"tower": 0, "lm": 0, "connector": 1, "newline": 1, "tower.embeddings": 1, "lm.embeddings": 1}
-
-
 def assign(model: nn.Module, train: dict[str, float], lora_lr: float | None = None) -> dict[str, float]:
     """Parameter name -> learning rate for every trainable parameter; freezes all others.
 
@@ -110,7 +114,7 @@ def assign(model: nn.Module, train: dict[str, float], lora_lr: float | None = No
     the part's rate; adapters of parts not listed train at `lora_lr`.
     """
     index = PartIndex.of(model)
-    order = sorted(train, key=lambda p: _SPECIFICITY.get(p, 2))  # later = more specific, wins
+    order = sorted(train, key=lambda p: p.count("."))  # later = more specific (deeper), wins
     adapted = {n.split(".lora_")[0] for n, _ in model.named_parameters() if ".lora_" in n}
     rates: dict[str, float] = {}
     for name, param in model.named_parameters():
@@ -118,7 +122,9 @@ def assign(model: nn.Module, train: dict[str, float], lora_lr: float | None = No
         for part in order:
             if part_of(name, part, index):
                 lr = train[part]
-        if lora_lr is not None and ".lora_" in name:
+        if name in index.frozen:
+            lr = None
+        elif lora_lr is not None and ".lora_" in name:
             lr = lr if lr is not None else lora_lr
         elif lora_lr is not None and name.rsplit(".", 1)[0].removesuffix(".base_layer") in adapted:
             lr = None  # an adapted weight stays frozen: its adapters learn instead
