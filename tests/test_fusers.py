@@ -104,14 +104,16 @@ def test_every_recipes_connector_builds_on_its_real_tower(path):
     on it: the layers exist, the fuser's config fits the tower's widths, token counts are known."""
     from fovea.connectors.connector import Connector
     from fovea.towers.base import VisionTower
-    from fovea.towers.presets import resolve_tower
+    from fovea.towers.presets import pretrained_source, resolve_tower
+    from fovea.train.build import _complete_connector
     from fovea.train.recipe import load_recipe
 
     recipe = load_recipe(path)  # (tiny.yaml's tower_config model is built by tests/test_train.py)
     preset = resolve_tower(recipe.model.tower)
+    config = _complete_connector(recipe.model.connector, pretrained_source(recipe.model.tower))
     with torch.device("meta"):
         tower = VisionTower(preset.tower_config())
-        connector = Connector(recipe.model.connector, levels=tower.feature_levels(), lm_width=3584)
+        connector = Connector(config, levels=tower.feature_levels(), lm_width=3584)
     size = preset.image["size"]
     rows, cols = connector.out_grid((size, size))
     assert rows * cols == (size // tower.patch_size) ** 2

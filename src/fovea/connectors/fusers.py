@@ -72,6 +72,10 @@ class Fuser(nn.Module):
     def load_pretrained(self, source: str) -> None:
         """Fill the fuser's own pretrained parts from the tower's `source` (none by default)."""
 
+    def init_random(self) -> None:
+        """Give a fuser built without a pretrained tower (tiny models) what it needs besides its
+        random weights (none by default)."""
+
     def frozen_modules(self) -> list[nn.Module]:
         """Sub-modules that never train, whatever a stage's parts say (none by default)."""
         return []

@@ -40,6 +40,23 @@ from ..errors import ConfigError
 from .fusers import FUSERS, Fuser, FuserConfig, FuserInput
 
 TEXT_TYPES = ("clip_text_model", "siglip_text_model")
+KNOWN_TEXT_TOWERS = {
+    "openai/clip-vit-large-patch14-336": {
+        "text_tower": {"model_type": "clip_text_model", "hidden_size": 768, "intermediate_size": 3072,
+                       "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
+                       "vocab_size": 49408, "hidden_act": "quick_gelu", "bos_token_id": 0, "eos_token_id": 2,
+                       "pad_token_id": 1},
+        "projection_dim": 768,
+    },
+    "google/siglip-so400m-patch14-384": {
+        "text_tower": {"model_type": "siglip_text_model", "hidden_size": 1152, "intermediate_size": 4304,
+                       "num_hidden_layers": 27, "num_attention_heads": 16, "max_position_embeddings": 64,
+                       "vocab_size": 32000, "hidden_act": "gelu_pytorch_tanh"},
+        "projection_dim": None,
+    },
+}  # fmt: skip
+"""The text halves of the published two-tower checkpoints vMLLM uses (their hub config.json), so a
+recipe resolves offline, as tower presets do."""
 TOKENIZER_DIR = "text_tokenizer"
 """Where a fovea checkpoint keeps the text tower's tokenizer."""
 
@@ -55,6 +72,10 @@ class VMLLMConfig(FuserConfig):
     ``text_projection``, from the same checkpoint. None (SigLIP): no projection, P = D."""
     faithful: bool = True
     """Keep the original's numerics (see the module docstring); false corrects them."""
+    text_from: str | None = None
+    """Where the text tower comes from (hub id, preset or directory of a CLIP/SigLIP checkpoint)
+    when the vision tower has none of its own (MLCD, DFN, UNICOM). Its ``visual_projection`` is
+    then not used: the fuser's own starts random and trains."""
 
 
 class LayerAttention(nn.Module):
@@ -104,7 +125,7 @@ class VMLLMFuser(Fuser):
 
     def __init__(self, config: VMLLMConfig, widths: list[int]):
         super().__init__()
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoConfig, CLIPTextModel, SiglipTextModel
 
         if len(widths) < 3:
             raise ConfigError(
@@ -120,7 +141,10 @@ class VMLLMFuser(Fuser):
         fields = {
             k: v for k, v in config.text_tower.items() if k not in ("model_type", "transformers_version")
         }
-        self.text = AutoModel.from_config(AutoConfig.for_model(config.text_tower["model_type"], **fields))
+        text_class = {"clip_text_model": CLIPTextModel, "siglip_text_model": SiglipTextModel}[
+            config.text_tower["model_type"]
+        ]
+        self.text = text_class(AutoConfig.for_model(config.text_tower["model_type"], **fields))
         self.text.requires_grad_(False)
         text_width = self.text.config.hidden_size
         self.fused = config.projection_dim or width
@@ -225,11 +249,15 @@ class VMLLMFuser(Fuser):
     def complete_config(cls, config: VMLLMConfig, source: str | None) -> VMLLMConfig:
         if config.text_tower is not None:
             return config
-        if source is None:
+        origin = config.text_from or source
+        if origin is None:
             raise ConfigError("fuser vmllm: text_tower is needed when the tower has no pretrained checkpoint")
         from dataclasses import replace
 
-        return replace(config, **text_fields(source))
+        fields = text_fields(origin)
+        if config.text_from is not None:  # another tower's joint space: keep the recipe's width
+            fields["projection_dim"] = config.projection_dim or fields["projection_dim"]
+        return replace(config, **fields)
 
     def load_pretrained(self, source: str) -> None:
         """The text half (and CLIP's projections) of the tower's checkpoint, and its tokenizer."""
@@ -246,6 +274,18 @@ class VMLLMFuser(Fuser):
         self.load_state_dict(state, strict=False)
         self.tokenizer = load_text_tokenizer(directory)
 
+    def init_random(self) -> None:
+        """A tiny random text tower gets fovea's tiny tokenizer of its kind."""
+        from ..tiny import tiny_text_tower
+
+        tokenizer = tiny_text_tower(self.config.text_tower["model_type"])[1]
+        if len(tokenizer) > self.text.config.vocab_size:
+            raise ConfigError(
+                f"fuser vmllm: text_tower vocab_size {self.text.config.vocab_size} is below the tiny "
+                f"tokenizer's {len(tokenizer)} (see fovea.tiny.tiny_text_tower)"
+            )
+        self.tokenizer = tokenizer
+
     def save_files(self, directory) -> None:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(Path(directory) / TOKENIZER_DIR))
@@ -260,7 +300,11 @@ def text_fields(source: str) -> dict:
     from transformers import AutoConfig
 
     from ..checkpoints.loader import resolve_directory
+    from ..towers.presets import TOWER_PRESETS
 
+    hub_id = TOWER_PRESETS.get(source).hub_id if source in TOWER_PRESETS else source
+    if hub_id in KNOWN_TEXT_TOWERS:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in KNOWN_TEXT_TOWERS[hub_id].items()}
     directory = resolve_directory(source)
     config = AutoConfig.from_pretrained(str(directory))
     text = getattr(config, "text_config", None)

@@ -206,7 +206,7 @@ def build_tower(
         tower.load_weights(weights)
         return tower, preset.image
     if pretrained:
-        source = spec if Path(spec).is_dir() else preset.hub_id
+        source = pretrained_source(spec)
         if source is None and preset.weights_url is not None:
             raise ConfigError(
                 f"tower {spec!r}: its weights are a file ({preset.weights_url}); download it and "
@@ -216,6 +216,11 @@ def build_tower(
             raise ConfigError(f"tower {spec!r} has no published weights (a tiny test preset?)")
         return VisionTower.from_pretrained(config, source), preset.image
     return VisionTower(config), preset.image
+
+
+def pretrained_source(spec: str) -> str | None:
+    """Where a tower's transformers weights come from: its directory, or its preset's hub id."""
+    return spec if Path(spec).is_dir() else resolve_tower(spec).hub_id
 
 
 def _preset_from_dir(path: Path) -> TowerPreset:

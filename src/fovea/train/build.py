@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 
 import torch
 
+from ..config import to_dict
+from ..connectors.connector import ConnectorConfig
+from ..connectors.fusers import FUSERS, fuser_config
 from ..errors import ConfigError
 from ..imaging.processor import ImageConfig
 from ..model.config import VLMConfig
 from ..model.vlm import VisionLanguageModel
 from ..towers.base import TowerConfig, VisionTower
-from ..towers.presets import build_tower
+from ..towers.presets import build_tower, pretrained_source
 from .recipe import LoraSpec, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,8 @@ def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
     else:
         tower, image_defaults = build_tower(spec.tower, pretrained=spec.tower_pretrained)
     tower.to(dtype)
+    source = pretrained_source(spec.tower) if spec.tower is not None and spec.tower_pretrained else None
+    connector = _complete_connector(spec.connector, source)
     if spec.lm_config is not None:
         from ..tiny import tiny_tokenizer
 
@@ -72,14 +78,27 @@ def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
     image_id = add_image_token(tokenizer, lm)
     config = VLMConfig(
         tower=tower.config,
-        connector=spec.connector,
+        connector=connector,
         lm=lm.config.to_dict(),
         image=ImageConfig(**{**image_defaults, **spec.image}),
         image_token_id=image_id,
         template=spec.template,
         max_length=spec.max_length,
     )
-    return VisionLanguageModel(config, tokenizer, tower=tower, lm=lm)
+    model = VisionLanguageModel(config, tokenizer, tower=tower, lm=lm)
+    if source is not None:
+        model.connector.fuser.load_pretrained(source)  # e.g. vMLLM's text tower, from the same checkpoint
+        model.connector.fuser.to(dtype)
+    else:
+        model.connector.fuser.init_random()
+    return model
+
+
+def _complete_connector(connector: ConnectorConfig, source: str | None) -> ConnectorConfig:
+    """The connector with what its fuser reads from the tower's checkpoint filled in."""
+    fuser = fuser_config(connector.fuser)
+    complete = FUSERS.get(fuser.type).complete_config(fuser, source)
+    return replace(connector, fuser=to_dict(complete))
 
 
 def add_image_token(tokenizer, lm) -> int:
