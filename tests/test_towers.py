@@ -135,3 +135,19 @@ def test_tower_parts_follow_the_towers_own_blocks(name):
     recipe = SimpleNamespace(stages=[SimpleNamespace(train={f"tower.{other}.0": 1e-4})])
     with pytest.raises(ConfigError, match=f"this tower's blocks are its {unit}"):
         check_parts_match(recipe, model)
+
+
+def test_a_hub_id_no_preset_knows_is_read_from_its_download(tmp_path, monkeypatch):
+    """(vMLLM's CLIP-B/32 and SigLIP-B/16 variants name towers fovea has no preset for.)"""
+    from transformers import CLIPConfig
+
+    from fovea.checkpoints import loader
+
+    CLIPConfig(vision_config={"hidden_size": 48, "patch_size": 32, "image_size": 224}).save_pretrained(tmp_path)
+    real = loader.resolve_directory
+    monkeypatch.setattr(loader, "resolve_directory", lambda source: tmp_path if source == "org/clip-b32" else real(source))
+    preset = resolve_tower("org/clip-b32")
+    assert preset.hub_id == "org/clip-b32" and preset.tower["hf_config"]["model_type"] == "clip_vision_model"
+    assert preset.tower["hf_config"]["hidden_size"] == 48 and preset.image["size"] == 224
+    with pytest.raises(ConfigError, match="is no preset"):
+        resolve_tower("org/unreachable")  # the socket guard: no download

@@ -235,3 +235,24 @@ def test_weights_that_do_not_fit_the_tower_are_one_error(tmp_path, original):
     narrow = {k: v[: v.shape[0] // 2] if k == "q_proj.weight" else v for k, v in original.block.items()}
     with pytest.raises(CheckpointError, match=r"mm_projector\.q_proj\.weight has width"):
         fovea.load(original.write(tmp_path / "bad", narrow))
+
+
+def test_a_pretrain_output_loads_on_its_base_lm(tmp_path, original):
+    """Stage 1 writes only config.json (architectures still the base LM's) and mm_projector.bin."""
+    base = tmp_path / "base"
+    original.lm.save_pretrained(base)
+    original.tokenizer.save_pretrained(base)
+    full = original.write(tmp_path / "sft")
+    raw = json.loads((full / "config.json").read_text())
+    raw |= {"architectures": ["LlamaForCausalLM"], "_name_or_path": str(base), "image_aspect_ratio": "square"}
+    stage1 = tmp_path / "pretrain"
+    stage1.mkdir()
+    (stage1 / "config.json").write_text(json.dumps(raw))
+    torch.save({f"model.mm_projector.{k}": v for k, v in original.block.items()}, stage1 / "mm_projector.bin")
+    ours, reference = fovea.load(stage1), fovea.load(full)
+    assert ours.config.image.mode == "square" and ours.config.connector == reference.config.connector
+    square = Image.fromarray((np.random.default_rng(5).random((40, 40, 3)) * 255).astype("uint8"))
+    with torch.no_grad():  # a square image is the same under `square` and `pad`
+        a = ours(**ours.prepare(TEXT, images=[square])).logits
+        b = reference(**reference.prepare(TEXT, images=[square])).logits
+    assert torch.equal(a, b)

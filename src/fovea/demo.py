@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import from_dict, to_dict
-from .data.synthetic import ANSWERS, QUESTIONS, chance, generate
+from .data.synthetic import ANSWERS, DEFAULT_KINDS, chance, generate
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ class DemoResult:
     sample: dict
 
 
+def question(record: dict) -> str:
+    """A synthetic record's question as it was trained (its image tag is placed again by `generate`)."""
+    return record["conversations"][0]["value"].removeprefix("<image>\n")
+
+
 def score(
     model, records: list[dict], root: Path, batch_size: int = 32, progress: bool = False
 ) -> dict[str, float]:
@@ -42,7 +47,7 @@ def score(
         range(0, len(records), batch_size), disable=not progress, desc="evaluate", unit="batch"
     ):
         chunk = records[start : start + batch_size]
-        prompts = [QUESTIONS[r["type"]] for r in chunk]
+        prompts = [question(r) for r in chunk]
         answers = model.generate(prompts, images=[[root / r["image"]] for r in chunk], max_new_tokens=8)
         for record, answer in zip(chunk, answers):
             hits.setdefault(record["type"], []).append(
@@ -58,7 +63,7 @@ def run_demo(
     eval_size: int = 600,
     epochs: float = 3.0,
     seed: int = 0,
-    kinds: tuple[str, ...] = tuple(ANSWERS),
+    kinds: tuple[str, ...] = DEFAULT_KINDS,
     progress: bool = True,
 ) -> DemoResult:
     from .checkpoints import load
@@ -82,7 +87,7 @@ def run_demo(
     records = json.loads((held_out / "qa.json").read_text())
     accuracy = score(model, records, held_out, progress=progress)
     sample = records[0]
-    answer = model.generate(QUESTIONS[sample["type"]], images=[held_out / sample["image"]], max_new_tokens=8)
+    answer = model.generate(question(sample), images=[held_out / sample["image"]], max_new_tokens=8)
     return DemoResult(
         final, accuracy, {**sample, "model_answer": answer, "path": str(held_out / sample["image"])}
     )

@@ -51,7 +51,9 @@ KNOWN_TEXT_TOWERS = {
     "google/siglip-so400m-patch14-384": {
         "text_tower": {"model_type": "siglip_text_model", "hidden_size": 1152, "intermediate_size": 4304,
                        "num_hidden_layers": 27, "num_attention_heads": 16, "max_position_embeddings": 64,
-                       "vocab_size": 32000, "hidden_act": "gelu_pytorch_tanh"},
+                       "vocab_size": 32000, "hidden_act": "gelu_pytorch_tanh",
+                       # its tokenizer's ids (the config's defaults, 49406/49407, lie outside the vocabulary)
+                       "bos_token_id": None, "eos_token_id": 1, "pad_token_id": 1},
         "projection_dim": None,
     },
 }  # fmt: skip
@@ -341,7 +343,11 @@ def load_text_tokenizer(directory: Path):
 
     try:
         return AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError, ImportError) as err:
+    except ImportError:
+        raise ConfigError(
+            f"{directory}: SigLIP's text tokenizer needs sentencepiece: pip install 'fovea[vmllm]'"
+        ) from None
+    except (OSError, ValueError) as err:
         raise ConfigError(
             f"{directory}: the text tokenizer cannot be loaded ({str(err).splitlines()[0]})"
         ) from None

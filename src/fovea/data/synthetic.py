@@ -12,6 +12,9 @@ Types and answer sets (chance = 1 / number of answers):
 * ``position`` "Is the shape on the left or right?" left, right
 * ``word``     "What word is written?"             cat, dog, sun, car
 * ``chart``    "Which bar is tallest?"             A, B, C
+* ``pair``     "What colour is the left shape?"    red, green, blue, yellow, purple (two shapes of
+  different colours; the question names the side, so it decides which detail matters; not among
+  the default kinds, for benchmarks/fuser_question.py)
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ ANSWERS = {
     "position": ("left", "right"),
     "word": WORDS,
     "chart": BARS,
+    "pair": tuple(COLOURS),
 }
+DEFAULT_KINDS = ("colour", "shape", "count", "position", "word", "chart")
+"""What `generate` writes unless told otherwise (the demo's and the bundled tasks' data)."""
 QUESTIONS = {
     "colour": "What colour is the shape?",
     "shape": "What shape is it?",
@@ -49,6 +55,7 @@ QUESTIONS = {
     "position": "Is the shape on the left or right?",
     "word": "What word is written?",
     "chart": "Which bar is tallest?",
+    "pair": "What colour is the {side} shape?",
 }
 
 
@@ -80,6 +87,23 @@ def _one_shape(size: int, rng: random.Random, side: str | None = None) -> tuple[
     y0 = rng.randint(0, size - extent)
     draw_shape(ImageDraw.Draw(image), shape, (x0, y0, x0 + extent, y0 + extent), COLOURS[colour])
     return image, colour, shape, side
+
+
+def _pair(size: int, rng: random.Random) -> tuple[Image.Image, str, str, str]:
+    """(image, answer, caption, question): two shapes of different colours, one asked about."""
+    image = _background(size, rng)
+    draw, half = ImageDraw.Draw(image), size // 2
+    left, right = rng.sample(list(COLOURS), 2)
+    for x, colour in ((0, left), (half, right)):
+        draw_shape(draw, rng.choice(SHAPES), (x + 4, half - 10, x + half - 4, half + 10), COLOURS[colour])
+    side = rng.choice(("left", "right"))
+    answer = left if side == "left" else right
+    return (
+        image,
+        answer,
+        f"a {left} shape on the left and a {right} shape on the right",
+        QUESTIONS["pair"].format(side=side),
+    )
 
 
 def _make(kind: str, size: int, rng: random.Random) -> tuple[Image.Image, str, str]:
@@ -121,7 +145,7 @@ def generate(
     *,
     seed: int = 0,
     size: int = 56,
-    kinds: tuple[str, ...] = tuple(ANSWERS),
+    kinds: tuple[str, ...] = DEFAULT_KINDS,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Path, Path]:
     """Write `n` QA records and `n` caption records with their images; returns (qa.json, captions.json)."""
@@ -131,7 +155,10 @@ def generate(
     qa, captions = [], []
     for i in range(n):
         kind = kinds[i % len(kinds)]
-        image, answer, caption = _make(kind, size, rng)
+        if kind == "pair":
+            image, answer, caption, question = _pair(size, rng)
+        else:
+            (image, answer, caption), question = _make(kind, size, rng), QUESTIONS[kind]
         name = f"images/{i:06d}.png"
         image.save(out / name)
         qa.append(
@@ -141,7 +168,7 @@ def generate(
                 "answer": answer,
                 "image": name,
                 "conversations": [
-                    {"from": "human", "value": f"<image>\n{QUESTIONS[kind]}"},
+                    {"from": "human", "value": f"<image>\n{question}"},
                     {"from": "gpt", "value": answer},
                 ],
             }

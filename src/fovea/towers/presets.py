@@ -173,7 +173,8 @@ _add_unicom(
 
 
 def resolve_tower(spec: str) -> TowerPreset:
-    """A preset from a preset name, a known hub id, or a local transformers tower directory.
+    """A preset from a preset name, a known hub id, a local transformers tower directory, or any
+    other hub id (``owner/name``: its config and processor settings are downloaded).
 
     Known hub ids resolve offline to their preset; a directory is read from its config.json and
     preprocessor_config.json. Any other string is an error listing the presets.
@@ -187,8 +188,25 @@ def resolve_tower(spec: str) -> TowerPreset:
     path = Path(spec)
     if path.is_dir():
         return _preset_from_dir(path)
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _preset_from_hub(spec)
     TOWER_PRESETS.get(spec)  # raises with suggestions
     raise AssertionError("unreachable")
+
+
+def _preset_from_hub(hub_id: str) -> TowerPreset:
+    """A tower no preset knows (e.g. vMLLM's openai/clip-vit-base-patch32), from the hub."""
+    from ..checkpoints.loader import resolve_directory
+    from ..errors import CheckpointError
+
+    try:
+        directory = resolve_directory(hub_id)
+    except CheckpointError as err:
+        raise ConfigError(
+            f"tower {hub_id!r} is no preset ({', '.join(TOWER_PRESETS.names())}) and {err}"
+        ) from None
+    preset = _preset_from_dir(directory)
+    return TowerPreset(preset.tower, preset.image, hub_id)
 
 
 def build_tower(
