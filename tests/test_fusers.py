@@ -104,6 +104,7 @@ def test_every_recipes_connector_builds_on_its_real_tower(path):
     on it: the layers exist, the fuser's config fits the tower's widths, token counts are known."""
     from fovea.connectors.connector import Connector
     from fovea.towers.base import VisionTower
+    from fovea.towers.convnext import add_stage
     from fovea.towers.presets import pretrained_source, resolve_tower
     from fovea.train.build import _complete_connector
     from fovea.train.recipe import load_recipe
@@ -113,7 +114,9 @@ def test_every_recipes_connector_builds_on_its_real_tower(path):
     config = _complete_connector(recipe.model.connector, pretrained_source(recipe.model.tower))
     with torch.device("meta"):
         tower = VisionTower(preset.tower_config())
+        if recipe.model.tower_add_stage is not None:  # ConvLLaVA's fifth stage
+            add_stage(tower, recipe.model.tower_add_stage.depth, recipe.model.tower_add_stage.width)
         connector = Connector(config, levels=tower.feature_levels(), lm_width=3584)
-    size = preset.image["size"]
+    size = recipe.model.image.get("size", preset.image["size"])
     rows, cols = connector.out_grid((size, size))
     assert rows * cols == (size // tower.patch_size) ** 2

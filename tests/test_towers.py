@@ -21,6 +21,12 @@ PARAMS_M = {
     "dfn5b-vit-h14-378": 632,
     "mlcd-vit-bigg14-336": 1845,
     "mlcd-vit-bigg14-448": 1845,
+    # ConvLLaVA: LAION's ConvNeXt-L trunk 196.2M (timm's convnext_large, 197.8M, less its 1000-class
+    # head); with the fifth stage 669.2M, the 1.34 GB of the released bf16 pytorch_model.bin.
+    "laion-convnext-large-512": 196.2,
+    "convllava-convnext-768": 669.2,
+    "convllava-convnext-1024": 669.2,
+    "convllava-convnext-1536": 669.2,
     # UNICOM publishes no counts: these follow its vision_transformer.py (the flatten head's
     # Linear(N*D -> D) is most of them: 29M, 116M, 269M, 605M).
     "unicom-vit-b32": 116.7,
@@ -39,10 +45,13 @@ def test_tiny_tower_forward(name):
     tower, image = build_tower(name)
     size = image["size"]
     out = tower(torch.randn(3, 3, size, size))
-    assert len(out.hidden_states) == tower.num_layers + 1
-    rows, cols = out.grid
-    assert out.hidden_states[-2].shape == (3, out.num_prefix_tokens + rows * cols, tower.width)
-    assert out.num_prefix_tokens == (0 if name.startswith(("siglip", "unicom")) else 1)
+    levels = tower.feature_levels()  # what the tower promised before running
+    assert len(out.hidden_states) == len(levels) == tower.num_layers + 1
+    for state, level in zip(out.hidden_states, levels):
+        rows, cols = level.grid(size, size)
+        assert state.shape == (3, level.prefix_tokens + rows * cols, level.width)
+    assert out.grid == levels[-1].grid(size, size)
+    assert out.num_prefix_tokens == (0 if name.startswith(("siglip", "unicom", "convllava", "laion")) else 1)
 
 
 @pytest.mark.parametrize("name", FULL)
@@ -94,15 +103,15 @@ def test_shortened_tower_gives_the_same_states_and_skips_the_rest(name):
     ran = []
     hooks = [
         layer.register_forward_hook(lambda *a, i=i: ran.append(i))
-        for i, layer in enumerate(tower.model.encoder.layers)
+        for i, layer in enumerate(tower.blocks()[1])
     ]
     with torch.no_grad():
         full, short = tower(pixels).hidden_states, tower(pixels, depth=1).hidden_states
     for hook in hooks:
         hook.remove()
-    assert ran == [0, 1, 0]  # the full run, then the shortened one stops after block 0
+    assert ran == [*range(tower.num_layers), 0]  # the full run, then the shortened one stops after block 0
     assert len(short) == 2 and all(torch.equal(a, b) for a, b in zip(short, full[:2]))
-    assert len(tower.model.encoder.layers) == tower.num_layers  # restored
+    assert len(tower.blocks()[1]) == tower.num_layers  # restored
 
 
 def _one_tiny_per_family() -> list[str]:

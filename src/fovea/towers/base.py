@@ -15,6 +15,7 @@ config says ``has_cls``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,52 @@ from ..errors import CheckpointError, ConfigError, library_error_line
 from ..registry import Registry
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One hidden state a tower offers, described before anything runs (timm's ``feature_info``):
+    its channel width, its stride in pixels and the tokens before its grid. A ViT has one level per
+    hidden state, all alike; a hierarchical tower (ConvNeXt) has one per stage, each its own."""
+
+    width: int
+    stride: int
+    prefix_tokens: int = 0
+    """Tokens before the patch grid (a CLS token); 0 for a feature map."""
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of this level for an input of `height` x `width` pixels."""
+        return height // self.stride, width // self.stride
+
+
+def vit_levels(config: PretrainedConfig, prefix: int) -> list[FeatureLevel]:
+    """A ViT: the embeddings and every block's output, all of one width on the patch grid."""
+    level = FeatureLevel(config.hidden_size, _as_int(config.patch_size), prefix)
+    return [level] * (config.num_hidden_layers + 1)
+
+
+def convnext_levels(config: PretrainedConfig, prefix: int) -> list[FeatureLevel]:
+    """A ConvNeXt: the stem's output (stride ``patch_size``), then each stage's; stage 0 keeps the
+    stem's stride, every later stage halves the grid with its downsampling layer."""
+    stride = config.patch_size
+    levels = [FeatureLevel(config.hidden_sizes[0], stride)]
+    for index, width in enumerate(config.hidden_sizes):
+        stride *= 2 if index else 1
+        levels.append(FeatureLevel(width, stride))
+    return levels
+
+
+def run_whole(model: nn.Module, pixels: torch.Tensor, extra: dict) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        model(pixel_values=pixels, output_hidden_states=True, return_dict=True, **extra).hidden_states
+    )
+
+
+def run_stages(model: nn.Module, pixels: torch.Tensor, extra: dict) -> tuple[torch.Tensor, ...]:
+    """Stem and stages only, as ConvLLaVA runs its tower (the pooled LayerNorm never runs), each
+    (V, C, H, W) map flattened row-major to (V, H*W, C) tokens."""
+    out = model.encoder(model.embeddings(pixels), output_hidden_states=True, return_dict=True)
+    return tuple(state.flatten(2).transpose(1, 2) for state in out.hidden_states)
 
 
 @dataclass(frozen=True)
@@ -49,12 +96,29 @@ class TowerFamily:
     """Where the model's blocks sit (a ModuleList; hidden state i is block i's output). Its last
     name is how recipes name them as parts: ``tower.layers.A-B`` for a ViT's layers,
     ``tower.stages.A-B`` for a hierarchical tower's stages."""
+    levels: Callable[[PretrainedConfig, int], list[FeatureLevel]] = vit_levels
+    """Every hidden state's `FeatureLevel`, from the config alone (before anything runs)."""
+    run: Callable[[nn.Module, torch.Tensor, dict], tuple[torch.Tensor, ...]] = run_whole
+    """pixels -> every hidden state as (V, P+N, D) tokens."""
+    attention: bool = True
+    """Does it have attention layers (and so an ``attn_implementation`` to choose)?"""
+    unused: tuple[str, ...] = ()
+    """Top-level modules fovea never runs (ConvNeXt's pooled ``layernorm``): replaced by Identity,
+    their weights ignored wherever they are found."""
 
 
 TOWER_FAMILIES: Registry[TowerFamily] = Registry("tower type")
 TOWER_FAMILIES.add("clip_vision_model", TowerFamily(has_cls=True), "CLIP / OpenCLIP / DFN / MLCD-L ViT")
 TOWER_FAMILIES.add("siglip_vision_model", TowerFamily(has_cls=False), "SigLIP ViT (no CLS token)")
 TOWER_FAMILIES.add("mlcd_vision_model", TowerFamily(has_cls=True), "MLCD ViT-bigG with 2D RoPE")
+TOWER_FAMILIES.add(
+    "convnext",
+    TowerFamily(
+        has_cls=False, grid_kind="hierarchical", blocks="encoder.stages", levels=convnext_levels,
+        run=run_stages, attention=False, unused=("layernorm",),
+    ),
+    "ConvNeXt (ConvLLaVA): one level per stage, each with its own width and stride",
+)  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -94,22 +158,6 @@ class TowerConfig:
             raise ConfigError(f"tower hf_config: {library_error_line(err)}") from None
 
 
-@dataclass(frozen=True)
-class FeatureLevel:
-    """One hidden state a tower offers, described before anything runs (timm's ``feature_info``):
-    its channel width, its stride in pixels and the tokens before its grid. A ViT has one level per
-    hidden state, all alike; a hierarchical tower (ConvNeXt) has one per stage, each its own."""
-
-    width: int
-    stride: int
-    prefix_tokens: int = 0
-    """Tokens before the patch grid (a CLS token); 0 for a feature map."""
-
-    def grid(self, height: int, width: int) -> tuple[int, int]:
-        """(rows, cols) of this level for an input of `height` x `width` pixels."""
-        return height // self.stride, width // self.stride
-
-
 @dataclass
 class TowerOutput:
     """Everything a connector may need from one tower call."""
@@ -131,7 +179,9 @@ class VisionTower(nn.Module):
         self.config = config
         if model is None:
             hf = config.transformers_config()
-            model = AutoModel.from_config(hf, attn_implementation=config.attn_implementation)
+            model = AutoModel.from_config(hf, **attention_kwargs(config))
+        for name in self.family.unused:
+            setattr(model, name, nn.Identity())
         self.model = model
 
     @property
@@ -140,15 +190,18 @@ class VisionTower(nn.Module):
 
     @property
     def width(self) -> int:
-        return self.hf_config.hidden_size
+        """Channels of the last hidden state."""
+        return self.feature_levels()[-1].width
 
     @property
     def num_layers(self) -> int:
-        return self.hf_config.num_hidden_layers
+        """Blocks (a ViT's layers, a ConvNeXt's stages): hidden states minus the embeddings."""
+        return len(self.feature_levels()) - 1
 
     @property
     def patch_size(self) -> int:
-        return _as_int(self.hf_config.patch_size)
+        """Pixels per token side of the last hidden state (a ConvNeXt's overall stride)."""
+        return self.feature_levels()[-1].stride
 
     @property
     def image_size(self) -> int:
@@ -160,8 +213,7 @@ class VisionTower(nn.Module):
     @property
     def family(self) -> TowerFamily:
         """The registered facts of this tower's type (defaults for an unregistered type)."""
-        known = self.config.model_type in TOWER_FAMILIES
-        return TOWER_FAMILIES.get(self.config.model_type) if known else TowerFamily(has_cls=self.config.cls_token)
+        return family_of(self.config)
 
     def blocks(self) -> tuple[str, nn.ModuleList | None]:
         """(path inside ``self.model``, the ModuleList there) of the tower's blocks."""
@@ -173,19 +225,18 @@ class VisionTower(nn.Module):
 
     def feature_levels(self) -> list[FeatureLevel]:
         """Every hidden state's level, in `TowerOutput.hidden_states` order (0 = embeddings)."""
-        prefix = 1 if self.config.cls_token else 0
-        return [FeatureLevel(self.width, self.patch_size, prefix)] * (self.num_layers + 1)
+        return self.family.levels(self.hf_config, 1 if self.config.cls_token else 0)
 
     def forward(self, pixels: torch.Tensor, depth: int | None = None) -> TowerOutput:
         """All hidden states, or (with `depth`) only those of the embeddings and the first `depth`
         blocks: a connector that reads layer -2 need not run the last block (LLaVA's default)."""
         first = next(self.parameters())
         pixels = pixels.to(device=first.device, dtype=first.dtype)
-        extra = self.family.hidden_states_kwargs
+        family = self.family
         with _shortened(self.model, self.blocks()[0], depth):
-            out = self.model(pixel_values=pixels, output_hidden_states=True, return_dict=True, **extra)
+            states = family.run(self.model, pixels, family.hidden_states_kwargs)
         return TowerOutput(
-            hidden_states=tuple(out.hidden_states),
+            hidden_states=states,
             num_prefix_tokens=1 if self.config.cls_token else 0,
             grid=self.grid(pixels.shape[-2], pixels.shape[-1]),
         )
@@ -200,7 +251,7 @@ class VisionTower(nn.Module):
         hf = config.transformers_config()
         model_cls = MODEL_MAPPING[type(hf)]
         try:
-            model = model_cls.from_pretrained(source, attn_implementation=config.attn_implementation)
+            model = model_cls.from_pretrained(source, **attention_kwargs(config))
         except OSError as err:
             raise ConfigError(f"tower weights {source!r}: {str(err).splitlines()[0]}") from None
         return cls(config, model)
@@ -211,7 +262,7 @@ class VisionTower(nn.Module):
         from .weights import tower_state
 
         keys = set(self.model.state_dict())
-        state = tower_state(Path(path), keys)
+        state = tower_state(Path(path), keys, self.family.unused)
         unknown = sorted(set(state) - keys)
         missing = sorted(keys - set(state))
         if unknown or missing:
@@ -221,6 +272,17 @@ class VisionTower(nn.Module):
             self.model.load_state_dict(state)
         except RuntimeError as err:
             raise CheckpointError(f"{path}: {str(err).splitlines()[-1].strip()}") from None
+
+
+def family_of(config: TowerConfig) -> TowerFamily:
+    """The registered facts of a tower config's type (defaults for an unregistered type)."""
+    known = config.model_type in TOWER_FAMILIES
+    return TOWER_FAMILIES.get(config.model_type) if known else TowerFamily(has_cls=config.cls_token)
+
+
+def attention_kwargs(config: TowerConfig) -> dict:
+    """``attn_implementation`` for towers with attention (transformers refuses it for ConvNeXt)."""
+    return {"attn_implementation": config.attn_implementation} if family_of(config).attention else {}
 
 
 @contextmanager

@@ -115,6 +115,39 @@ _add(
 )
 
 
+def _add_convnext(name: str, hub_id: str, stages: int, image: int, help: str) -> None:
+    """A ConvNeXt-Large preset (LAION's CLIP ConvNeXt-L, as ConvLLaVA ships it), with ConvLLaVA's
+    fifth stage when `stages` is 5, and its tiny twin: one block per stage, widths 8..48, 128 px."""
+    depths, widths = [3, 3, 27, 3, 6][:stages], [192, 384, 768, 1536, 3072][:stages]
+    hf = {
+        "model_type": "convnext", "num_stages": stages, "depths": depths, "hidden_sizes": widths,
+        "patch_size": 4, "image_size": image, "hidden_act": "gelu", "layer_scale_init_value": 1e-6,
+        "layer_norm_eps": 1e-12, "drop_path_rate": 0.0,
+    }  # fmt: skip
+    TOWER_PRESETS.add(name, TowerPreset({"hf_config": hf}, {**_CLIP_IMAGE, "size": image}, hub_id), help)
+    tiny = {**hf, "depths": [1] * stages, "hidden_sizes": [8, 16, 24, 32, 48][:stages], "image_size": 128}
+    TOWER_PRESETS.add(
+        f"{name}-tiny", TowerPreset({"hf_config": tiny}, {**_CLIP_IMAGE, "size": 128}), f"tiny {help}"
+    )
+
+
+for _side in (768, 1024, 1536):
+    _add_convnext(
+        f"convllava-convnext-{_side}",
+        f"ConvLLaVA/ConvLLaVA-ConvNeXt-{_side}",
+        5,
+        _side,
+        f"ConvLLaVA's ConvNeXt-L + a fifth stage at {_side} px (stride 64: {(_side // 64) ** 2} tokens)",
+    )
+_add_convnext(
+    "laion-convnext-large-512",
+    "ConvLLaVA/LAION-CLIP-ConvNeXt-Large-512",
+    4,
+    512,
+    "LAION CLIP ConvNeXt-L, four stages, at 512 px (stride 32: 256 tokens), ConvLLaVA's starting point",
+)
+
+
 _UNICOM_RELEASES = "https://github.com/deepglint/unicom/releases/download"
 
 

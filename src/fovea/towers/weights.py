@@ -12,6 +12,11 @@
   the ``feature.0-3`` head) renamed for fovea's ``UnicomVisionModel`` (towers/unicom.py), with
   ``torch.compile``/DDP prefixes (``_orig_mod.``, ``module.``) of its fine-tuning scripts stripped.
   The fp16 tensors are cast by ``load_state_dict`` into the tower's dtype.
+* a timm ConvNeXt state dict, alone or inside an OpenCLIP checkpoint (``visual.trunk.*``, as LAION's
+  CLIP ConvNeXt-L that ConvLLaVA starts from): ``stem.0/1``, ``stages.N.downsample.0/1``,
+  ``stages.N.blocks.M.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}`` renamed to transformers'
+  ``ConvNextModel`` names; the pooled ``head.norm``, OpenCLIP's projection head and text tower dropped
+  (the tower never runs them).
 
 Files are read with safetensors or ``torch.load(weights_only=True, mmap=True)`` (without mmap for
 files in torch's legacy format); splitting the fused projection makes views, not copies.
@@ -130,6 +135,44 @@ def original_unicom_to_fovea(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
+_TIMM_CONVNEXT = re.compile(r"^stages\.(\d+)\.(?:downsample\.(\d)\.|blocks\.(\d+)\.)(.+)$")
+_TIMM_BLOCK = {"conv_dw.": "dwconv.", "norm.": "layernorm.", "mlp.fc1.": "pwconv1.", "mlp.fc2.": "pwconv2."}
+
+
+def is_timm_convnext(keys) -> bool:
+    return any(k.removeprefix("visual.trunk.").startswith("stem.0.") for k in keys)
+
+
+def timm_convnext_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's (or OpenCLIP's ``visual.trunk.``) ConvNeXt -> transformers ``ConvNextModel`` keys."""
+    out: dict[str, torch.Tensor] = {}
+    stem = {"stem.0.": "embeddings.patch_embeddings.", "stem.1.": "embeddings.layernorm."}
+    if any(k.startswith("visual.trunk.") for k in state):  # OpenCLIP: keep the image trunk only
+        state = {
+            k.removeprefix("visual.trunk."): v for k, v in state.items() if k.startswith("visual.trunk.")
+        }
+    for key, tensor in state.items():
+        if key.startswith(("head.", "norm_pre.")):
+            continue  # the pooled head: the tower never runs it
+        name = next((new + key[len(old) :] for old, new in stem.items() if key.startswith(old)), None)
+        match = _TIMM_CONVNEXT.match(key)
+        if name is None and match is not None:
+            stage, down, block, rest = match.groups()
+            if down is not None:
+                name = f"encoder.stages.{stage}.downsampling_layer.{down}.{rest}"
+            elif rest == "gamma":
+                name = f"encoder.stages.{stage}.layers.{block}.layer_scale_parameter"
+            else:
+                renamed = next(
+                    (new + rest[len(old) :] for old, new in _TIMM_BLOCK.items() if rest.startswith(old)), None
+                )
+                name = renamed and f"encoder.stages.{stage}.layers.{block}.{renamed}"
+        if name is None:
+            raise CheckpointError(f"timm ConvNeXt state dict: unexpected key {key!r}")
+        out[name] = tensor
+    return out
+
+
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of one weights file (safetensors, or a torch state dict read safely)."""
     if path.suffix == ".safetensors":
@@ -156,11 +199,14 @@ def _torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def tower_state(path: Path, module_keys: set[str]) -> dict[str, torch.Tensor]:
-    """A state dict for a tower module with `module_keys`, from a tower file in any known form."""
+def tower_state(path: Path, module_keys: set[str], unused: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """A state dict for a tower module with `module_keys`, from a tower file in any known form;
+    keys of the `unused` top-level modules (`TowerFamily.unused`) are dropped."""
     state = read_state(path)
     try:
-        if is_original_mlcd(state):
+        if is_timm_convnext(state):  # first: an OpenCLIP file's text tower looks like MLCD's blocks
+            state = timm_convnext_to_hf(state)
+        elif is_original_mlcd(state):
             state = original_mlcd_to_hf(state)
         elif is_original_unicom(state):
             state = original_unicom_to_fovea(state)
@@ -168,7 +214,7 @@ def tower_state(path: Path, module_keys: set[str]) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: {err}") from None
     out = {}
     for key, tensor in state.items():
-        if key.startswith(_TWO_TOWER_EXTRAS):
+        if key.startswith(_TWO_TOWER_EXTRAS) or key.split(".")[0] in unused:
             continue
         target = key if key in module_keys else key.removeprefix("vision_model.")
         if target.endswith("position_ids") and target not in module_keys:

@@ -21,6 +21,7 @@ from ..imaging.processor import ImageConfig
 from ..model.config import VLMConfig
 from ..model.vlm import VisionLanguageModel
 from ..towers.base import TowerConfig, VisionTower
+from ..towers.convnext import add_stage
 from ..towers.presets import build_tower, pretrained_source
 from .recipe import LoraSpec, ModelSpec
 
@@ -61,6 +62,8 @@ def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
         image_defaults = {"size": size}
     else:
         tower, image_defaults = build_tower(spec.tower, pretrained=spec.tower_pretrained)
+    if spec.tower_add_stage is not None:
+        add_stage(tower, spec.tower_add_stage.depth, spec.tower_add_stage.width)
     tower.to(dtype)
     source = pretrained_source(spec.tower) if spec.tower is not None and spec.tower_pretrained else None
     connector = _complete_connector(spec.connector, source)

@@ -58,7 +58,9 @@ class PartIndex:
         path, _ = model.tower.blocks()
         frozen = {id(p) for module in model.connector.fuser.frozen_modules() for p in module.parameters()}
         names = frozenset(n for n, p in model.named_parameters() if id(p) in frozen)
-        return cls(frozenset(lm_embedding_names(model)), path.rsplit(".", 1)[-1], f"tower.model.{path}.", names)
+        return cls(
+            frozenset(lm_embedding_names(model)), path.rsplit(".", 1)[-1], f"tower.model.{path}.", names
+        )
 
     def block(self, name: str) -> int | None:
         """The tower block (layer or stage) parameter `name` lies in, or None."""

@@ -19,6 +19,14 @@ from ..connectors.connector import ConnectorConfig
 
 
 @dataclass(kw_only=True)
+class AddedStage:
+    depth: int
+    """Blocks of the new stage (ConvLLaVA: 6)."""
+    width: int
+    """Its channels (ConvLLaVA: 3072, twice the last stage's)."""
+
+
+@dataclass(kw_only=True)
 class ModelSpec:
     init: str | None = None
     """Start from this checkpoint (any layout fovea.load reads); the fields below are then unused."""
@@ -27,6 +35,8 @@ class ModelSpec:
     tower_pretrained: bool = True
     tower_config: dict | None = None
     """A transformers vision config instead of a preset (random weights), e.g. for tiny models."""
+    tower_add_stage: AddedStage | None = None
+    """Grow the (ConvNeXt) tower by one stage before training, as ConvLLaVA's first stage does."""
     lm: str | None = None
     """Causal LM hub id or directory (pretrained weights and tokenizer)."""
     lm_config: dict | None = None
