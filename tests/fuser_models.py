@@ -22,8 +22,11 @@ LAYERS = {"mmfuser": [0, 1, 0, 1, -2], "vmllm": [0, 1, 1, 2, -2]}
 IMAGES = [(50, 90), (90, 40), (20, 20)]  # wide, tall, tiny (height, width)
 
 
-def fuser_model(fuser: str) -> fovea.VisionLanguageModel:
-    """The tiny model with `fuser` in its connector, at its init."""
+def fuser_model(fuser: str, tower: str | None = None) -> fovea.VisionLanguageModel:
+    """The tiny model with `fuser` in its connector, at its init; on another tiny `tower` (a
+    ConvNeXt), the plain connector reads its last stage."""
+    if tower is not None:
+        return tiny_vlm(tower)
     model = tiny_vlm()
     config = model.config
     fields, tokenizer = {"type": fuser}, None

@@ -72,3 +72,26 @@ def test_only_a_convnext_grows_a_stage():
     tower, _ = build_tower("clip-vit-l14-336-tiny")
     with pytest.raises(ConfigError, match="only a ConvNeXt grows stages"):
         add_stage(tower, depth=1, width=8)
+
+
+@pytest.mark.parametrize(("layer", "tokens", "width"), [(-1, 4, 48), (-2, 16, 32), (1, 1024, 8)])
+def test_extract_gives_a_stages_features_as_a_token_map(tmp_path, layer, tokens, width, capsys):
+    """`fovea extract` on ConvLLaVA's tower: one stage's map as (H*W, C), row-major, at 128 px."""
+    from PIL import Image
+    from safetensors import safe_open
+
+    from fovea.cli import main
+
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(tmp_path / "a.png")
+    out = tmp_path / "f.safetensors"
+    argv = [
+        "extract",
+        str(tmp_path / "a.png"),
+        "--tower",
+        "convllava-convnext-768-tiny",
+        "--random-weights",
+        "--quiet",
+    ]
+    assert main([*argv, "--layer", str(layer), "--out", str(out)]) == 0
+    with safe_open(out, "pt") as f:
+        assert f.get_tensor(str(tmp_path / "a.png")).shape == (tokens, width)

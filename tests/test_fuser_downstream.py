@@ -1,7 +1,8 @@
-"""Every registered fuser (off its init) works everywhere a model is used, unchanged: generate,
-chat, the chat session and the batching engine give the same greedy answers, and so do `fovea
-serve` over HTTP, `fovea eval` and the lmms-eval plugin; `fovea convert --to fovea` round-trips
-and ``--to hf`` refuses, by name, a fuser transformers' LlavaNext cannot express."""
+"""Every registered fuser (off its init), and a ConvNeXt tower, work everywhere a model is used,
+unchanged: generate, chat, the chat session and the batching engine give the same greedy answers,
+and so do `fovea serve` over HTTP, `fovea eval` and the lmms-eval plugin; `fovea convert --to
+fovea` round-trips and ``--to hf`` refuses, by name, what transformers' LlavaNext cannot express
+(a fuser, a feature-map tower)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,17 @@ PROMPTS = ["Describe it.", "What shape?", "Count them."]
 TOKENS = 6
 
 
-@pytest.fixture(scope="module", params=list(FUSERS))
+CASES = {
+    **{name: (name, None) for name in FUSERS},
+    "convnext-tower": ("concat", "convllava-convnext-768-tiny"),
+}
+"""Every fuser on the tiny CLIP tower, and the plain connector on a ConvNeXt (a hierarchical tower)."""
+
+
+@pytest.fixture(scope="module", params=list(CASES))
 def saved(request, tmp_path_factory):
-    """(loaded model, its checkpoint directory) for each fuser."""
-    model = fuser_model(request.param).eval()
+    """(loaded model, its checkpoint directory) for each case."""
+    model = fuser_model(*CASES[request.param]).eval()
     off_init(model)
     directory = model.save_pretrained(tmp_path_factory.mktemp(request.param) / "model")
     return fovea.load(directory).eval(), directory
@@ -138,8 +146,12 @@ def test_convert_round_trips_to_fovea_and_refuses_hf_by_name(saved, tmp_path):
     copy = fovea.load(tmp_path / "fv")
     assert copy.config.connector.fuser == model.config.connector.fuser
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.state_dict().values()))
-    fuser = model.config.connector.fuser_type
-    if fuser == "concat":  # LLaVA's own layer selection: LlavaNext expresses it
+    fuser, tower = model.config.connector.fuser_type, model.config.tower.model_type
+    if tower == "convnext":  # a feature-map tower: LlavaNext reads ViT token sequences
+        with pytest.raises(ConfigError, match="tower type 'convnext'"):
+            convert(directory, tmp_path / "hf")
+        assert not (tmp_path / "hf").exists()
+    elif fuser == "concat":  # LLaVA's own layer selection: LlavaNext expresses it
         convert(directory, tmp_path / "hf")
         assert (tmp_path / "hf" / "config.json").is_file()
     else:

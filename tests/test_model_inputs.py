@@ -119,7 +119,10 @@ def test_each_view_is_conditioned_on_its_own_rows_question(asking):
     both = asking.prepare(["<image> left?", "<image> right?"], images=[[image], [image]])
     with torch.no_grad():
         together = asking.embed_inputs(both)
-        apart = [asking.embed_inputs(asking.prepare(q, images=[image])) for q in ["<image> left?", "<image> right?"]]
+        apart = [
+            asking.embed_inputs(asking.prepare(q, images=[image]))
+            for q in ["<image> left?", "<image> right?"]
+        ]
     for row, alone in enumerate(apart):
         n = alone.shape[1]
         torch.testing.assert_close(together[row, -n:], alone[0], rtol=0, atol=1e-5)
@@ -130,7 +133,9 @@ def test_each_view_is_conditioned_on_its_own_rows_question(asking):
 def test_a_question_aware_fuser_refuses_a_call_without_questions(asking):
     inputs = asking.prepare("<image> what?", images=[_image(20, 20)])
     with pytest.raises(ConfigError, match="conditions on the question"):
-        asking(inputs["input_ids"], pixel_values=inputs["pixel_values"], image_layouts=inputs["image_layouts"])
+        asking(
+            inputs["input_ids"], pixel_values=inputs["pixel_values"], image_layouts=inputs["image_layouts"]
+        )
 
 
 def test_the_chat_session_recomputes_image_tokens_when_the_question_changes(asking):

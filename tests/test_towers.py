@@ -152,9 +152,13 @@ def test_a_hub_id_no_preset_knows_is_read_from_its_download(tmp_path, monkeypatc
 
     from fovea.checkpoints import loader
 
-    CLIPConfig(vision_config={"hidden_size": 48, "patch_size": 32, "image_size": 224}).save_pretrained(tmp_path)
+    CLIPConfig(vision_config={"hidden_size": 48, "patch_size": 32, "image_size": 224}).save_pretrained(
+        tmp_path
+    )
     real = loader.resolve_directory
-    monkeypatch.setattr(loader, "resolve_directory", lambda source: tmp_path if source == "org/clip-b32" else real(source))
+    monkeypatch.setattr(
+        loader, "resolve_directory", lambda source: tmp_path if source == "org/clip-b32" else real(source)
+    )
     preset = resolve_tower("org/clip-b32")
     assert preset.hub_id == "org/clip-b32" and preset.tower["hf_config"]["model_type"] == "clip_vision_model"
     assert preset.tower["hf_config"]["hidden_size"] == 48 and preset.image["size"] == 224

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..towers.base import family_of
 from .fovea_format import FORMAT
 from .jinja import chat_template
 from .loader import open_checkpoint
@@ -140,7 +141,9 @@ def convert(
     return report
 
 
-def _write(opened, skeleton, plans, target, work: Path, report: Report, dtype, max_shard_size, progress) -> Report:
+def _write(
+    opened, skeleton, plans, target, work: Path, report: Report, dtype, max_shard_size, progress
+) -> Report:
     writer = ShardWriter(work, max_shard_size)
     rename: Callable[[str], str] = target.rename if target else (lambda k: k)
     bar = tqdm(total=len(plans), disable=not progress, desc="convert", unit="tensor")
@@ -339,6 +342,11 @@ _HF_NAMES = [
 def refuse_inexpressible(config) -> None:
     """ConfigError naming the first part transformers' LlavaNext cannot express."""
     problems = [
+        (
+            family_of(config.tower).grid_kind != "vit",
+            f"tower type {config.tower.model_type!r} (LlavaNext reads token sequences of a ViT; this "
+            "tower's hidden states are feature maps)",
+        ),
         (
             config.connector.fuser_type != "concat",
             f"fuser {config.connector.fuser_type!r} (LlavaNext only concatenates layers)",

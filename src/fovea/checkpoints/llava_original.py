@@ -26,7 +26,7 @@ from transformers import AutoConfig
 from ..connectors.connector import ConnectorConfig
 from ..errors import CheckpointError, ConfigError
 from ..imaging.processor import ImageConfig
-from ..towers.base import TowerConfig
+from ..towers.base import TowerConfig, levels_of
 from ..towers.presets import resolve_tower
 from . import mmfuser_original, vmllm_original
 from .weights import KeyMap, Source, weight_files
@@ -79,6 +79,8 @@ def tower_spec(raw: dict, where: Path, override: str | None) -> tuple[TowerConfi
     hf = dict(preset.tower["hf_config"])
     if hf["model_type"] == "siglip_vision_model":
         hf.update(num_hidden_layers=hf["num_hidden_layers"] - 1, vision_use_head=False)
+    if hf["model_type"] == "convnext" and raw.get("mm_vision_select_layer") == -2:
+        hf["depths"] = [*hf["depths"][:-1], hf["depths"][-1] - 1]  # ConvLLaVA pops the last block
     return TowerConfig(hf_config=hf), preset.image, name
 
 
@@ -87,12 +89,13 @@ def connector_spec(raw: dict, tower: TowerConfig, where: Path, shapes: dict | No
     MMFuser's, is recognised by them)."""
     selected = mmfuser_original.select_layers(raw.get("mm_vision_select_layer", -1), where)
     feature = raw.get("mm_vision_select_feature", "patch")
-    hidden = tower.hf_config["num_hidden_layers"] + 1
+    levels = levels_of(tower)
+    hidden, tower_width = len(levels), levels[-1].width
     sliced = feature.startswith(("slicefour_", "slice_m25811_f6_"))
     if sliced and len(selected) != 1:
         raise CheckpointError(f"{where}: mm_vision_select_layer {selected} with {feature!r} must be one int")
-    if tower.model_type == "siglip_vision_model":
-        layers = [-1]  # LLaVA-NeXT's SigLIP tower ignores the select layer
+    if tower.model_type in ("siglip_vision_model", "convnext"):
+        layers = [-1]  # LLaVA-NeXT's SigLIP and ConvLLaVA's ConvNeXt towers ignore the select layer
     elif feature.startswith("slicefour_"):
         step = hidden // 4
         layers = list(range(step + selected[0], hidden, step))
@@ -114,7 +117,7 @@ def connector_spec(raw: dict, tower: TowerConfig, where: Path, shapes: dict | No
     layout = mmfuser_original.detect(shapes or {})
     if layout is None:
         return ConnectorConfig(layers=layers, keep_cls=keep_cls, projector=projector)
-    layout.check(layers, tower.hf_config["hidden_size"], shapes, where)
+    layout.check(layers, tower_width, shapes, where)
     if keep_cls:
         raise CheckpointError(
             f"{where}: mm_vision_select_feature {feature!r}: the {layout.name} fuser needs 'patch'"
@@ -148,8 +151,9 @@ def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | Non
     connector = connector_spec(raw, tower, where, projector_shapes(directory))
     image, merge = image_spec(raw, image_defaults, where)
     per_layer = 1 if connector.fuser_type != "concat" else len(connector.layers)
-    width = tower.hf_config["hidden_size"] * per_layer
-    if raw.get("mm_hidden_size") not in (None, width, tower.hf_config["hidden_size"]):
+    tower_width = levels_of(tower)[-1].width
+    width = tower_width * per_layer
+    if raw.get("mm_hidden_size") not in (None, width, tower_width):
         raise CheckpointError(
             f"{where}: mm_hidden_size {raw['mm_hidden_size']} does not fit the tower (width {width})"
         )
@@ -205,6 +209,7 @@ def key_map(model_keys: set[str], tower_layers: int) -> KeyMap:
 
 
 _LAYER = re.compile(r"encoder\.layers\.(\d+)\.")
+_STAGE_BLOCK = re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.")
 
 
 def tower_key(rest: str, model_keys: set[str], tower_layers: int) -> str | None:
@@ -214,6 +219,15 @@ def tower_key(rest: str, model_keys: set[str], tower_layers: int) -> str | None:
     layer = _LAYER.search(rest)
     if layer and int(layer.group(1)) >= tower_layers:
         return None
+    if rest.startswith("layernorm.") and "tower.model.encoder.stages.0.layers.0.dwconv.weight" in model_keys:
+        return None  # ConvNeXt's pooled LayerNorm: ConvLLaVA never runs it (and drops it on save)
+    block = _STAGE_BLOCK.match(rest)
+    if (
+        block
+        and f"tower.model.{rest}" not in model_keys
+        and f"tower.model.encoder.stages.{block[1]}.layers.0.dwconv.weight" in model_keys
+    ):
+        return None  # the block `mm_vision_select_layer: -2` pops
     if rest.startswith(("head.", "text_model.", "text_projection", "visual_projection", "logit_")):
         return None
     if rest.endswith("position_ids") and f"tower.model.{rest}" not in model_keys:
@@ -233,12 +247,14 @@ def sources(
     directory (`tower`, else ``mm_vision_tower``) and (stage-1 outputs) the base LM."""
     from .loader import resolve_directory
 
-    own = _own_files(directory)
-    found = [Source(own, key_map(model_keys, tower_layers))] if own else []
+    own, vmllm = _own_files(directory), _is_vmllm(model_keys)
     keys = _keys_of(own)
-    vmllm = _is_vmllm(model_keys)
-    if vmllm or not any(k.startswith("model.vision_tower.") for k in keys):
-        tower_dir = resolve_directory(tower or raw.get("mm_vision_tower") or raw.get("vision_tower"))
+    tower_name = tower or raw.get("mm_vision_tower") or raw.get("vision_tower")
+    repo = _tower_repo_first(model_keys, tower_name)
+    mapping = key_map(model_keys, tower_layers)
+    found = [Source(own, _without_tower(mapping) if repo else mapping)] if own else []
+    if repo or vmllm or not any(k.startswith("model.vision_tower.") for k in keys):
+        tower_dir = repo or resolve_directory(tower_name)
         tower_map = _tower_prefix_map(model_keys, tower_layers)
         if vmllm:
             tower_map = lambda key, inner=tower_map: vmllm_original.tower_key(key, inner)  # noqa: E731
@@ -251,6 +267,24 @@ def sources(
             )
         found.append(Source(weight_files(resolve_directory(base_name)), key_map(model_keys, tower_layers)))
     return found
+
+
+def _tower_repo_first(model_keys: set[str], tower_name: str) -> Path | None:
+    """ConvLLaVA builds its tower with ``delay_load`` and reads it from ``mm_vision_tower``: when that
+    directory holds weights, they win over any copy in the checkpoint (the directory, else None)."""
+    from .loader import resolve_directory
+
+    if "tower.model.encoder.stages.0.layers.0.dwconv.weight" not in model_keys:
+        return None
+    try:
+        directory = resolve_directory(tower_name)
+        return directory if weight_files(directory) else None
+    except CheckpointError:
+        return None
+
+
+def _without_tower(inner: KeyMap) -> KeyMap:
+    return lambda key: None if key.startswith("model.vision_tower.") else inner(key)
 
 
 def attach(model, raw: dict, tower: str | None) -> None:

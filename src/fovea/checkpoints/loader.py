@@ -77,7 +77,9 @@ class Opened:
             return [Source(weight_files(self.directory), lambda k: k)]
         if self.raw.get("model_type") == hf_llava_next.MODEL_TYPE:
             return [Source(weight_files(self.directory), hf_llava_next.key_map(keys))]
-        return llava_original.sources(self.directory, self.raw, keys, model.tower.num_layers, self.base, self.tower)
+        return llava_original.sources(
+            self.directory, self.raw, keys, model.tower.num_layers, self.base, self.tower
+        )
 
     def attach(self, model) -> None:
         """Give the model's fuser the files it keeps beside its weights (vMLLM's text tokenizer):

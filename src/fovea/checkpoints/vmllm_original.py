@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
-from ..towers.base import TowerConfig
+from ..towers.base import TowerConfig, levels_of
 
 MARKER = "model.mm_projector.img_low_q_proj.weight"
 _PROJECTOR = "model.mm_projector."
@@ -40,7 +40,8 @@ def connector_fields(raw: dict, tower: TowerConfig, shapes: dict, selected: list
     from ..connectors.vmllm import text_fields
     from .loader import resolve_directory
 
-    hidden = tower.hf_config["num_hidden_layers"] + 1
+    levels = levels_of(tower)
+    hidden = len(levels)
     if tower.model_type == "siglip_vision_model":
         select = -1  # the original's SigLIP tower ignores the select layer: its (truncated) last state
     elif len(selected) == 1:
@@ -52,7 +53,7 @@ def connector_fields(raw: dict, tower: TowerConfig, shapes: dict, selected: list
     except ConfigError as err:
         raise CheckpointError(f"{where}: mm_vision_tower: {err}") from None
     fused = shapes[f"{_PROJECTOR}q_proj.weight"][0]
-    expected = fields["projection_dim"] or tower.hf_config["hidden_size"]
+    expected = fields["projection_dim"] or levels[-1].width
     if fused != expected:
         raise CheckpointError(
             f"{where}: {_PROJECTOR}q_proj.weight has width {fused}, but mm_vision_tower's "

@@ -105,7 +105,9 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         if len(rows) != len(layouts):
             raise ValueError(f"image_samples names {len(rows)} images but there are {len(layouts)} layouts")
         if questions is not None and max(rows, default=-1) >= len(questions):
-            raise ValueError(f"an image belongs to row {max(rows)} but only {len(questions)} questions were given")
+            raise ValueError(
+                f"an image belongs to row {max(rows)} but only {len(questions)} questions were given"
+            )
         per_view = torch.tensor([r for r, layout in zip(rows, layouts) for _ in range(layout.num_views)])
         tower_out = self.tower(pixel_values.to(self.tower_device), depth=self.connector.tower_depth())
         size = (pixel_values.shape[-2], pixel_values.shape[-1])

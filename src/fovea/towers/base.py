@@ -280,6 +280,11 @@ def family_of(config: TowerConfig) -> TowerFamily:
     return TOWER_FAMILIES.get(config.model_type) if known else TowerFamily(has_cls=config.cls_token)
 
 
+def levels_of(config: TowerConfig) -> list[FeatureLevel]:
+    """A tower config's feature levels without building the tower (see `VisionTower.feature_levels`)."""
+    return family_of(config).levels(config.transformers_config(), 1 if config.cls_token else 0)
+
+
 def attention_kwargs(config: TowerConfig) -> dict:
     """``attn_implementation`` for towers with attention (transformers refuses it for ConvNeXt)."""
     return {"attn_implementation": config.attn_implementation} if family_of(config).attention else {}

@@ -1,0 +1,148 @@
+"""ConvLLaVA's released layout (alibaba/conv-llava; ConvLLaVA-sft/pretrain-*): fovea.load equals the original.
+
+A random tiny five-stage ConvNeXt is written as ``mm_vision_tower`` the way ConvLLaVA's train.py
+writes ``vision_tower/`` (transformers names, the pooled ``layernorm.*`` left out, a CLIP image
+processor), and a random checkpoint beside it: ``model_type: llava`` with ``LlavaLlamaForCausalLM``
+(the released configs), ``mm_hidden_size`` = the fifth stage's width, ``image_aspect_ratio: pad``,
+and tower copies with *other* weights. The reference is the original's forward written out here:
+expand2square with int(255 * mean), the processor, the stem and stages of transformers' own
+``ConvNextModel`` (last stage's raw output, flattened row-major), Linear-GELU-Linear, then the LM.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import ConvNextConfig, ConvNextModel, LlamaConfig, LlamaForCausalLM
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+import fovea
+from fovea.tiny import tiny_lm_config, tiny_tokenizer
+
+from llava_layouts import save_sharded
+
+SIZE = 128  # 2 x 2 tokens at stride 64
+TOWER = {"depths": [1, 1, 1, 1, 2], "hidden_sizes": [8, 16, 24, 32, 48], "num_stages": 5, "patch_size": 4,
+         "image_size": SIZE, "layer_scale_init_value": 1e-6, "layer_norm_eps": 1e-12}  # fmt: skip
+TEXT = "<image>\nWhat is in the picture?"
+
+
+class Original:
+    def __init__(self, root, select: int, repo_weights: bool):
+        gen = torch.Generator().manual_seed(4)
+        self.select, self.tower_dir = select, root / "tower"
+        self.vision = ConvNextModel(ConvNextConfig(**TOWER)).eval()
+        _randomise(self.vision, gen, 0.3)
+        self.tower_dir.mkdir()
+        self.vision.config.save_pretrained(self.tower_dir)
+        state = {
+            k: v.contiguous() for k, v in self.vision.state_dict().items() if not k.startswith("layernorm.")
+        }
+        if repo_weights:
+            save_file(state, self.tower_dir / "model.safetensors")
+        self.processor = CLIPImageProcessorPil(
+            size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
+        )
+        self.processor.save_pretrained(self.tower_dir)
+        # the checkpoint's own tower copy: the repo's weights when the repo has none, else others
+        self.copies = (
+            state if not repo_weights else {k: torch.randn(v.shape, generator=gen) for k, v in state.items()}
+        )
+        if select == -2:
+            self.vision.encoder.stages[-1].layers = self.vision.encoder.stages[-1].layers[:-1]
+        self.tokenizer = tiny_tokenizer(image_token=False)
+        self.lm = LlamaForCausalLM(LlamaConfig(**tiny_lm_config(len(self.tokenizer), "llama"))).eval()
+        _randomise(self.lm, gen, 0.2)
+        width = self.lm.config.hidden_size
+        self.mlp = {"0.weight": torch.randn(width, 48, generator=gen) * 0.2, "0.bias": torch.randn(width, generator=gen) * 0.2,
+                    "2.weight": torch.randn(width, width, generator=gen) * 0.2, "2.bias": torch.randn(width, generator=gen) * 0.2}  # fmt: skip
+
+    def write(self, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        lm = self.lm.config.to_dict()
+        raw = {
+            **{k: v for k, v in lm.items() if k not in ("architectures", "model_type", "dtype")},
+            "model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"], "mm_vision_tower": str(self.tower_dir),
+            "mm_hidden_size": 48, "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": self.select,
+            "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
+            "mm_use_im_patch_token": False, "tune_vision_tower": True, "tokenizer_model_max_length": 2048,
+        }  # fmt: skip
+        (directory / "config.json").write_text(json.dumps(raw, indent=2))
+        state = {f"model.{k}": v for k, v in self.lm.model.state_dict().items()}
+        state["lm_head.weight"] = self.lm.lm_head.weight
+        state |= {f"model.mm_projector.{k}": v for k, v in self.mlp.items()}
+        state |= {f"model.vision_tower.vision_tower.{k}": v for k, v in self.copies.items()}
+        save_sharded({k: v.detach().clone() for k, v in state.items()}, directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        w, h = image.size
+        side = max(w, h)
+        canvas = Image.new("RGB", (side, side), tuple(int(x * 255) for x in self.processor.image_mean))
+        canvas.paste(image, ((side - w) // 2, 0) if w < h else (0, (side - h) // 2))
+        return self.processor(images=[canvas], return_tensors="pt")["pixel_values"]
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        maps = self.vision.encoder(self.vision.embeddings(pixels), output_hidden_states=True).hidden_states[
+            -1
+        ]
+        tokens = maps.permute(0, 2, 3, 1).reshape(maps.shape[0], -1, maps.shape[1])  # row-major (B, H*W, C)
+        m = self.mlp
+        return F.linear(F.gelu(F.linear(tokens, m["0.weight"], m["0.bias"])), m["2.weight"], m["2.bias"])[0]
+
+    def answer(self, text: str, image: Image.Image, steps: int = 8) -> tuple[torch.Tensor, str]:
+        with torch.no_grad():
+            chunks = [self.tokenizer(c).input_ids for c in text.split("<image>")]
+            embed = self.lm.get_input_embeddings()
+            before, after = (embed(torch.tensor(c, dtype=torch.long)) for c in chunks)
+            embeds = torch.cat([before, self.features(self.pixels(image)), after])[None]
+            first, new = None, []
+            for _ in range(steps):
+                logits = self.lm(inputs_embeds=embeds).logits[0, -1]
+                first = logits if first is None else first
+                token = int(logits.argmax())
+                if token == self.tokenizer.eos_token_id:
+                    break
+                new.append(token)
+                embeds = torch.cat([embeds, embed(torch.tensor([[token]]))], 1)
+        return first, self.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _randomise(module, gen, scale) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def _images():
+    rng = np.random.default_rng(8)
+    return [
+        Image.fromarray((rng.random(s + (3,)) * 255).astype("uint8")) for s in [(60, 200), (190, 50), (7, 5)]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("select", "repo_weights"),
+    [(-1, True), (-1, False), (-2, True)],
+    ids=["repo-weights", "checkpoint-weights", "select-2"],
+)
+def test_convllava_checkpoint_matches_the_original(tmp_path, select, repo_weights):
+    original = Original(tmp_path, select, repo_weights)
+    ours = fovea.load(original.write(tmp_path / "ck"))
+    assert ours.config.tower.model_type == "convnext" and ours.config.image.mode == "pad"
+    for image in _images():
+        inputs = ours.prepare(TEXT, images=[image])
+        assert inputs["input_ids"][0].tolist().count(-200) == (SIZE // 64) ** 2
+        assert (inputs["pixel_values"][0] - original.pixels(image)[0]).abs().max() < 1e-5
+        expected, answer = original.answer(TEXT, image)
+        with torch.no_grad():
+            got = ours(**inputs).logits[0, -1]
+        assert (got - expected).abs().max().item() < 1e-4
+        assert ours.generate(TEXT, images=[image], template=None, max_new_tokens=8) == answer
