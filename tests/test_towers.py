@@ -164,3 +164,12 @@ def test_a_hub_id_no_preset_knows_is_read_from_its_download(tmp_path, monkeypatc
     assert preset.tower["hf_config"]["hidden_size"] == 48 and preset.image["size"] == 224
     with pytest.raises(ConfigError, match="is no preset"):
         resolve_tower("org/unreachable")  # the socket guard: no download
+
+
+def test_the_token_table_in_docs_is_the_one_the_code_computes():
+    from pathlib import Path
+
+    from fovea.towers.presets import TOKEN_ROWS, token_arithmetic
+
+    docs = (Path(__file__).parents[1] / "docs" / "towers.md").read_text()
+    assert token_arithmetic(TOKEN_ROWS) in docs

@@ -269,6 +269,30 @@ def build_tower(
     return VisionTower(config), preset.image
 
 
+def token_arithmetic(rows: list[tuple[str, int]]) -> str:
+    """The Markdown table resolution -> grid -> tokens, one square view of each (preset, side), from
+    the preset's last feature level (docs/towers.md holds it; a test keeps the two equal)."""
+    from .base import levels_of
+
+    lines = ["| preset | side (px) | stride | grid | tokens |", "|---|---|---|---|---|"]
+    for name, side in rows:
+        level = levels_of(resolve_tower(name).tower_config())[-1]
+        grid = level.grid(side, side)
+        lines.append(f"| {name} | {side} | {level.stride} | {grid[0]}x{grid[1]} | {grid[0] * grid[1]} |")
+    return "\n".join(lines)
+
+
+TOKEN_ROWS = [
+    *((f"convllava-convnext-{side}", side) for side in (768, 1024, 1536)),
+    ("laion-convnext-large-512", 512),
+    ("laion-convnext-large-512", 768),
+    ("clip-vit-l14-336", 336),
+    ("siglip-so400m-384", 384),
+    ("mlcd-vit-bigg14-448", 448),
+]
+"""The rows docs/towers.md shows."""
+
+
 def pretrained_source(spec: str) -> str | None:
     """Where a tower's transformers weights come from: its directory, or its preset's hub id."""
     return spec if Path(spec).is_dir() else resolve_tower(spec).hub_id
