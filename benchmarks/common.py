@@ -127,3 +127,21 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def add_device_arguments(parser, repeats: int = 3) -> None:
+    """``--repeats``, ``--device`` and ``--dtype``, as every tower/fuser benchmark takes them."""
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+
+
+def peak_memory_mib(runs: dict[str, Callable[[], object]], device: str) -> dict[str, str]:
+    """Each run's peak memory over what was live before it, in MiB ("n/a" where unmeasurable)."""
+    out = {}
+    for name, fn in runs.items():
+        base = memory_mark(device)
+        fn()
+        peak = memory_peak(device)
+        out[name] = "n/a" if peak is None else f"{(peak - base) / 2**20:.0f}"
+    return out

@@ -21,7 +21,7 @@ from fovea.model.packing import count_tokens
 from fovea.towers.base import VisionTower
 from fovea.towers.presets import resolve_tower
 
-from common import interleaved, memory_mark, memory_peak, release_freed_memory_at_once, table
+from common import add_device_arguments, interleaved, peak_memory_mib, release_freed_memory_at_once, table
 
 
 def tower(name: str, device, dtype) -> VisionTower:
@@ -31,9 +31,7 @@ def tower(name: str, device, dtype) -> VisionTower:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sides", type=int, nargs="+", default=[768, 1024, 1536])
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_device_arguments(p, repeats=1)
     args = p.parse_args()
     release_freed_memory_at_once()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -49,18 +47,15 @@ def main() -> None:
             "clip": torch.no_grad()(lambda tiles=tiles: clip(tiles, depth=clip.num_layers - 1)),
         }
         times = interleaved(runs, args.repeats)
-        memory = {}
-        for name, fn in runs.items():
-            base = memory_mark(args.device)
-            fn()
-            peak = memory_peak(args.device)
-            memory[name] = "n/a" if peak is None else f"{(peak - base) / 2**20:.0f}"
+        memory = peak_memory_mib(runs, args.device)
         grid = convnext.feature_levels()[-1].grid(side, side)
         anyres = count_tokens(ImageLayout((side, side), "anyres", (k, k)), (24, 24), 0, "spatial_unpad", True)
         rows.append([side, f"{grid[0] * grid[1]}", f"{k}x{k} tiles + base ({336 * k} px)", anyres,
                      f"{anyres / (grid[0] * grid[1]):.1f}x", f"{times['convnext'] * 1000:.0f}", f"{times['clip'] * 1000:.0f}",
                      f"{times['clip'] / times['convnext']:.2f}x", memory["convnext"], memory["clip"]])  # fmt: skip
-    print(f"{args.device} {args.dtype}, median of {args.repeats}; CLIP runs to layer -2 as LLaVA-NeXT reads it")
+    print(
+        f"{args.device} {args.dtype}, median of {args.repeats}; CLIP runs to layer -2 as LLaVA-NeXT reads it"
+    )
     print(table(["side", "ConvNeXt tokens", "CLIP-L AnyRes", "CLIP tokens", "tokens / ConvNeXt's",
                  "ConvNeXt ms", "CLIP ms", "time / ConvNeXt's", "ConvNeXt peak MiB", "CLIP peak MiB"], rows))  # fmt: skip
 

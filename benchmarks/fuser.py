@@ -21,7 +21,7 @@ from fovea.connectors.fusers import FuserInput, build_fuser
 from fovea.towers.base import VisionTower
 from fovea.towers.presets import resolve_tower
 
-from common import interleaved, memory_mark, memory_peak, release_freed_memory_at_once, table
+from common import add_device_arguments, interleaved, peak_memory_mib, release_freed_memory_at_once, table
 
 LAYERS = [3, 8, 13, 18, 23]  # MMFuser's -22/-17/-12/-7/-2 of CLIP-L's 25 hidden states
 
@@ -36,12 +36,10 @@ def lm(width: int, layers: int, device, dtype):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
+    add_device_arguments(p, repeats=3)
     p.add_argument("--views", type=int, default=1, help="images (or AnyRes tiles) per call")
     p.add_argument("--lm-width", type=int, default=896)
     p.add_argument("--lm-layers", type=int, default=24)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
     release_freed_memory_at_once()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -75,12 +73,7 @@ def main() -> None:
 
     runs = {"tower": run_tower, "fuser": run_fuser, "prefill": run_prefill}
     times = interleaved(runs, args.repeats)
-    memory = {}
-    for name, fn in runs.items():
-        base = memory_mark(args.device)
-        fn()
-        peak = memory_peak(args.device)
-        memory[name] = "n/a" if peak is None else f"{(peak - base) / 2**20:.0f}"
+    memory = peak_memory_mib(runs, args.device)
     params = {
         "tower": sum(p.numel() for p in tower.parameters()),
         "fuser": sum(p.numel() for p in fuser.parameters()),

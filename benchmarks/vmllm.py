@@ -23,19 +23,17 @@ from fovea.towers.base import VisionTower
 from fovea.towers.presets import resolve_tower
 from fuser import lm
 
-from common import interleaved, memory_mark, memory_peak, release_freed_memory_at_once, table
+from common import add_device_arguments, interleaved, peak_memory_mib, release_freed_memory_at_once, table
 
 QUESTION = "<image>\nWhat is written on the small red sign to the left of the door, and what colour is it?"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
+    add_device_arguments(p, repeats=3)
     p.add_argument("--views", type=int, default=1, help="images (or AnyRes tiles) per call")
     p.add_argument("--lm-width", type=int, default=896)
     p.add_argument("--lm-layers", type=int, default=24)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
     release_freed_memory_at_once()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -66,12 +64,7 @@ def main() -> None:
         "prefill": torch.no_grad()(lambda: model(inputs_embeds=embeds, logits_to_keep=1)),
     }
     times = interleaved(runs, args.repeats)
-    memory = {}
-    for name, fn in runs.items():
-        base = memory_mark(args.device)
-        fn()
-        peak = memory_peak(args.device)
-        memory[name] = "n/a" if peak is None else f"{(peak - base) / 2**20:.0f}"
+    memory = peak_memory_mib(runs, args.device)
     params = {
         "tower": sum(p.numel() for p in tower.parameters()),
         "fuser": sum(p.numel() for p in fuser.parameters()),

@@ -53,3 +53,24 @@ def off_init(model) -> None:
 def images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")) for h, w in IMAGES]
+
+
+def engine_answers(model, prompts: list[str], images: list, tokens: int) -> list[str]:
+    """Greedy answers of the batching engine, all requests submitted at once (one image each)."""
+    import time
+
+    from fovea.infer.engine import Engine, Request
+
+    engine = Engine(model, max_batch=8, max_wait=0.05)
+    results = [{} for _ in prompts]
+    try:
+        for prompt, image, box in zip(prompts, images, results):
+            request = Request([{"role": "user", "content": prompt}], images=[image], max_tokens=tokens,
+                              emit=lambda kind, value, box=box: box.setdefault(kind, value))  # fmt: skip
+            engine.submit(request)
+        deadline = time.time() + 60
+        while not all("done" in r or "error" in r for r in results) and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        engine.close()
+    return [r["done"].text.strip() for r in results]

@@ -24,6 +24,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 import fovea
 from fovea.tiny import tiny_lm_config, tiny_tokenizer
+from llava15_reference import config_fields, expand_to_square, greedy, lm_state
 
 from llava_layouts import save_sharded
 
@@ -65,28 +66,19 @@ class Original:
 
     def write(self, directory):
         directory.mkdir(parents=True, exist_ok=True)
-        lm = self.lm.config.to_dict()
-        raw = {
-            **{k: v for k, v in lm.items() if k not in ("architectures", "model_type", "dtype")},
-            "model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"], "mm_vision_tower": str(self.tower_dir),
-            "mm_hidden_size": 48, "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": self.select,
-            "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
-            "mm_use_im_patch_token": False, "tune_vision_tower": True, "tokenizer_model_max_length": 2048,
-        }  # fmt: skip
+        raw = config_fields(
+            self.lm, model_type="llava", mm_vision_tower=str(self.tower_dir), mm_hidden_size=48,
+            mm_vision_select_layer=self.select, tune_vision_tower=True,
+        )  # fmt: skip
         (directory / "config.json").write_text(json.dumps(raw, indent=2))
-        state = {f"model.{k}": v for k, v in self.lm.model.state_dict().items()}
-        state["lm_head.weight"] = self.lm.lm_head.weight
-        state |= {f"model.mm_projector.{k}": v for k, v in self.mlp.items()}
+        state = lm_state(self.lm) | {f"model.mm_projector.{k}": v for k, v in self.mlp.items()}
         state |= {f"model.vision_tower.vision_tower.{k}": v for k, v in self.copies.items()}
         save_sharded({k: v.detach().clone() for k, v in state.items()}, directory)
         self.tokenizer.save_pretrained(directory)
         return directory
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
-        w, h = image.size
-        side = max(w, h)
-        canvas = Image.new("RGB", (side, side), tuple(int(x * 255) for x in self.processor.image_mean))
-        canvas.paste(image, ((side - w) // 2, 0) if w < h else (0, (side - h) // 2))
+        canvas = expand_to_square(image, self.processor.image_mean)
         return self.processor(images=[canvas], return_tensors="pt")["pixel_values"]
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -99,20 +91,13 @@ class Original:
 
     def answer(self, text: str, image: Image.Image, steps: int = 8) -> tuple[torch.Tensor, str]:
         with torch.no_grad():
-            chunks = [self.tokenizer(c).input_ids for c in text.split("<image>")]
             embed = self.lm.get_input_embeddings()
-            before, after = (embed(torch.tensor(c, dtype=torch.long)) for c in chunks)
+            before, after = (
+                embed(torch.tensor(self.tokenizer(c).input_ids, dtype=torch.long))
+                for c in text.split("<image>")
+            )
             embeds = torch.cat([before, self.features(self.pixels(image)), after])[None]
-            first, new = None, []
-            for _ in range(steps):
-                logits = self.lm(inputs_embeds=embeds).logits[0, -1]
-                first = logits if first is None else first
-                token = int(logits.argmax())
-                if token == self.tokenizer.eos_token_id:
-                    break
-                new.append(token)
-                embeds = torch.cat([embeds, embed(torch.tensor([[token]]))], 1)
-        return first, self.tokenizer.decode(new, skip_special_tokens=True)
+        return greedy(self.lm, self.tokenizer, embeds, steps)
 
 
 def _randomise(module, gen, scale) -> None:

@@ -17,9 +17,8 @@ from fovea.checkpoints.export import convert
 from fovea.cli import main
 from fovea.connectors.fusers import FUSERS
 from fovea.errors import ConfigError
-from fovea.infer.engine import Engine, Request
 from fovea.infer.session import ChatSession
-from fuser_models import fuser_model, images, off_init
+from fuser_models import engine_answers, fuser_model, images, off_init
 
 PROMPTS = ["Describe it.", "What shape?", "Count them."]
 TOKENS = 6
@@ -48,21 +47,6 @@ def _solo(model) -> list[str]:
     ]
 
 
-def _through_engine(model) -> list[str]:
-    engine = Engine(model, max_batch=8, max_wait=0.05)
-    results = [{} for _ in PROMPTS]
-    try:
-        for prompt, image, box in zip(PROMPTS, images(), results):
-            engine.submit(Request([{"role": "user", "content": prompt}], images=[image], max_tokens=TOKENS,
-                                  emit=lambda kind, value, box=box: box.setdefault(kind, value)))  # fmt: skip
-        deadline = time.time() + 60
-        while not all("done" in r or "error" in r for r in results) and time.time() < deadline:
-            time.sleep(0.01)
-    finally:
-        engine.close()
-    return [r["done"].text.strip() for r in results]
-
-
 def test_generate_chat_session_and_engine_agree(saved):
     model, _ = saved
     solo = _solo(model)
@@ -70,7 +54,7 @@ def test_generate_chat_session_and_engine_agree(saved):
     assert [b.strip() for b in batched] == solo
     session = ChatSession(model, images()[:1], "default")
     assert "".join(session.ask(PROMPTS[0], max_new_tokens=TOKENS)).strip() == solo[0]
-    assert _through_engine(model) == solo
+    assert engine_answers(model, PROMPTS, images(), TOKENS) == solo
 
 
 def test_serve_over_http_answers_as_chat(saved):

@@ -26,6 +26,7 @@ import fovea
 from fovea.errors import CheckpointError
 from fovea.imaging.processor import CLIP_MEAN
 from fovea.tiny import tiny_lm_config, tiny_tokenizer
+from llava15_reference import config_fields, expand_to_square, greedy, lm_state
 from mmfuser_reference import reference
 
 from llava_layouts import save_sharded
@@ -106,25 +107,12 @@ class Original:
     def write(self, directory, select_layer, fuser: dict | None = None):
         """The checkpoint as MMFuser's save_pretrained writes it."""
         directory.mkdir(parents=True, exist_ok=True)
-        text = self.lm.config.to_dict()
-        raw = {
-            **{k: v for k, v in text.items() if k not in ("architectures", "model_type", "dtype")},
-            "model_type": "llava_llama",
-            "architectures": ["LlavaLlamaForCausalLM"],
-            "mm_vision_tower": str(self.tower_dir),
-            "mm_projector_type": "mlp2x_gelu",
-            "mm_hidden_size": D,
-            "mm_vision_select_layer": select_layer,
-            "mm_vision_select_feature": "patch",
-            "mm_patch_merge_type": "flat",
-            "image_aspect_ratio": "pad",
-            "mm_use_im_start_end": False,
-            "mm_use_im_patch_token": False,
-            "tokenizer_model_max_length": 2048,
-        }
+        raw = config_fields(
+            self.lm, mm_vision_tower=str(self.tower_dir), mm_hidden_size=D, mm_vision_select_layer=select_layer,
+            mm_patch_merge_type="flat",
+        )  # fmt: skip
         (directory / "config.json").write_text(json.dumps(raw, indent=2))
-        state = {f"model.{k}": v for k, v in self.lm.model.state_dict().items()}
-        state["lm_head.weight"] = self.lm.lm_head.weight
+        state = lm_state(self.lm)
         for k, v in self.tower.state_dict().items():
             state[f"model.vision_tower.vision_tower.{k}"] = v
         for k, v in (fuser or self.fuser).items():
@@ -138,10 +126,7 @@ class Original:
     # -- the original's forward -------------------------------------------------------------
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """LLaVA-1.5 ``pad``: expand2square with the mean colour, then the CLIP processor."""
-        w, h = image.size
-        side = max(w, h)
-        canvas = Image.new(image.mode, (side, side), tuple(int(x * 255) for x in CLIP_MEAN))
-        canvas.paste(image, ((side - w) // 2, 0) if w < h else (0, (side - h) // 2))
+        canvas = expand_to_square(image, CLIP_MEAN)
         return self.image_processor(images=[canvas], return_tensors="pt")["pixel_values"]
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -171,16 +156,7 @@ class Original:
         """(last-position logits, greedy text) of the original on a one-image prompt."""
         with torch.no_grad():
             embeds = self.embeds(self.input_ids(text), self.image_features(self.pixels(image)))
-            first, new = None, []
-            for _ in range(steps):
-                logits = self.lm(inputs_embeds=embeds).logits[0, -1]
-                first = logits if first is None else first
-                token = int(logits.argmax())
-                if token == self.tokenizer.eos_token_id:
-                    break
-                new.append(token)
-                embeds = torch.cat([embeds, self.lm.get_input_embeddings()(torch.tensor([[token]]))], 1)
-        return first, self.tokenizer.decode(new, skip_special_tokens=True)
+        return greedy(self.lm, self.tokenizer, embeds, steps)
 
 
 def _runs(ids: list[int]):

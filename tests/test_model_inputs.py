@@ -13,9 +13,9 @@ from PIL import Image
 from fovea.connectors.fusers import ConcatFuser
 from fovea.data.dataset import collate
 from fovea.errors import ConfigError
-from fovea.infer.engine import Engine, Request
 from fovea.infer.session import ChatSession
 from fovea.tiny import tiny_vlm
+from fuser_models import engine_answers
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +154,4 @@ def test_the_batching_engine_passes_each_requests_question(asking):
     image = _image(40, 60)
     prompts = ["What is it?", "Which colour?"]
     solo = [asking.chat([{"role": "user", "content": p}], [image], max_new_tokens=5) for p in prompts]
-    engine = Engine(asking, max_batch=8, max_wait=0.05)
-    done = [{} for _ in prompts]
-    try:
-        for prompt, box in zip(prompts, done):
-            engine.submit(Request([{"role": "user", "content": prompt}], images=[image], max_tokens=5,
-                                  emit=lambda kind, value, box=box: box.setdefault(kind, value)))  # fmt: skip
-        import time
-
-        deadline = time.time() + 60
-        while not all("done" in b or "error" in b for b in done) and time.time() < deadline:
-            time.sleep(0.01)
-    finally:
-        engine.close()
-    assert [b["done"].text.strip() for b in done] == solo
+    assert engine_answers(asking, prompts, [image, image], 5) == solo

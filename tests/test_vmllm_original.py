@@ -37,6 +37,7 @@ import fovea
 from fovea.checkpoints.export import convert
 from fovea.errors import CheckpointError
 from fovea.tiny import tiny_lm_config, tiny_text_tower, tiny_tokenizer
+from llava15_reference import config_fields, expand_to_square, greedy, lm_state
 from vmllm_reference import clip_text_vector, encode_images_clip, encode_images_siglip, siglip_text_vector
 
 from llava_layouts import save_sharded
@@ -95,18 +96,12 @@ class Original:
     def write(self, directory, block: dict | None = None):
         """The SFT checkpoint as the original's save_pretrained writes it."""
         directory.mkdir(parents=True, exist_ok=True)
-        lm = self.lm.config.to_dict()
-        raw = {
-            **{k: v for k, v in lm.items() if k not in ("architectures", "model_type", "dtype")},
-            "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
-            "mm_vision_tower": str(self.tower_dir), "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": D,
-            "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_patch_merge_type": "flat",
-            "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
-            "use_mm_proj": True, "tune_mm_mlp_adapter": False, "tokenizer_model_max_length": 2048,
-        }  # fmt: skip
+        raw = config_fields(
+            self.lm, mm_vision_tower=str(self.tower_dir), mm_hidden_size=D, mm_vision_select_layer=-2,
+            mm_patch_merge_type="flat", use_mm_proj=True, tune_mm_mlp_adapter=False,
+        )  # fmt: skip
         (directory / "config.json").write_text(json.dumps(raw, indent=2))
-        state = {f"model.{k}": v for k, v in self.lm.model.state_dict().items()}
-        state["lm_head.weight"] = self.lm.lm_head.weight
+        state = lm_state(self.lm)
         state |= {f"model.mm_projector.{k}": v for k, v in (block or self.block).items()}
         state |= self.copies  # ignored by the original, and so by fovea
         save_sharded({k: v.detach().clone() for k, v in state.items()}, directory)
@@ -117,10 +112,7 @@ class Original:
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """``pad``: expand2square with int(255 * mean), then the tower's processor."""
-        w, h = image.size
-        side = max(w, h)
-        canvas = Image.new("RGB", (side, side), tuple(int(x * 255) for x in self.processor.image_mean))
-        canvas.paste(image, ((side - w) // 2, 0) if w < h else (0, (side - h) // 2))
+        canvas = expand_to_square(image, self.processor.image_mean)
         return self.processor(images=[canvas], return_tensors="pt")["pixel_values"]
 
     def image_features(self, pixels: torch.Tensor, prompt: str) -> torch.Tensor:
@@ -137,21 +129,13 @@ class Original:
     def answer(self, text: str, image: Image.Image, steps: int = 8) -> tuple[torch.Tensor, str]:
         """(last-position logits, greedy text); the prompt passed to encode_images is the human turn."""
         with torch.no_grad():
-            chunks = [self.tokenizer(c).input_ids for c in text.split("<image>")]
             embed = self.lm.get_input_embeddings()
-            features = self.image_features(self.pixels(image), text)
-            before, after = (embed(torch.tensor(c, dtype=torch.long)) for c in chunks)
-            embeds = torch.cat([before, features, after])[None]
-            first, new = None, []
-            for _ in range(steps):
-                logits = self.lm(inputs_embeds=embeds).logits[0, -1]
-                first = logits if first is None else first
-                token = int(logits.argmax())
-                if token == self.tokenizer.eos_token_id:
-                    break
-                new.append(token)
-                embeds = torch.cat([embeds, embed(torch.tensor([[token]]))], 1)
-        return first, self.tokenizer.decode(new, skip_special_tokens=True)
+            before, after = (
+                embed(torch.tensor(self.tokenizer(c).input_ids, dtype=torch.long))
+                for c in text.split("<image>")
+            )
+            embeds = torch.cat([before, self.image_features(self.pixels(image), text), after])[None]
+        return greedy(self.lm, self.tokenizer, embeds, steps)
 
 
 def _randomise(module, gen) -> None:
