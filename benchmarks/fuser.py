@@ -34,12 +34,26 @@ def lm(width: int, layers: int, device, dtype):
     return AutoModelForCausalLM.from_config(config).to(device, dtype).eval()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p) -> None:
+    """What a fuser-cost benchmark takes: views per call, the LM's shape, device, dtype, repeats."""
     add_device_arguments(p, repeats=3)
     p.add_argument("--views", type=int, default=1, help="images (or AnyRes tiles) per call")
     p.add_argument("--lm-width", type=int, default=896)
     p.add_argument("--lm-layers", type=int, default=24)
+
+
+def prefill(args, tokens: int, device, dtype):
+    """(an LM of the benchmark's shape, its prefill input: `tokens` visual per view + 64 text)."""
+    model = lm(args.lm_width, args.lm_layers, device, dtype)
+    text = torch.randint(0, 1000, (1, 64), device=device)
+    embeds = torch.cat([torch.randn(1, tokens * args.views, args.lm_width, device=device, dtype=dtype),
+                        model.get_input_embeddings()(text)], dim=1)  # fmt: skip
+    return model, embeds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
     args = p.parse_args()
     release_freed_memory_at_once()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -49,15 +63,12 @@ def main() -> None:
     with torch.no_grad():  # gammas off zero, so the attention runs and counts (it is gated at init)
         fuser.gamma1.fill_(0.5)
         fuser.gamma2.fill_(0.5)
-    model = lm(args.lm_width, args.lm_layers, device, dtype)
+    model, embeds = prefill(args, 576, device, dtype)
     pixels = torch.randn(args.views, 3, 336, 336, device=device, dtype=dtype)
     with torch.no_grad():
         states = tower(pixels).hidden_states
     layers = [states[i][:, 1:] for i in LAYERS]  # CLS dropped: (V, 576, 1024) each
     grid = tower.grid(336, 336)
-    text = torch.randint(0, 1000, (1, 64), device=device)
-    embeds = torch.cat([torch.randn(1, 576 * args.views, args.lm_width, device=device, dtype=dtype),
-                        model.get_input_embeddings()(text)], dim=1)  # fmt: skip
 
     @torch.no_grad()
     def run_tower():

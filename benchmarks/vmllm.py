@@ -21,19 +21,16 @@ from fovea.connectors.vmllm import KNOWN_TEXT_TOWERS
 from fovea.tiny import tiny_text_tower
 from fovea.towers.base import VisionTower
 from fovea.towers.presets import resolve_tower
-from fuser import lm
+from fuser import add_arguments, prefill
 
-from common import add_device_arguments, interleaved, peak_memory_mib, release_freed_memory_at_once, table
+from common import interleaved, peak_memory_mib, release_freed_memory_at_once, table
 
 QUESTION = "<image>\nWhat is written on the small red sign to the left of the door, and what colour is it?"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_arguments(p, repeats=3)
-    p.add_argument("--views", type=int, default=1, help="images (or AnyRes tiles) per call")
-    p.add_argument("--lm-width", type=int, default=896)
-    p.add_argument("--lm-layers", type=int, default=24)
+    add_arguments(p)
     args = p.parse_args()
     release_freed_memory_at_once()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -45,7 +42,6 @@ def main() -> None:
     fuser = build_fuser({"type": "vmllm", "text_tower": text}, [tower.width] * (depth + 2))
     fuser = fuser.to(device, dtype).eval()
     fuser.tokenizer = tiny_text_tower("siglip_text_model")[1]  # the tokenizer only sets the length
-    model = lm(args.lm_width, args.lm_layers, device, dtype)
     pixels = torch.randn(args.views, 3, 384, 384, device=device, dtype=dtype)
     with torch.no_grad():
         states = tower(pixels, depth=depth).hidden_states
@@ -53,10 +49,8 @@ def main() -> None:
     grid = tower.grid(384, 384)
     inputs = FuserInput(layers=layers, grids=[grid] * len(layers), samples=torch.zeros(args.views, dtype=torch.long),
                         questions=[QUESTION])  # fmt: skip
-    ids = torch.randint(0, 1000, (1, 64), device=device)
     tokens = grid[0] * grid[1]
-    embeds = torch.cat([torch.randn(1, tokens * args.views, args.lm_width, device=device, dtype=dtype),
-                        model.get_input_embeddings()(ids)], dim=1)  # fmt: skip
+    model, embeds = prefill(args, tokens, device, dtype)
     runs = {
         "tower": torch.no_grad()(lambda: tower(pixels, depth=depth)),
         "fuser": torch.no_grad()(lambda: fuser(inputs)),
