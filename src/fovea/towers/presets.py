@@ -127,7 +127,9 @@ def _add_convnext(name: str, hub_id: str, stages: int, image: int, help: str) ->
     TOWER_PRESETS.add(name, TowerPreset({"hf_config": hf}, {**_CLIP_IMAGE, "size": image}, hub_id), help)
     tiny = {**hf, "depths": [1] * stages, "hidden_sizes": [8, 16, 24, 32, 48][:stages], "image_size": 128}
     TOWER_PRESETS.add(
-        f"{name}-tiny", TowerPreset({"hf_config": tiny}, {**_CLIP_IMAGE, "size": 128}), f"tiny {help}"
+        f"{name}-tiny",
+        TowerPreset({"hf_config": tiny}, {**_CLIP_IMAGE, "size": 128}),
+        f"tiny twin of {name}: one block per stage, widths 8..{tiny['hidden_sizes'][-1]}, 128 px",
     )
 
 
