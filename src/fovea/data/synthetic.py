@@ -12,9 +12,9 @@ Types and answer sets (chance = 1 / number of answers):
 * ``position`` "Is the shape on the left or right?" left, right
 * ``word``     "What word is written?"             cat, dog, sun, car
 * ``chart``    "Which bar is tallest?"             A, B, C
-* ``pair``     "What colour is the left shape?"    red, green, blue, yellow, purple (two shapes of
-  different colours; the question names the side, so it decides which detail matters; not among
-  the default kinds, for benchmarks/fuser_question.py)
+* ``quadrant`` "What colour is the shape at the top left?"  red, green, blue, yellow, purple (four
+  small shapes of four colours, one per quadrant; the question names the quadrant, so it decides
+  which detail matters; not among the default kinds: for ``benchmarks/fuser_detail.py --task question``)
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ ANSWERS = {
     "position": ("left", "right"),
     "word": WORDS,
     "chart": BARS,
-    "pair": tuple(COLOURS),
+    "quadrant": tuple(COLOURS),
 }
 DEFAULT_KINDS = ("colour", "shape", "count", "position", "word", "chart")
 """What `generate` writes unless told otherwise (the demo's and the bundled tasks' data)."""
@@ -55,7 +55,7 @@ QUESTIONS = {
     "position": "Is the shape on the left or right?",
     "word": "What word is written?",
     "chart": "Which bar is tallest?",
-    "pair": "What colour is the {side} shape?",
+    "quadrant": "What colour is the shape at the {where}?",
 }
 
 
@@ -89,21 +89,20 @@ def _one_shape(size: int, rng: random.Random, side: str | None = None) -> tuple[
     return image, colour, shape, side
 
 
-def _pair(size: int, rng: random.Random) -> tuple[Image.Image, str, str, str]:
-    """(image, answer, caption, question): two shapes of different colours, one asked about."""
-    image = _background(size, rng)
-    draw, half = ImageDraw.Draw(image), size // 2
-    left, right = rng.sample(list(COLOURS), 2)
-    for x, colour in ((0, left), (half, right)):
-        draw_shape(draw, rng.choice(SHAPES), (x + 4, half - 10, x + half - 4, half + 10), COLOURS[colour])
-    side = rng.choice(("left", "right"))
-    answer = left if side == "left" else right
-    return (
-        image,
-        answer,
-        f"a {left} shape on the left and a {right} shape on the right",
-        QUESTIONS["pair"].format(side=side),
-    )
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+
+
+def _quadrant(size: int, rng: random.Random) -> tuple[Image.Image, str, str, str]:
+    """(image, answer, caption, question): four small shapes of four colours, one asked about."""
+    image, half = _background(size, rng), size // 2
+    draw = ImageDraw.Draw(image)
+    colours = rng.sample(list(COLOURS), 4)
+    for i, colour in enumerate(colours):
+        x, y = (i % 2) * half + rng.randint(2, half // 3), (i // 2) * half + rng.randint(2, half // 3)
+        draw_shape(draw, rng.choice(SHAPES), (x, y, x + half // 2, y + half // 2), COLOURS[colour])
+    asked = rng.randrange(4)
+    caption = ", ".join(f"{c} at the {q}" for c, q in zip(colours, QUADRANTS))
+    return image, colours[asked], caption, QUESTIONS["quadrant"].format(where=QUADRANTS[asked])
 
 
 def _make(kind: str, size: int, rng: random.Random) -> tuple[Image.Image, str, str]:
@@ -155,8 +154,8 @@ def generate(
     qa, captions = [], []
     for i in range(n):
         kind = kinds[i % len(kinds)]
-        if kind == "pair":
-            image, answer, caption, question = _pair(size, rng)
+        if kind == "quadrant":
+            image, answer, caption, question = _quadrant(size, rng)
         else:
             (image, answer, caption), question = _make(kind, size, rng), QUESTIONS[kind]
         name = f"images/{i:06d}.png"
