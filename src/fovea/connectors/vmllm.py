@@ -127,39 +127,17 @@ class VMLLMFuser(Fuser):
 
     def __init__(self, config: VMLLMConfig, widths: list[int]):
         super().__init__()
-        from transformers import AutoConfig, CLIPTextModel, SiglipTextModel
-
         if len(widths) < 3:
             raise ConfigError(
                 f"fuser vmllm: connector.layers names {len(widths)} layer(s); it needs the layers to "
                 "aggregate (at least 2) and then the selected one"
             )
-        if config.text_tower is None or config.text_tower.get("model_type") not in TEXT_TYPES:
-            raise ConfigError(
-                f"fuser vmllm: text_tower must be a transformers text config ({', '.join(TEXT_TYPES)}); "
-                "it is filled from a pretrained CLIP or SigLIP tower"
-            )
         self.config, width = config, widths[-1]
-        fields = {
-            k: v for k, v in config.text_tower.items() if k not in ("model_type", "transformers_version")
-        }
-        text_class = {"clip_text_model": CLIPTextModel, "siglip_text_model": SiglipTextModel}[
-            config.text_tower["model_type"]
-        ]
-        self.text = text_class(AutoConfig.for_model(config.text_tower["model_type"], **fields))
+        self.text = text_tower(config)
         self.text.requires_grad_(False)
         text_width = self.text.config.hidden_size
         self.fused = config.projection_dim or width
-        if config.projection_dim is None and text_width != width:
-            raise ConfigError(
-                f"fuser vmllm: the text tower's width {text_width} differs from the vision tower's "
-                f"{width}; without projection_dim (CLIP's joint space) they must agree"
-            )
-        if config.projection_dim is not None and config.faithful and text_width != self.fused:
-            raise ConfigError(
-                f"fuser vmllm: faithful applies text_projection twice, which needs the text width "
-                f"({text_width}) to equal projection_dim ({self.fused}); set faithful: false"
-            )
+        _check_widths(config, width, text_width)
         if config.projection_dim is not None:
             self.projection = nn.ModuleDict(
                 {
@@ -295,6 +273,35 @@ class VMLLMFuser(Fuser):
     def load_files(self, directory) -> None:
         if (Path(directory) / TOKENIZER_DIR).is_dir():
             self.tokenizer = load_text_tokenizer(Path(directory) / TOKENIZER_DIR)
+
+
+def text_tower(config: VMLLMConfig) -> nn.Module:
+    """transformers' own text model for ``config.text_tower`` (random weights until loaded)."""
+    from transformers import AutoConfig, CLIPTextModel, SiglipTextModel
+
+    kind = (config.text_tower or {}).get("model_type")
+    if kind not in TEXT_TYPES:
+        raise ConfigError(
+            f"fuser vmllm: text_tower must be a transformers text config ({', '.join(TEXT_TYPES)}); "
+            "it is filled from a pretrained CLIP or SigLIP tower"
+        )
+    fields = {k: v for k, v in config.text_tower.items() if k not in ("model_type", "transformers_version")}
+    model_class = {"clip_text_model": CLIPTextModel, "siglip_text_model": SiglipTextModel}[kind]
+    return model_class(AutoConfig.for_model(kind, **fields))
+
+
+def _check_widths(config: VMLLMConfig, width: int, text_width: int) -> None:
+    fused = config.projection_dim or width
+    if config.projection_dim is None and text_width != width:
+        raise ConfigError(
+            f"fuser vmllm: the text tower's width {text_width} differs from the vision tower's "
+            f"{width}; without projection_dim (CLIP's joint space) they must agree"
+        )
+    if config.projection_dim is not None and config.faithful and text_width != fused:
+        raise ConfigError(
+            f"fuser vmllm: faithful applies text_projection twice, which needs the text width "
+            f"({text_width}) to equal projection_dim ({fused}); set faithful: false"
+        )
 
 
 def text_fields(source: str) -> dict:
