@@ -11,6 +11,9 @@ removed, no pooling head, last hidden state. Stage-1 outputs (``mm_projector.bin
 top of their base LM (``_name_or_path``, or ``base=``). A fuser saved as ``model.mm_projector.0``
 (MMFuser's LLaVA-1.5 checkpoints) is recognised by its weights: see mmfuser_original.py; so is
 vMLLM's ``ProjectBlock`` (vmllm_original.py), whose towers all come from ``mm_vision_tower``.
+ConvLLaVA's checkpoints (a ConvNeXt ``mm_vision_tower``) read the tower from that directory when it
+holds weights, as the original's ``delay_load`` does, and else from the checkpoint's copy; its
+``mm_vision_select_layer: -2`` pops the last block of the last stage.
 
 The tokenizer of these checkpoints has no ``<image>`` token: prompts are split at the tag and
 LLaVA's placeholder id -200 goes between the pieces, as ``tokenizer_image_token`` does.
@@ -176,6 +179,10 @@ def _is_vmllm(model_keys: set[str]) -> bool:
     return "connector.fuser.enhance.low.query.weight" in model_keys
 
 
+def _is_convnext(model_keys: set[str]) -> bool:
+    return "tower.model.encoder.stages.0.layers.0.dwconv.weight" in model_keys
+
+
 def key_map(model_keys: set[str], tower_layers: int) -> KeyMap:
     """Original checkpoint key -> fovea key."""
 
@@ -219,15 +226,12 @@ def tower_key(rest: str, model_keys: set[str], tower_layers: int) -> str | None:
     layer = _LAYER.search(rest)
     if layer and int(layer.group(1)) >= tower_layers:
         return None
-    if rest.startswith("layernorm.") and "tower.model.encoder.stages.0.layers.0.dwconv.weight" in model_keys:
+    if rest.startswith("layernorm.") and _is_convnext(model_keys):
         return None  # ConvNeXt's pooled LayerNorm: ConvLLaVA never runs it (and drops it on save)
     block = _STAGE_BLOCK.match(rest)
-    if (
-        block
-        and f"tower.model.{rest}" not in model_keys
-        and f"tower.model.encoder.stages.{block[1]}.layers.0.dwconv.weight" in model_keys
-    ):
-        return None  # the block `mm_vision_select_layer: -2` pops
+    stage_kept = block and f"tower.model.encoder.stages.{block[1]}.layers.0.dwconv.weight" in model_keys
+    if stage_kept and f"tower.model.{rest}" not in model_keys:
+        return None  # a block of a stage the model has, but not the block: what select -2 pops
     if rest.startswith(("head.", "text_model.", "text_projection", "visual_projection", "logit_")):
         return None
     if rest.endswith("position_ids") and f"tower.model.{rest}" not in model_keys:
@@ -274,7 +278,7 @@ def _tower_repo_first(model_keys: set[str], tower_name: str) -> Path | None:
     directory holds weights, they win over any copy in the checkpoint (the directory, else None)."""
     from .loader import resolve_directory
 
-    if "tower.model.encoder.stages.0.layers.0.dwconv.weight" not in model_keys:
+    if not _is_convnext(model_keys):
         return None
     try:
         directory = resolve_directory(tower_name)
