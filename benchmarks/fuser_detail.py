@@ -8,7 +8,8 @@ the claim should show:
   counting, the tallest of three bars; ``single`` (`layers: [-1]`) against MMFuser over hidden
   states 0, 1, 2 queried by the last.
 * ``--task question`` (vMLLM): does gating by the question help where the question decides which
-  detail matters? Four small shapes, "what colour is the shape at the top left?"; ``single`` against vMLLM
+  detail matters? Two shapes, "what colour is the left shape?", and four smaller ones, "... the
+  shape at the top left?"; ``single`` against vMLLM
   aggregating hidden states 0..3 and gating the last by the question (a random frozen CLIP text
   tower of the tower's width: nothing pretrained anywhere, so only the gates can learn to use it).
 
@@ -48,7 +49,7 @@ TASKS = {
         },
     },
     "question": {
-        "kinds": ("quadrant",),
+        "kinds": ("pair", "quadrant"),
         "connectors": {
             "single": {"layers": [-1], "projector": "mlp2x_gelu"},
             "vmllm": {"layers": [0, 1, 2, 3, -1], "projector": "mlp2x_gelu",

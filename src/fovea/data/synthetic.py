@@ -12,9 +12,11 @@ Types and answer sets (chance = 1 / number of answers):
 * ``position`` "Is the shape on the left or right?" left, right
 * ``word``     "What word is written?"             cat, dog, sun, car
 * ``chart``    "Which bar is tallest?"             A, B, C
+* ``pair``     "What colour is the left shape?"    red, green, blue, yellow, purple (two shapes)
 * ``quadrant`` "What colour is the shape at the top left?"  red, green, blue, yellow, purple (four
   small shapes of four colours, one per quadrant; the question names the quadrant, so it decides
-  which detail matters; not among the default kinds: for ``benchmarks/fuser_detail.py --task question``)
+  which detail matters; neither is among the default kinds: for ``benchmarks/fuser_detail.py --task
+  question``)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ ANSWERS = {
     "position": ("left", "right"),
     "word": WORDS,
     "chart": BARS,
+    "pair": tuple(COLOURS),
     "quadrant": tuple(COLOURS),
 }
 DEFAULT_KINDS = ("colour", "shape", "count", "position", "word", "chart")
@@ -55,6 +58,7 @@ QUESTIONS = {
     "position": "Is the shape on the left or right?",
     "word": "What word is written?",
     "chart": "Which bar is tallest?",
+    "pair": "What colour is the {where} shape?",
     "quadrant": "What colour is the shape at the {where}?",
 }
 
@@ -90,19 +94,25 @@ def _one_shape(size: int, rng: random.Random, side: str | None = None) -> tuple[
 
 
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+ASKED = {"pair": ("left", "right"), "quadrant": QUADRANTS}
 
 
-def _quadrant(size: int, rng: random.Random) -> tuple[Image.Image, str, str, str]:
-    """(image, answer, caption, question): four small shapes of four colours, one asked about."""
+def _asked(kind: str, size: int, rng: random.Random) -> tuple[Image.Image, str, str, str]:
+    """(image, answer, caption, question): one shape of a different colour in each place `kind`
+    names (two halves, or four quadrants), one place asked about."""
+    places = ASKED[kind]
     image, half = _background(size, rng), size // 2
     draw = ImageDraw.Draw(image)
-    colours = rng.sample(list(COLOURS), 4)
+    colours = rng.sample(list(COLOURS), len(places))
+    shape = half - 8 if kind == "pair" else half // 2
     for i, colour in enumerate(colours):
-        x, y = (i % 2) * half + rng.randint(2, half // 3), (i // 2) * half + rng.randint(2, half // 3)
-        draw_shape(draw, rng.choice(SHAPES), (x, y, x + half // 2, y + half // 2), COLOURS[colour])
-    asked = rng.randrange(4)
-    caption = ", ".join(f"{c} at the {q}" for c, q in zip(colours, QUADRANTS))
-    return image, colours[asked], caption, QUESTIONS["quadrant"].format(where=QUADRANTS[asked])
+        column, row = (i % 2, i // 2) if kind == "quadrant" else (i, 0.5)
+        x = int(column * half) + rng.randint(2, half - shape - 2)
+        y = int(row * half) + (rng.randint(2, half - shape - 2) if kind == "quadrant" else -shape // 2)
+        draw_shape(draw, rng.choice(SHAPES), (x, y, x + shape, y + shape), COLOURS[colour])
+    asked = rng.randrange(len(places))
+    caption = ", ".join(f"{c} at the {p}" for c, p in zip(colours, places))
+    return image, colours[asked], caption, QUESTIONS[kind].format(where=places[asked])
 
 
 def _make(kind: str, size: int, rng: random.Random) -> tuple[Image.Image, str, str]:
@@ -154,8 +164,8 @@ def generate(
     qa, captions = [], []
     for i in range(n):
         kind = kinds[i % len(kinds)]
-        if kind == "quadrant":
-            image, answer, caption, question = _quadrant(size, rng)
+        if kind in ASKED:
+            image, answer, caption, question = _asked(kind, size, rng)
         else:
             (image, answer, caption), question = _make(kind, size, rng), QUESTIONS[kind]
         name = f"images/{i:06d}.png"
