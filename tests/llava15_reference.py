@@ -4,6 +4,9 @@ from LLaVA's code for the tests' independent references: the checkpoint's config
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from PIL import Image
 
@@ -55,3 +58,21 @@ def greedy(lm, tokenizer, embeds: torch.Tensor, steps: int) -> tuple[torch.Tenso
             new.append(token)
             embeds = torch.cat([embeds, lm.get_input_embeddings()(torch.tensor([[token]]))], 1)
     return first, tokenizer.decode(new, skip_special_tokens=True)
+
+
+def write_checkpoint(directory: Path, raw: dict, state: dict[str, torch.Tensor], tokenizer) -> Path:
+    """config.json, sharded safetensors and the tokenizer, as LLaVA-1.5's save_pretrained leaves them."""
+    from llava_layouts import save_sharded
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(raw, indent=2))
+    save_sharded({k: v.detach().clone() for k, v in state.items()}, directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def pad_pixels(processor, image: Image.Image) -> torch.Tensor:
+    """``image_aspect_ratio: pad``: expand2square with int(255 * the processor's mean), then it."""
+    return processor(images=[expand_to_square(image, processor.image_mean)], return_tensors="pt")[
+        "pixel_values"
+    ]

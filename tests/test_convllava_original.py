@@ -11,8 +11,6 @@ expand2square with int(255 * mean), the processor, the stem and stages of transf
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -24,9 +22,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 import fovea
 from fovea.tiny import tiny_lm_config, tiny_tokenizer
-from llava15_reference import config_fields, expand_to_square, greedy, lm_state
-
-from llava_layouts import save_sharded
+from llava15_reference import config_fields, greedy, lm_state, pad_pixels, write_checkpoint
 
 SIZE = 128  # 2 x 2 tokens at stride 64
 TOWER = {"depths": [1, 1, 1, 1, 2], "hidden_sizes": [8, 16, 24, 32, 48], "num_stages": 5, "patch_size": 4,
@@ -65,21 +61,16 @@ class Original:
                     "2.weight": torch.randn(width, width, generator=gen) * 0.2, "2.bias": torch.randn(width, generator=gen) * 0.2}  # fmt: skip
 
     def write(self, directory):
-        directory.mkdir(parents=True, exist_ok=True)
         raw = config_fields(
             self.lm, model_type="llava", mm_vision_tower=str(self.tower_dir), mm_hidden_size=48,
             mm_vision_select_layer=self.select, tune_vision_tower=True,
         )  # fmt: skip
-        (directory / "config.json").write_text(json.dumps(raw, indent=2))
         state = lm_state(self.lm) | {f"model.mm_projector.{k}": v for k, v in self.mlp.items()}
         state |= {f"model.vision_tower.vision_tower.{k}": v for k, v in self.copies.items()}
-        save_sharded({k: v.detach().clone() for k, v in state.items()}, directory)
-        self.tokenizer.save_pretrained(directory)
-        return directory
+        return write_checkpoint(directory, raw, state, self.tokenizer)
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
-        canvas = expand_to_square(image, self.processor.image_mean)
-        return self.processor(images=[canvas], return_tensors="pt")["pixel_values"]
+        return pad_pixels(self.processor, image)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         maps = self.vision.encoder(self.vision.embeddings(pixels), output_hidden_states=True).hidden_states[

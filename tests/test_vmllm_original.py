@@ -37,10 +37,8 @@ import fovea
 from fovea.checkpoints.export import convert
 from fovea.errors import CheckpointError
 from fovea.tiny import tiny_lm_config, tiny_text_tower, tiny_tokenizer
-from llava15_reference import config_fields, expand_to_square, greedy, lm_state
+from llava15_reference import config_fields, greedy, lm_state, pad_pixels, write_checkpoint
 from vmllm_reference import clip_text_vector, encode_images_clip, encode_images_siglip, siglip_text_vector
-
-from llava_layouts import save_sharded
 
 D, SIZE, PATCH, BLOCKS = 32, 32, 8, 4
 VISION = {"hidden_size": D, "intermediate_size": 64, "num_hidden_layers": BLOCKS, "num_attention_heads": 2,
@@ -95,25 +93,20 @@ class Original:
 
     def write(self, directory, block: dict | None = None):
         """The SFT checkpoint as the original's save_pretrained writes it."""
-        directory.mkdir(parents=True, exist_ok=True)
         raw = config_fields(
             self.lm, mm_vision_tower=str(self.tower_dir), mm_hidden_size=D, mm_vision_select_layer=-2,
             mm_patch_merge_type="flat", use_mm_proj=True, tune_mm_mlp_adapter=False,
         )  # fmt: skip
-        (directory / "config.json").write_text(json.dumps(raw, indent=2))
         state = lm_state(self.lm)
         state |= {f"model.mm_projector.{k}": v for k, v in (block or self.block).items()}
         state |= self.copies  # ignored by the original, and so by fovea
-        save_sharded({k: v.detach().clone() for k, v in state.items()}, directory)
-        self.tokenizer.save_pretrained(directory)
-        return directory
+        return write_checkpoint(directory, raw, state, self.tokenizer)
 
     # -- the original's forward -----------------------------------------------------------------
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """``pad``: expand2square with int(255 * mean), then the tower's processor."""
-        canvas = expand_to_square(image, self.processor.image_mean)
-        return self.processor(images=[canvas], return_tensors="pt")["pixel_values"]
+        return pad_pixels(self.processor, image)
 
     def image_features(self, pixels: torch.Tensor, prompt: str) -> torch.Tensor:
         hidden = self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states
