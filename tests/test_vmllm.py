@@ -73,3 +73,28 @@ def test_a_text_tower_narrower_than_the_vision_tower_needs_projection_dim():
     text, _ = tiny_text_tower("siglip_text_model", width=16)
     with pytest.raises(ConfigError, match="without projection_dim"):
         VMLLMFuser(VMLLMConfig(text_tower=text), [64, 64, 64])
+
+
+def test_a_tower_without_a_text_half_takes_one_from_text_from(tmp_path):
+    """MLCD-style: the text tower and its text_projection come from `text_from`; the visual
+    projection (that checkpoint's own is for another tower) stays the fuser's own random one."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from fovea.connectors.vmllm import VMLLMConfig, VMLLMFuser
+
+    text, tokenizer = tiny_text_tower("clip_text_model", width=16)
+    clip = CLIPModel(CLIPConfig(text_config={k: v for k, v in text.items() if k != "model_type"},
+                                vision_config={"hidden_size": 24, "patch_size": 8, "image_size": 16}, projection_dim=16))  # fmt: skip
+    clip.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    config = VMLLMFuser.complete_config(
+        VMLLMConfig(text_from=str(tmp_path), projection_dim=16, faithful=False), None
+    )
+    fuser = VMLLMFuser(config, [40, 40, 40])
+    visual = fuser.projection["visual"].weight.clone()
+    fuser.load_pretrained("unused: text_from wins")
+    assert torch.equal(fuser.projection["text"].weight, clip.text_projection.weight)
+    assert torch.equal(
+        fuser.text.embeddings.token_embedding.weight, clip.text_model.embeddings.token_embedding.weight
+    )
+    assert torch.equal(fuser.projection["visual"].weight, visual) and fuser.tokenizer is not None

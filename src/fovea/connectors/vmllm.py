@@ -240,18 +240,23 @@ class VMLLMFuser(Fuser):
         return replace(config, **fields)
 
     def load_pretrained(self, source: str) -> None:
-        """The text half (and CLIP's projections) of the tower's checkpoint, and its tokenizer."""
+        """The text half (and CLIP's projections) of the tower's checkpoint, or of `text_from`'s,
+        and its tokenizer. Another checkpoint's visual projection is not this tower's: kept random."""
         from ..checkpoints.loader import resolve_directory
 
-        directory = resolve_directory(source)
+        directory = resolve_directory(self.config.text_from or source)
         state = text_state(directory, self.config.projection_dim is not None)
-        expected = {k for k in self.state_dict() if k.startswith(("text.", "projection."))}
-        if set(state) != expected:
-            missing = sorted(expected - set(state))
+        wanted = ("text.", "projection.") if self.config.text_from is None else ("text.", "projection.text.")
+        state = {k: v for k, v in state.items() if k.startswith(wanted)}
+        missing = sorted({k for k in self.state_dict() if k.startswith(wanted)} - set(state))
+        if missing:
+            raise ConfigError(f"{directory}: lacks the vmllm text tower tensor {missing[0]!r}")
+        try:
+            self.load_state_dict(state, strict=False)
+        except RuntimeError as err:
             raise ConfigError(
-                f"{directory}: lacks the vmllm text tower tensor {missing[0] if missing else '?'}"
-            )
-        self.load_state_dict(state, strict=False)
+                f"{directory}: its text tower does not fit ({str(err).splitlines()[-1].strip()})"
+            ) from None
         self.tokenizer = load_text_tokenizer(directory)
 
     def init_random(self) -> None:
