@@ -1,5 +1,7 @@
 """Remote images for `fovea serve` (``--allow-remote-images``): fetched, and all of a request's
-images within one deadline, however slowly a host trickles its bytes — headers included."""
+images within one deadline, however slowly a host trickles its bytes — headers included; never
+from loopback, private or link-local addresses unless ``--allow-private-image-hosts`` (the test
+hosts here are loopback, so the fetching tests allow them)."""
 
 from __future__ import annotations
 
@@ -69,10 +71,15 @@ def _remote(url: str, n: int = 1) -> list[dict]:
 
 def test_remote_images_are_fetched(trickle):
     _, url = trickle
-    messages, images = parse_messages(_remote(url, 2), Limits(allow_remote_images=True))
+    messages, images = parse_messages(
+        _remote(url, 2), Limits(allow_remote_images=True, private_image_hosts=True)
+    )
     assert messages[0]["content"] == "<image>\n<image>\n" and [im.size for im in images] == [(8, 8)] * 2
     with pytest.raises(ApiError, match="HTTP 404") as info:
-        parse_messages(_remote(url.replace("a.png", "missing.png")), Limits(allow_remote_images=True))
+        parse_messages(
+            _remote(url.replace("a.png", "missing.png")),
+            Limits(allow_remote_images=True, private_image_hosts=True),
+        )
     assert (info.value.status, info.value.code) == (400, "invalid_image")
 
 
@@ -82,7 +89,9 @@ def test_a_trickling_image_host_meets_the_deadline(trickle, phase):
     server.pause, server.phase = 0.3, phase  # each read is quick; the whole would take minutes
     started = time.monotonic()
     with pytest.raises(ApiError) as info:
-        parse_messages(_remote(url), Limits(allow_remote_images=True, fetch_seconds=1.0))
+        parse_messages(
+            _remote(url), Limits(allow_remote_images=True, private_image_hosts=True, fetch_seconds=1.0)
+        )
     assert (info.value.status, info.value.code) == (400, "image_fetch_timeout")
     assert info.value.param == "messages[0].content[0]"
     assert time.monotonic() - started < 5  # about the 1 s deadline, not a per-read timeout's minutes
@@ -92,6 +101,28 @@ def test_the_deadline_is_for_all_images_of_a_request(trickle):
     server, url = trickle
     server.pause = 0.6 / (len(server.png) // 16 + 1)  # each image takes about 0.6 s of a 1.0 s budget
     with pytest.raises(ApiError) as info:
-        parse_messages(_remote(url, 3), Limits(allow_remote_images=True, fetch_seconds=1.0))
+        parse_messages(
+            _remote(url, 3), Limits(allow_remote_images=True, private_image_hosts=True, fetch_seconds=1.0)
+        )
     assert info.value.code == "image_fetch_timeout"
     assert info.value.param in ("messages[0].content[1]", "messages[0].content[2]")
+
+
+def test_a_loopback_image_host_is_refused_unless_allowed(trickle):
+    _, url = trickle
+    with pytest.raises(ApiError, match="loopback, private or reserved") as info:
+        parse_messages(_remote(url), Limits(allow_remote_images=True))
+    assert (info.value.status, info.value.code) == (403, "image_host_not_allowed")
+    assert info.value.param == "messages[0].content[0]"
+
+
+@pytest.mark.parametrize(
+    ("address", "private"),
+    [("127.0.0.1", True), ("10.1.2.3", True), ("192.168.0.9", True), ("169.254.169.254", True),
+     ("0.0.0.0", True), ("::1", True), ("::ffff:127.0.0.1", True), ("fe80::1%eth0", True),
+     ("fd00::5", True), ("8.8.8.8", False), ("2606:4700:4700::1111", False)],
+)  # fmt: skip
+def test_which_addresses_count_as_private(address, private):
+    from fovea.infer.requests import _is_private
+
+    assert _is_private(address) is private

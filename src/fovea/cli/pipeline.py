@@ -216,6 +216,12 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
+    p.add_argument(
+        "--allow-private-image-hosts",
+        action="store_true",
+        help="with --allow-remote-images, fetch from loopback/private/link-local addresses too "
+        "(off: a request cannot make the server read its own network)",
+    )
     p.add_argument("--image-dir", help="allow local image paths inside this directory")
     add_template_option(p)
     p.add_argument("--max-images", type=int, default=8, help="images per request (default: %(default)s)")
@@ -252,6 +258,7 @@ def _run_serve(args) -> int:
         max_pixels=args.max_pixels,
         max_tokens=args.max_tokens,
         allow_remote_images=args.allow_remote_images,
+        private_image_hosts=args.allow_private_image_hosts,
         image_dir=Path(args.image_dir) if args.image_dir else None,
     )
     config = ServeConfig(

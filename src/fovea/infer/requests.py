@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import http.client
+import ipaddress
 import socket
 import threading
 import time
@@ -48,6 +49,11 @@ class Limits:
     max_tokens: int = 1024
     max_image_bytes: int = 20 * 1024 * 1024
     allow_remote_images: bool = False
+    private_image_hosts: bool = False
+    """Fetch remote images from loopback, private, link-local and reserved addresses too. Off by
+    default: a request could otherwise make the server read its own network (an admin page, a
+    cloud metadata service at 169.254.169.254). Checked on every connection, redirects included,
+    against the address actually connected to, so a name that resolves late cannot slip past."""
     image_dir: Path | None = None
     fetch_seconds: float = 20.0
     """All remote images of one request must arrive within this many seconds of its parsing
@@ -170,7 +176,7 @@ def _fetch(url: str, where: str, parse: _Parse) -> bytes:
     seconds = parse.deadline - time.monotonic()
     if seconds <= 0:
         raise _late(where, parse.limits)
-    watch = _Watch()
+    watch = _Watch(parse.limits.private_image_hosts)
     timer = threading.Timer(seconds, watch.shut)
     timer.daemon = True
     timer.start()
@@ -178,6 +184,14 @@ def _fetch(url: str, where: str, parse: _Parse) -> bytes:
         with watch.opener().open(url, timeout=seconds) as response:
             data = _read_chunks(response, parse.limits.max_image_bytes, parse.deadline)
     except (OSError, ValueError, http.client.HTTPException) as err:  # ValueError: a malformed URL
+        if isinstance(err, _PrivateHost) or isinstance(getattr(err, "reason", None), _PrivateHost):
+            raise ApiError(
+                403,
+                f"{where}: the image host is a loopback, private or reserved address "
+                "(serve with --allow-private-image-hosts to fetch from it)",
+                where,
+                "image_host_not_allowed",
+            ) from None
         if watch.expired or time.monotonic() >= parse.deadline:
             raise _late(where, parse.limits) from None
         detail = f"HTTP {err.code}" if isinstance(err, urllib.error.HTTPError) else type(err).__name__
@@ -212,12 +226,31 @@ def _late(where: str, limits: Limits) -> ApiError:
     )
 
 
-class _Watch:
-    """The sockets of one fetch (a redirect opens another), so a timer can shut them down."""
+class _PrivateHost(OSError):
+    """A fetch connected to an address the server's limits keep remote images away from."""
 
-    def __init__(self):
+
+def _is_private(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone index is not part of it
+    ip = ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    )
+
+
+class _Watch:
+    """The sockets of one fetch (a redirect opens another), so a timer can shut them down; each
+    connection's peer is checked against the private-address rule first."""
+
+    def __init__(self, private_ok: bool = False):
         self.sockets: list[socket.socket] = []
         self.expired = False
+        self.private_ok = private_ok
 
     def shut(self) -> None:
         self.expired = True
@@ -233,6 +266,9 @@ class _Watch:
                 def connect(self):
                     super().connect()
                     watch.sockets.append(self.sock)  # after HTTPS wraps it: the TLS socket
+                    if not watch.private_ok and _is_private(self.sock.getpeername()[0]):
+                        self.sock.close()
+                        raise _PrivateHost(self.sock)
                     if watch.expired:  # a redirect's connection, opened as the timer fired
                         watch.shut()
 
