@@ -9,11 +9,28 @@ text = model.generate("What is this?", images=["cat.png"], max_new_tokens=32)
 
 __version__ = "0.1.0"
 
-from .checkpoints import load  # noqa: E402
 from .errors import CheckpointError, ConfigError, FoveaError, ImageError  # noqa: E402
-from .extract import extract_features  # noqa: E402
-from .model.config import VLMConfig  # noqa: E402
-from .model.vlm import VisionLanguageModel  # noqa: E402
+
+_LAZY = {
+    "load": ("checkpoints", "load"),
+    "extract_features": ("extract", "extract_features"),
+    "VLMConfig": ("model.config", "VLMConfig"),
+    "VisionLanguageModel": ("model.vlm", "VisionLanguageModel"),
+}
+"""Imported on first use, so `import fovea` (and `fovea --help`) does not pay for torch and
+transformers until something needs them."""
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fovea' has no attribute {name!r}")
+    from importlib import import_module
+
+    module, attr = _LAZY[name]
+    value = getattr(import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CheckpointError",
