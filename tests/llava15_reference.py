@@ -45,6 +45,16 @@ def expand_to_square(image: Image.Image, mean) -> Image.Image:
     return canvas
 
 
+def one_image_embeds(lm, tokenizer, text: str, features: torch.Tensor) -> torch.Tensor:
+    """(1, T, D) input embeddings of a prompt with one ``<image>``: the text before and after it
+    tokenised apart (LLaVA's tokenizer_image_token), the image's features (N, D) between."""
+    embed = lm.get_input_embeddings()
+    before, after = (
+        embed(torch.tensor(tokenizer(c).input_ids, dtype=torch.long)) for c in text.split("<image>")
+    )
+    return torch.cat([before, features, after])[None]
+
+
 def greedy(lm, tokenizer, embeds: torch.Tensor, steps: int) -> tuple[torch.Tensor, str]:
     """(the first step's last-position logits, the greedy text) from input embeddings (1, T, D)."""
     first, new = None, []

@@ -22,7 +22,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 import fovea
 from fovea.tiny import tiny_lm_config, tiny_tokenizer
-from llava15_reference import config_fields, greedy, lm_state, pad_pixels, write_checkpoint
+from llava15_reference import config_fields, greedy, lm_state, one_image_embeds, pad_pixels, write_checkpoint
 
 SIZE = 128  # 2 x 2 tokens at stride 64
 TOWER = {"depths": [1, 1, 1, 1, 2], "hidden_sizes": [8, 16, 24, 32, 48], "num_stages": 5, "patch_size": 4,
@@ -82,12 +82,7 @@ class Original:
 
     def answer(self, text: str, image: Image.Image, steps: int = 8) -> tuple[torch.Tensor, str]:
         with torch.no_grad():
-            embed = self.lm.get_input_embeddings()
-            before, after = (
-                embed(torch.tensor(self.tokenizer(c).input_ids, dtype=torch.long))
-                for c in text.split("<image>")
-            )
-            embeds = torch.cat([before, self.features(self.pixels(image)), after])[None]
+            embeds = one_image_embeds(self.lm, self.tokenizer, text, self.features(self.pixels(image)))
         return greedy(self.lm, self.tokenizer, embeds, steps)
 
 

@@ -37,7 +37,7 @@ import fovea
 from fovea.checkpoints.export import convert
 from fovea.errors import CheckpointError
 from fovea.tiny import tiny_lm_config, tiny_text_tower, tiny_tokenizer
-from llava15_reference import config_fields, greedy, lm_state, pad_pixels, write_checkpoint
+from llava15_reference import config_fields, greedy, lm_state, one_image_embeds, pad_pixels, write_checkpoint
 from vmllm_reference import clip_text_vector, encode_images_clip, encode_images_siglip, siglip_text_vector
 
 D, SIZE, PATCH, BLOCKS = 32, 32, 8, 4
@@ -122,12 +122,9 @@ class Original:
     def answer(self, text: str, image: Image.Image, steps: int = 8) -> tuple[torch.Tensor, str]:
         """(last-position logits, greedy text); the prompt passed to encode_images is the human turn."""
         with torch.no_grad():
-            embed = self.lm.get_input_embeddings()
-            before, after = (
-                embed(torch.tensor(self.tokenizer(c).input_ids, dtype=torch.long))
-                for c in text.split("<image>")
+            embeds = one_image_embeds(
+                self.lm, self.tokenizer, text, self.image_features(self.pixels(image), text)
             )
-            embeds = torch.cat([before, self.image_features(self.pixels(image), text), after])[None]
         return greedy(self.lm, self.tokenizer, embeds, steps)
 
 
