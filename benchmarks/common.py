@@ -145,3 +145,14 @@ def peak_memory_mib(runs: dict[str, Callable[[], object]], device: str) -> dict[
         peak = memory_peak(device)
         out[name] = "n/a" if peak is None else f"{(peak - base) / 2**20:.0f}"
     return out
+
+
+def start(parser):
+    """(args, device, dtype) from a parser with `add_device_arguments`: RSS made to follow live
+    memory and torch seeded, as every tower/fuser benchmark begins."""
+    import torch
+
+    args = parser.parse_args()
+    release_freed_memory_at_once()
+    torch.manual_seed(0)
+    return args, torch.device(args.device), getattr(torch, args.dtype)

@@ -21,7 +21,7 @@ from fovea.model.packing import count_tokens
 from fovea.towers.base import VisionTower
 from fovea.towers.presets import resolve_tower
 
-from common import add_device_arguments, interleaved, peak_memory_mib, release_freed_memory_at_once, table
+from common import add_device_arguments, interleaved, peak_memory_mib, start, table
 
 
 def tower(name: str, device, dtype) -> VisionTower:
@@ -32,10 +32,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sides", type=int, nargs="+", default=[768, 1024, 1536])
     add_device_arguments(p, repeats=1)
-    args = p.parse_args()
-    release_freed_memory_at_once()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    torch.manual_seed(0)
+    args, device, dtype = start(p)
     convnext, clip = tower("convllava-convnext-768", device, dtype), tower("clip-vit-l14-336", device, dtype)
     rows = []
     for side in args.sides:

@@ -21,7 +21,7 @@ from fovea.connectors.fusers import FuserInput, build_fuser
 from fovea.towers.base import VisionTower
 from fovea.towers.presets import resolve_tower
 
-from common import add_device_arguments, interleaved, peak_memory_mib, release_freed_memory_at_once, table
+from common import add_device_arguments, interleaved, peak_memory_mib, start, table
 
 LAYERS = [3, 8, 13, 18, 23]  # MMFuser's -22/-17/-12/-7/-2 of CLIP-L's 25 hidden states
 
@@ -54,10 +54,7 @@ def prefill(args, tokens: int, device, dtype):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(p)
-    args = p.parse_args()
-    release_freed_memory_at_once()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    torch.manual_seed(0)
+    args, device, dtype = start(p)
     tower = VisionTower(resolve_tower("clip-vit-l14-336").tower_config()).to(device, dtype).eval()
     fuser = build_fuser({"type": "mmfuser"}, [tower.width] * len(LAYERS)).to(device, dtype).eval()
     with torch.no_grad():  # gammas off zero, so the attention runs and counts (it is gated at init)

@@ -23,7 +23,7 @@ from fovea.towers.base import VisionTower
 from fovea.towers.presets import resolve_tower
 from fuser import add_arguments, prefill
 
-from common import interleaved, peak_memory_mib, release_freed_memory_at_once, table
+from common import interleaved, peak_memory_mib, start, table
 
 QUESTION = "<image>\nWhat is written on the small red sign to the left of the door, and what colour is it?"
 
@@ -31,10 +31,7 @@ QUESTION = "<image>\nWhat is written on the small red sign to the left of the do
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(p)
-    args = p.parse_args()
-    release_freed_memory_at_once()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    torch.manual_seed(0)
+    args, device, dtype = start(p)
     config = resolve_tower("siglip-so400m-384").tower_config()
     tower = VisionTower(config).to(device, dtype).eval()
     depth = tower.num_layers - 1  # the original deletes the last block
