@@ -5,7 +5,14 @@ any Python 3.11+ before anything else is installed.
 
     python .ci/lock.py freeze OUT      the current environment, as a constraints file
     python .ci/lock.py oldest OUT      every direct requirement of fovea[dev] at its lower bound
+    python .ci/lock.py open OUT        fovea[dev]'s requirements with each tested cap (<=X) opened to
+                                       the next major release: where `refresh-lock newest` looks
+    python .ci/lock.py raise LOCK      move each tested cap in pyproject.toml to LOCK's version
     python .ci/lock.py diff OLD NEW    the packages whose pinned version differs
+
+A tested cap is an upper bound written `<=X` in pyproject.toml: the newest release of that package
+the suite has passed on. Packages whose internals fovea relies on carry one (transformers and the
+rest of the Hugging Face stack), so no user install resolves to a release no test has run.
 """
 
 from __future__ import annotations
@@ -74,6 +81,35 @@ def oldest(out: Path) -> None:
     out.write_text("\n".join(sorted(pins.values())) + "\n")
 
 
+_CAP = re.compile(r"<=\s*([\w.]+)")
+
+
+def _next_major(version: str) -> str:
+    return str(int(version.split(".")[0]) + 1)
+
+
+def open_caps(out: Path) -> None:
+    """fovea[dev]'s direct requirements, each `<=X` cap widened to `<next major of X`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [_CAP.sub(lambda m: "<" + _next_major(m.group(1)), req) for req in _dev_requirements(project)]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def raise_caps(lock: Path) -> None:
+    """Rewrite each tested cap of pyproject.toml to the version `lock` pins; print those that moved."""
+    pins, path = _pins(lock), ROOT / "pyproject.toml"
+
+    def moved(match: re.Match) -> str:
+        requirement, cap = match.group(1), match.group(2)
+        new = pins.get(_name(requirement), cap)
+        if new != cap:
+            print(f"  {_name(requirement)}: <={cap} -> <={new}")
+        return match.group(0).replace(f"<={cap}", f"<={new}")
+
+    text = re.sub(r'"([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?[^"]*?)<=\s*([\w.]+)', moved, path.read_text())
+    path.write_text(text)
+
+
 def _pins(path: Path) -> dict[str, str]:
     pins = {}
     for line in path.read_text().splitlines():
@@ -95,7 +131,11 @@ if __name__ == "__main__":
         freeze(Path(paths[0]), paths[1], paths[2])
     elif command == "oldest":
         oldest(Path(paths[0]))
+    elif command == "open":
+        open_caps(Path(paths[0]))
+    elif command == "raise":
+        raise_caps(Path(paths[0]))
     elif command == "diff":
         diff(Path(paths[0]), Path(paths[1]))
     else:
-        sys.exit(f"unknown command {command!r}: freeze, oldest or diff")
+        sys.exit(f"unknown command {command!r}: freeze, oldest, open, raise or diff")

@@ -13,7 +13,9 @@ from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, Lla
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
 from fovea.imaging.processor import CLIP_MEAN, CLIP_STD
-from fovea.tiny import tiny_lm_config, tiny_tokenizer
+from fovea.tiny import tiny_tokenizer
+
+from released_lm import llava_text
 
 TILE = 56  # 4x4 patches of 14 px per tile: enough for unpadding to remove whole rows
 ASYMMETRIC = [[56, 112], [112, 168], [168, 56], [56, 56]]  # (height, width); not closed under swap
@@ -32,7 +34,13 @@ def vision_config(kind: str) -> dict:
 
 
 def make_hf_llava_next(
-    directory: Path, kind: str = "clip", pinpoints=None, layers=-2, seed: int = 0, chat_template=None
+    directory: Path,
+    kind: str = "clip",
+    pinpoints=None,
+    layers=-2,
+    seed: int = 0,
+    chat_template=None,
+    lm_type: str = "qwen2",
 ) -> Path:
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -40,7 +48,7 @@ def make_hf_llava_next(
     siglip = kind == "siglip"
     config = LlavaNextConfig(
         vision_config=vision_config(kind),
-        text_config=tiny_lm_config(len(tokenizer)),
+        **llava_text(len(tokenizer), lm_type),
         image_token_index=image_token_id,
         vision_feature_layer=layers,
         vision_feature_select_strategy="full" if siglip else "default",
@@ -50,25 +58,31 @@ def make_hf_llava_next(
     with torch.no_grad():  # random weights with a visible scale so differences would show
         for p in model.parameters():
             p.normal_(0, 0.2)
+    processor = llava_next_processor(tokenizer, siglip, config.image_grid_pinpoints, chat_template)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def llava_next_processor(tokenizer, siglip: bool, pinpoints, chat_template=None) -> LlavaNextProcessor:
+    """transformers' LlavaNext processor for a tiny model: TILE-px views, CLIP or SigLIP norms (SigLIP:
+    no CLS token, a square resize without crop)."""
     image_processor = LlavaNextImageProcessorPil(
         size={"height": TILE, "width": TILE} if siglip else {"shortest_edge": TILE},
         crop_size={"height": TILE, "width": TILE},
         do_center_crop=not siglip,
         image_mean=[0.5] * 3 if siglip else CLIP_MEAN,
         image_std=[0.5] * 3 if siglip else CLIP_STD,
-        image_grid_pinpoints=config.image_grid_pinpoints,
+        image_grid_pinpoints=pinpoints,
     )
-    processor = LlavaNextProcessor(
+    return LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=14,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_feature_select_strategy="full" if siglip else "default",
         num_additional_image_tokens=0 if siglip else 1,
         chat_template=chat_template,
     )
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
 
 
 def load_hf(directory: Path):

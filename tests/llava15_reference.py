@@ -10,10 +10,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from released_lm import legacy_form
+
 
 def config_fields(lm, **fields) -> dict:
     """config.json as LLaVA-1.5's save_pretrained writes it: the LM's fields plus ``mm_*`` ones."""
-    own = {k: v for k, v in lm.config.to_dict().items() if k not in ("architectures", "model_type", "dtype")}
+    own = {
+        k: v
+        for k, v in legacy_form(lm.config.to_dict()).items()
+        if k not in ("architectures", "model_type", "dtype")
+    }
     return {
         **own,
         "model_type": "llava_llama",

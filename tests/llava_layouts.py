@@ -17,6 +17,8 @@ from safetensors.torch import save_file
 
 from fovea.tiny import tiny_tokenizer
 
+from released_lm import legacy_form
+
 
 def original_key(key: str) -> str | None:
     """transformers (5.x save) key -> original LLaVA-NeXT key."""
@@ -78,7 +80,7 @@ def write_original(
 ) -> Path:
     """Save `model` (transformers LlavaNext/Llava) in the original LLaVA-NeXT layout."""
     directory.mkdir(parents=True, exist_ok=True)
-    text = model.config.text_config.to_dict()
+    text = legacy_form(model.config.text_config.to_dict())  # as released: rope_theta, rope_scaling
     vision = model.config.vision_config
     pinpoints = (
         pinpoints_hw if isinstance(pinpoints_hw, (str, type(None))) else [[w, h] for h, w in pinpoints_hw]
@@ -110,6 +112,8 @@ def write_original(
             continue
         if key == "image_newline" and merge != "spatial_unpad":
             continue
+        if key == "language_model.lm_head.weight" and text.get("tie_word_embeddings"):
+            continue  # save_pretrained writes a tied head once, as the embeddings
         state[original_key(key)] = tensor
     save_sharded(state, directory)
     tiny_tokenizer(image_token=False).save_pretrained(directory)

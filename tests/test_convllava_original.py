@@ -21,8 +21,10 @@ from transformers import ConvNextConfig, ConvNextModel, LlamaConfig, LlamaForCau
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 import fovea
-from fovea.tiny import tiny_lm_config, tiny_tokenizer
+from fovea.tiny import tiny_tokenizer
+
 from llava15_reference import config_fields, greedy, lm_state, one_image_embeds, pad_pixels, write_checkpoint
+from released_lm import assert_fields_reach, released_lm_fields
 
 SIZE = 128  # 2 x 2 tokens at stride 64
 TOWER = {"depths": [1, 1, 1, 1, 2], "hidden_sizes": [8, 16, 24, 32, 48], "num_stages": 5, "patch_size": 4,
@@ -54,7 +56,7 @@ class Original:
         if select == -2:
             self.vision.encoder.stages[-1].layers = self.vision.encoder.stages[-1].layers[:-1]
         self.tokenizer = tiny_tokenizer(image_token=False)
-        self.lm = LlamaForCausalLM(LlamaConfig(**tiny_lm_config(len(self.tokenizer), "llama"))).eval()
+        self.lm = LlamaForCausalLM(LlamaConfig(**released_lm_fields(len(self.tokenizer), "llama"))).eval()
         _randomise(self.lm, gen, 0.2)
         width = self.lm.config.hidden_size
         self.mlp = {"0.weight": torch.randn(width, 48, generator=gen) * 0.2, "0.bias": torch.randn(width, generator=gen) * 0.2,
@@ -108,6 +110,7 @@ def test_convllava_checkpoint_matches_the_original(tmp_path, select, repo_weight
     original = Original(tmp_path, select, repo_weights)
     ours = fovea.load(original.write(tmp_path / "ck"))
     assert ours.config.tower.model_type == "convnext" and ours.config.image.mode == "pad"
+    assert_fields_reach(ours.lm.config, released_lm_fields(len(original.tokenizer), "llama"))
     for image in _images():
         inputs = ours.prepare(TEXT, images=[image])
         assert inputs["input_ids"][0].tolist().count(-200) == (SIZE // 64) ** 2

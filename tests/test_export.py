@@ -24,10 +24,10 @@ from fovea.config import from_dict, to_dict
 from fovea.connectors.connector import ConnectorConfig
 from fovea.errors import ConfigError
 from fovea.tiny import tiny_vlm
-from test_llava_original import PINPOINTS, _reference_next, _tower_dir, _vision
 
 from cli_checks import refused, snapshot
 from llava_layouts import write_original
+from original_reference import PINPOINTS, reference_next, tower_dir, vision_fields
 
 
 def _images():
@@ -82,8 +82,8 @@ def test_fovea_model_exports_to_transformers(tmp_path, capsys):
 
 
 def test_original_checkpoint_exports_and_gains_an_image_token(tmp_path):
-    tower = _tower_dir(tmp_path / "tower", "mlcd", _vision("mlcd"))
-    reference, _ = _reference_next("mlcd", tower)
+    tower = tower_dir(tmp_path / "tower", "mlcd", vision_fields("mlcd"))
+    reference, _ = reference_next("mlcd", tower)
     source = write_original(reference, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
     # The original vocabulary has exactly one spare row (like Qwen2.5's padding); drop it, so the
     # export must grow the vocabulary for <image>.
@@ -98,8 +98,8 @@ def test_vocabulary_without_a_free_row_grows(tmp_path):
     """Vicuna-style: the vocabulary is exactly the tokenizer's, so <image> needs a new row."""
     from transformers import LlavaNextConfig
 
-    tower = _tower_dir(tmp_path / "tower", "clip", _vision("clip"))
-    reference, _ = _reference_next("clip", tower)
+    tower = tower_dir(tmp_path / "tower", "clip", vision_fields("clip"))
+    reference, _ = reference_next("clip", tower)
     config = reference.config.to_dict()
     config["text_config"]["vocab_size"] = 320
     small = LlavaNextForConditionalGeneration(LlavaNextConfig(**config)).eval()
@@ -123,8 +123,8 @@ def test_vocabulary_without_a_free_row_grows(tmp_path):
 
 
 def test_round_trip_through_fovea_format(tmp_path):
-    tower = _tower_dir(tmp_path / "tower", "clip", _vision("clip"))
-    reference, _ = _reference_next("clip", tower)
+    tower = tower_dir(tmp_path / "tower", "clip", vision_fields("clip"))
+    reference, _ = reference_next("clip", tower)
     source = write_original(reference, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
     convert(source, tmp_path / "fv", to="fovea", dtype=torch.bfloat16)
     a, b = fovea.load(source, dtype=torch.bfloat16), fovea.load(tmp_path / "fv")

@@ -17,6 +17,7 @@ from fovea.connectors.fusers import FuserInput, build_fuser, fuser_config
 from fovea.connectors.mmfuser import MMFuser, MMFuserConfig
 from fovea.errors import ConfigError
 from fovea.tiny import tiny_vlm
+
 from mmfuser_reference import reference
 
 # The original's state dict (MSCrossAttnBlock: gammas, then the children in registration order).

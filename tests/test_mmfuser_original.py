@@ -25,11 +25,12 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 import fovea
 from fovea.errors import CheckpointError
 from fovea.imaging.processor import CLIP_MEAN
-from fovea.tiny import tiny_lm_config, tiny_tokenizer
-from llava15_reference import config_fields, expand_to_square, greedy, lm_state
-from mmfuser_reference import reference
+from fovea.tiny import tiny_tokenizer
 
+from llava15_reference import config_fields, expand_to_square, greedy, lm_state
 from llava_layouts import save_sharded
+from mmfuser_reference import reference
+from released_lm import assert_fields_reach, released_lm_fields
 
 SELECT = [-22, -17, -12, -7, -2]
 HEADS, POINTS, LEVELS, EPS = 16, 4, 4, 1e-6
@@ -85,7 +86,7 @@ class Original:
         gen = torch.Generator().manual_seed(0)
         self.tokenizer = tiny_tokenizer(image_token=False)
         self.tower = AutoModel.from_config(AutoConfig.for_model(**VISION)).eval()
-        self.lm = LlamaForCausalLM(LlamaConfig(**tiny_lm_config(len(self.tokenizer), "llama"))).eval()
+        self.lm = LlamaForCausalLM(LlamaConfig(**released_lm_fields(len(self.tokenizer), "llama"))).eval()
         with torch.no_grad():
             for p in list(self.tower.parameters()) + list(self.lm.parameters()):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
@@ -190,6 +191,7 @@ def original(tmp_path_factory):
 def test_mmfuser_checkpoint_matches_the_original(tmp_path, original, select):
     ours = fovea.load(original.write(tmp_path / "ck", select))
     assert ours.config.connector.layers == SELECT
+    assert_fields_reach(ours.lm.config, released_lm_fields(len(original.tokenizer), "llama"))
     assert ours.config.connector.fuser["type"] == "mmfuser"
     assert ours.config.image.mode == "pad" and ours.config.merge == "flat"
     text = "<image>\nWhat is in the picture?"

@@ -36,8 +36,10 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 import fovea
 from fovea.checkpoints.export import convert
 from fovea.errors import CheckpointError
-from fovea.tiny import tiny_lm_config, tiny_text_tower, tiny_tokenizer
+from fovea.tiny import tiny_text_tower, tiny_tokenizer
+
 from llava15_reference import config_fields, greedy, lm_state, one_image_embeds, pad_pixels, write_checkpoint
+from released_lm import assert_fields_reach, released_lm_fields
 from vmllm_reference import clip_text_vector, encode_images_clip, encode_images_siglip, siglip_text_vector
 
 D, SIZE, PATCH, BLOCKS = 32, 32, 8, 4
@@ -69,7 +71,7 @@ class Original:
         processor.save_pretrained(self.tower_dir)
         self.text_tokenizer.save_pretrained(self.tower_dir)
         self.tokenizer = tiny_tokenizer(image_token=False)
-        self.lm = LlamaForCausalLM(LlamaConfig(**tiny_lm_config(len(self.tokenizer), "llama"))).eval()
+        self.lm = LlamaForCausalLM(LlamaConfig(**released_lm_fields(len(self.tokenizer), "llama"))).eval()
         _randomise(self.lm, gen)
         self.fused = VARIANTS[kind].get("projection_dim", D)
         self.block = _project_block(gen, D, self.fused, self.lm.config.hidden_size)
@@ -161,6 +163,7 @@ def original(request, tmp_path_factory):
 def test_vmllm_checkpoint_matches_the_original(tmp_path, original):
     ours = fovea.load(original.write(tmp_path / "ck"))
     assert ours.config.connector.fuser_type == "vmllm" and ours.config.image.mode == "pad"
+    assert_fields_reach(ours.lm.config, released_lm_fields(len(original.tokenizer), "llama"))
     assert ours.config.connector.layers[-1] == (-2 if original.kind == "clip" else -1)
     for image in _images():
         inputs = ours.prepare(TEXT, images=[image])

@@ -256,7 +256,8 @@ class HFTarget:
         self.vocab = int(self.config.lm["vocab_size"])
         # A vocabulary without a free row for <image> grows to the next multiple of 64 (as
         # transformers' own conversions do); new input rows are the mean embedding, new output
-        # rows zero, so no existing logit changes.
+        # rows zero, so no existing logit changes. A tied LM shares one matrix: its new rows are
+        # zero, else the mean row would give the new ids (<image>, padding) logits of their own.
         self.new_vocab = self.vocab if self.image_id < self.vocab else -(-(self.image_id + 1) // 64) * 64
 
     def rename(self, key: str) -> str:
@@ -272,7 +273,8 @@ class HFTarget:
             "language_model.lm_head.weight",
         ):
             return tensor
-        if name.endswith("embed_tokens.weight"):
+        tied = bool(self.config.lm.get("tie_word_embeddings", False))
+        if name.endswith("embed_tokens.weight") and not tied:
             rows = tensor.float().mean(0, keepdim=True).to(tensor.dtype).expand(extra, -1)
         else:
             rows = tensor.new_zeros(extra, tensor.shape[1])

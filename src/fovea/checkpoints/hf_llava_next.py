@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from ..connectors.connector import ConnectorConfig
 from ..errors import CheckpointError, library_error_line
 from ..imaging.processor import ImageConfig
+from ..model.lm_config import lm_fields
 from ..towers.base import TowerConfig
 from ..towers.presets import image_defaults_from_processor, read_processor_settings
 from .weights import KeyMap
@@ -52,6 +53,7 @@ def read_config(directory: Path, raw: dict):
     where = directory / "config.json"
     vision = _part(where, raw, "vision_config", "clip_vision_model")
     text = _part(where, raw, "text_config", "llama")
+    text = {**lm_fields(text, text["model_type"]), "tie_word_embeddings": _ties_head(where, raw)}
     tower = TowerConfig(hf_config=vision)
     strategy = raw.get("vision_feature_select_strategy", "default")
     if strategy == "default" and not tower.cls_token:
@@ -99,6 +101,16 @@ def _part(where: Path, raw: dict, key: str, default_type: str) -> dict:
     except (ValueError, TypeError, StrictDataclassError) as err:
         raise CheckpointError(f"{where}: {key}: {library_error_line(err)}") from None
     return fields
+
+
+def _ties_head(where: Path, raw: dict) -> bool:
+    """Whether transformers ties this model's LM head to its embeddings: it reads the wrapper's
+    ``tie_word_embeddings`` (transformers 5), whatever ``text_config`` says."""
+    kwargs = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
+    try:
+        return bool(AutoConfig.for_model(MODEL_TYPE, **kwargs).tie_word_embeddings)
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        raise CheckpointError(f"{where}: {library_error_line(err)}") from None
 
 
 def key_map(tower_keys: set[str]) -> KeyMap:

@@ -24,11 +24,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from transformers import AutoConfig
-
 from ..connectors.connector import ConnectorConfig
 from ..errors import CheckpointError, ConfigError
 from ..imaging.processor import ImageConfig
+from ..model.lm_config import lm_fields
 from ..towers.base import TowerConfig, levels_of
 from ..towers.presets import resolve_tower
 from . import mmfuser_original, vmllm_original
@@ -62,10 +61,31 @@ def lm_type(raw: dict, where: Path) -> str:
     )
 
 
-def lm_fields(raw: dict, kind: str) -> dict:
-    """The LM's own config fields (the ``mm_*`` and training fields are dropped)."""
-    known = set(AutoConfig.for_model(kind).to_dict())
-    return {"model_type": kind, **{k: v for k, v in raw.items() if k in known and k != "model_type"}}
+def read_lm(directory: Path, raw: dict) -> dict:
+    """The LM's config fields: every field of config.json but LLaVA's own, read by the LM's config
+    class (model/lm_config.py), so ``rope_theta``/``rope_scaling`` arrive as transformers reads them."""
+    where = directory / "config.json"
+    try:
+        return lm_fields(raw, lm_type(raw, where))
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: {str(err).removeprefix('lm config: ')}") from None
+
+
+def infer_template(raw: dict, kind: str, tokenizer) -> tuple[str | None, str | None]:
+    """(template, why) for an original checkpoint, whose config never names its chat format: the
+    one its family was finetuned with (LLaVA-NeXT/MLCD ``--version``). Qwen2: ``qwen_1_5``
+    (MLCD-LLaVA-NeXT, MLCD-Embodied, LLaVA-NeXT/OneVision Qwen). Llama: ``llama3`` when the
+    tokenizer has Llama-3's header tokens (LLaVA-NeXT/vMLLM Llama-3), else ``vicuna_v1`` (LLaVA-1.5,
+    MMFuser, ConvLLaVA). Mistral's ``mistral_instruct`` is not a fovea template: (None, None)."""
+    layout = raw.get("model_type")
+    if kind == "qwen2":
+        return "qwen_1_5", f"inferred from the {layout} layout: Qwen2 LLaVA models are finetuned with it"
+    if kind == "llama":
+        llama3 = tokenizer is not None and "<|start_header_id|>" in tokenizer.get_vocab()
+        name = "llama3" if llama3 else "vicuna_v1"
+        why = "has Llama-3's header tokens" if llama3 else "has no Llama-3 header tokens (LLaVA-1.5 style)"
+        return name, f"inferred from the {layout} layout, whose tokenizer {why}"
+    return None, None
 
 
 def tower_spec(raw: dict, where: Path, override: str | None) -> tuple[TowerConfig, dict, str]:
@@ -149,7 +169,6 @@ def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | Non
     from ..model.config import VLMConfig
 
     where = directory / "config.json"
-    kind = lm_type(raw, where)
     tower, image_defaults, _ = tower_spec(raw, where, tower_override)
     connector = connector_spec(raw, tower, where, projector_shapes(directory))
     image, merge = image_spec(raw, image_defaults, where)
@@ -163,10 +182,14 @@ def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | Non
     token_id = IMAGE_TOKEN_INDEX
     if tokenizer is not None and "<image>" in tokenizer.get_vocab():
         token_id = tokenizer.convert_tokens_to_ids("<image>")
+    lm = read_lm(directory, raw)
+    template, origin = infer_template(raw, lm["model_type"], tokenizer)
     return VLMConfig(
         tower=tower,
         connector=connector,
-        lm=lm_fields(raw, kind),
+        lm=lm,
+        template=template,
+        template_origin=origin,
         image=image,
         image_token_id=token_id,
         merge=merge,

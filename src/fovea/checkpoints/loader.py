@@ -21,6 +21,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoTokenizer
 
 from ..errors import CheckpointError, ConfigError, library_error_line
+from ..model.lm_config import build_lm_config
 from . import fovea_format, hf_llava_next, llava_original
 from .weights import Source, fill, plan_load, weight_files
 
@@ -108,12 +109,15 @@ def open_checkpoint(source: str | Path, *, base: str | None = None, tower: str |
     directory = resolve_directory(source)
     raw = read_raw_config(directory)
     if fovea_format.is_fovea_checkpoint(raw):
-        config, tokenizer = fovea_format.read_config(directory, raw), _tokenizer(directory)
+        config = fovea_format.read_config(directory, raw)
+        tokenizer = _tokenizer(directory, _lm_config(directory, config.lm))
     elif raw.get("model_type") == hf_llava_next.MODEL_TYPE:
-        config, tokenizer = hf_llava_next.read_config(directory, raw), _tokenizer(directory)
+        config = hf_llava_next.read_config(directory, raw)
+        tokenizer = _tokenizer(directory, _lm_config(directory, config.lm))
         _adopt_chat_template(config, directory, tokenizer)
     elif llava_original.is_original(raw):
-        tokenizer = _tokenizer(directory, fallback=base or raw.get("_name_or_path"))
+        lm = _lm_config(directory, llava_original.read_lm(directory, raw))
+        tokenizer = _tokenizer(directory, lm, fallback=base or raw.get("_name_or_path"))
         config = llava_original.read_config(directory, raw, tokenizer, tower)
     else:
         kind = raw.get("model_type") or raw.get("format") or "unknown"
@@ -161,7 +165,16 @@ def load(
     return model.eval()
 
 
-def _tokenizer(directory: Path, fallback: str | None = None):
+def _lm_config(directory: Path, fields: dict):
+    try:
+        return build_lm_config(fields)
+    except ConfigError as err:
+        raise CheckpointError(f"{directory / 'config.json'}: {err}") from None
+
+
+def _tokenizer(directory: Path, lm_config, fallback: str | None = None):
+    """The checkpoint's tokenizer (else `fallback`'s). `lm_config` is the LM's config, given so that
+    transformers does not read config.json itself (a LLaVA model type it cannot name: a warning)."""
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     where = directory
     if not any((directory / n).is_file() for n in names) and fallback:
@@ -170,7 +183,7 @@ def _tokenizer(directory: Path, fallback: str | None = None):
         logger.warning("%s has no tokenizer files; prepare/generate will need one", directory)
         return None
     try:
-        return AutoTokenizer.from_pretrained(str(where))
+        return AutoTokenizer.from_pretrained(str(where), config=lm_config)
     except StrictDataclassError as err:  # AutoTokenizer reads config.json too and validates it
         raise CheckpointError(f"{where / 'config.json'}: {library_error_line(err)}") from None
     except (OSError, ValueError) as err:

@@ -120,6 +120,8 @@ def _run_eval(args) -> int:
     source, model = _load_model(args)
     template = args.template or "default"
     model.chat_format(template)  # an unknown template fails before any work
+    if model.template_note(template) and not args.quiet:
+        print(model.template_note(template), file=sys.stderr)
     name = Path(source.rstrip("/")).name
     out = Path(args.out or Path("runs/eval") / name)
     judge = None

@@ -270,6 +270,8 @@ def _run_serve(args) -> int:
         template=template,
     )
     print(f"serving {config.name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C to stop)")
+    if model.template_note(template):
+        print(model.template_note(template))
     uvicorn.run(
         create_app(model, config),
         host=args.host,

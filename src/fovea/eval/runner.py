@@ -105,7 +105,7 @@ def _prepare_run(out: Path, model, model_name, specs, data_root, template, overw
         if overwrite and out.is_dir():
             remove_own_files(out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "run.json", _run_info(model, model_name, specs, identity))
+        _write_json(out / "run.json", _run_info(model, model_name, specs, identity, template))
     barrier()
 
 
@@ -124,7 +124,7 @@ def _distributed() -> tuple[int, int, Callable[[], None]]:
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 
-def _run_info(model, model_name: str, specs: list[TaskSpec], identity: dict) -> dict:
+def _run_info(model, model_name: str, specs: list[TaskSpec], identity: dict, template) -> dict:
     """run.json: for people (names, paths, protocols, generation settings) and for resuming
     (`identity`, compared by `provenance.check_resume`)."""
     from .. import __version__
@@ -134,6 +134,7 @@ def _run_info(model, model_name: str, specs: list[TaskSpec], identity: dict) -> 
         "model": model_name,
         "checkpoint": str(Path(source).resolve()) if source else None,
         "template": identity["template"],
+        "template_origin": model.template_note(template) and model.config.template_origin,
         "fovea": __version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tasks": {

@@ -28,8 +28,12 @@ def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = in
     from ..errors import FoveaError
     from .session import ChatSession
 
+    template = options.pop("template", "default")
+    note = model.template_note(template)
+    if note:
+        print(note, file=out)
     print(HINT, file=out)
-    session = ChatSession(model, images, options.pop("template", "default"))
+    session = ChatSession(model, images, template)
     ask_images = not images  # at the start (unless given) and after every reset
     while True:
         try:
@@ -84,9 +88,15 @@ def _print_stream(prefix: str, pieces: Iterable[str], out) -> str:
     return "".join(parts).strip()
 
 
-def one_shot(model, prompt: str, images: list[str], options: dict, out=None) -> None:
-    out = out or sys.stdout
+def one_shot(model, prompt: str, images: list[str], options: dict, out=None, err=None) -> None:
+    """One answer on `out`; the inferred template's note, if any, first on `err` (stdout stays
+    the answer alone, for scripts)."""
+    out, err = out or sys.stdout, err or sys.stderr
     from .session import ChatSession
 
-    session = ChatSession(model, images, options.pop("template", "default"))
+    template = options.pop("template", "default")
+    note = model.template_note(template)
+    if note:
+        print(note, file=err)
+    session = ChatSession(model, images, template)
     _print_stream("", session.ask(prompt, **options), out)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 
 from ..connectors.connector import ConnectorConfig
-from ..errors import ConfigError, library_error_line
 from ..imaging.processor import ImageConfig
 from ..towers.base import TowerConfig
+from .lm_config import build_lm_config
 from .packing import MergeKind
 from .templates import TEMPLATES
 
@@ -33,6 +32,9 @@ class VLMConfig:
     template: str | None = None
     """Default chat template for ``generate``/``chat`` (None: the checkpoint's own `chat_template`
     if it has one, else text is used as given)."""
+    template_origin: str | None = None
+    """Why `template` is what it is when the checkpoint did not name it (an original LLaVA layout's
+    is inferred from its layout and LM); None when the checkpoint or the recipe named it."""
     chat_template: str | None = None
     """The checkpoint's own Jinja chat template (transformers checkpoints ship one), used when no
     fovea `template` is set; kept so conversions and exports carry it on."""
@@ -49,8 +51,5 @@ class VLMConfig:
             raise ValueError("AnyRes spatial merging needs patch tokens only; set connector.keep_cls: false")
 
     def lm_config(self) -> PretrainedConfig:
-        kwargs = {k: v for k, v in self.lm.items() if k not in ("model_type", "transformers_version")}
-        try:
-            return AutoConfig.for_model(self.lm["model_type"], **kwargs)
-        except (ValueError, TypeError, StrictDataclassError) as err:
-            raise ConfigError(f"lm config: {library_error_line(err)}") from None
+        """The LM's transformers config, every field of `lm` given to its class (model/lm_config.py)."""
+        return build_lm_config(self.lm)

@@ -56,6 +56,13 @@ class PromptMixin:
             return self._checkpoint_template
         return TEMPLATES.get(template)
 
+    def template_note(self: VisionLanguageModel, template: str | None = "default") -> str | None:
+        """A line saying which template `template` resolves to when it was inferred, not named
+        (``config.template_origin``); None when the checkpoint, the recipe or the caller named it."""
+        if template != "default" or not self.config.template_origin:
+            return None
+        return f"template: {self.config.template}, {self.config.template_origin} (--template overrides)"
+
     def template_choices(self: VisionLanguageModel) -> list[str]:
         """Every template name this model accepts."""
         return [*TEMPLATES.names(), *([CHECKPOINT_TEMPLATE] if self.config.chat_template else [])]

@@ -19,6 +19,7 @@ from ..connectors.fusers import FUSERS, fuser_config
 from ..errors import ConfigError
 from ..imaging.processor import ImageConfig
 from ..model.config import VLMConfig
+from ..model.lm_config import build_lm_config, normalised
 from ..model.vlm import VisionLanguageModel
 from ..towers.base import TowerConfig, VisionTower
 from ..towers.convnext import add_stage
@@ -53,7 +54,7 @@ def checkpoint_activations(module) -> None:
 
 
 def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, spec.dtype)
     if spec.tower_config is not None:
@@ -71,8 +72,7 @@ def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
         from ..tiny import tiny_tokenizer
 
         tokenizer = tiny_tokenizer(corpus=spec.tokenizer_corpus)
-        kind = spec.lm_config.get("model_type", "qwen2")
-        config = AutoConfig.for_model(kind, **{k: v for k, v in spec.lm_config.items() if k != "model_type"})
+        config = build_lm_config({"model_type": "qwen2", **spec.lm_config})
         config.vocab_size = max(config.vocab_size, len(tokenizer))
         lm = AutoModelForCausalLM.from_config(config).to(dtype)
     else:
@@ -82,7 +82,7 @@ def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
     config = VLMConfig(
         tower=tower.config,
         connector=connector,
-        lm=lm.config.to_dict(),
+        lm=normalised(lm.config),
         image=ImageConfig(**{**image_defaults, **spec.image}),
         image_token_id=image_id,
         template=spec.template,
