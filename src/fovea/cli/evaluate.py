@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import add_template_option, positive_int, user_error
+from . import add_template_option, non_negative_float, positive_int, probability, user_error
 
 DEFAULT_DATA_ROOT = "~/.cache/fovea/benchmarks"
 
@@ -59,6 +59,14 @@ def _add_eval(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="load the model in this dtype")
     add_template_option(p)
+    p.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=0.0,
+        help="sample at this temperature instead of the protocols' greedy decoding (default: %(default)s)",
+    )
+    p.add_argument("--top-p", type=probability, default=1.0, help="with --temperature (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="with --temperature: every answer's sampling seed")
     _add_judge_options(p)
     p.add_argument(
         "--radar", help="report: write the radar chart here (default: radar.png beside --report-out)"
@@ -142,11 +150,19 @@ def _run_eval(args) -> int:
         progress=not args.quiet,
         template=template,
         overwrite=args.overwrite,
+        sampling=_sampling(args),
     )
     if not results:  # not the main process
         return 0
     _summarise(results, out, name)
     return 1 if any(res.get("failed") for res in results["tasks"].values()) else 0
+
+
+def _sampling(args) -> dict | None:
+    """`model.generate`'s sampling arguments, or None for greedy (the published protocols)."""
+    if args.temperature <= 0:
+        return None
+    return {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed}
 
 
 def _load_model(args):

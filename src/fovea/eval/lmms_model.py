@@ -81,11 +81,11 @@ class FoveaLMM(lmms):
                     visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual else None
                     prompts.append(context)
                     images.append(list(visuals or []))
-                texts = self.model.generate(prompts, images=images, template=self.template, **options)
+                stops = tuple(s for s in until if s)  # the decoder ends each answer before one
+                texts = self.model.generate(
+                    prompts, images=images, template=self.template, stop=stops, **options
+                )
                 for i, text in zip(chunk, texts):
-                    for stop in until:
-                        if stop:
-                            text = text.split(stop)[0]
                     answers[i] = text
                 bar.update(len(chunk))
         bar.close()

@@ -43,10 +43,11 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def run_identity(model, specs, template_name: str | None, data_root) -> dict:
+def run_identity(model, specs, template_name: str | None, data_root, sampling: dict | None = None) -> dict:
     return {
         "model_fingerprint": model_fingerprint(model),
         "template": template_name,
+        "sampling": sampling or None,
         "data_root": str(Path(data_root).expanduser().resolve()),
         "tasks": {s.name: _digest(dataclasses.asdict(s)) for s in specs},
     }
@@ -78,7 +79,12 @@ def check_resume(out: Path, identity: dict, overwrite: bool) -> dict:
 def _difference(before: dict | None, now: dict) -> str | None:
     if not isinstance(before, dict) or not isinstance(before.get("tasks"), dict):
         return "written without a record of what made it"
-    for key, what in (("model_fingerprint", "model"), ("template", "template"), ("data_root", "data root")):
+    for key, what in (
+        ("model_fingerprint", "model"),
+        ("template", "template"),
+        ("sampling", "sampling"),
+        ("data_root", "data root"),
+    ):
         if before.get(key) != now[key]:
             return f"{what} {before.get(key)!r}, this run {now[key]!r}"
     for task, digest in now["tasks"].items():

@@ -47,6 +47,7 @@ def evaluate(
     progress: bool = True,
     template: str | None = "default",
     overwrite: bool = False,
+    sampling: dict | None = None,
 ) -> dict:
     """Run `tasks` on `model`; returns the results dict also written to ``out_dir/results.json``.
 
@@ -54,13 +55,16 @@ def evaluate(
     written to the task's ``errors.jsonl`` with the sample id and counted in the results; the rest
     of the task is scored. `judge` (an `LLMJudge`) scores tasks that need one (OpenEQA).
     `template` wraps each prompt (``"default"``: the model's own, see ``model.chat_format``).
+    `sampling`: ``model.generate``'s sampling arguments (``do_sample``, ``temperature``, ``top_p``,
+    ``seed``); None decodes greedily, as the published protocols do.
     A directory holding a run of another model, template or task definition is refused (see
     `provenance`); `overwrite` replaces that run.
     """
     specs = [load_task(t) for t in tasks]  # unknown task names fail here, before any work
     out = Path(out_dir)
     rank, world, barrier = _distributed()
-    _prepare_run(out, model, model_name, specs, data_root, template, overwrite, rank == 0, barrier)
+    _prepare_run(out, model, model_name, specs, data_root, template, sampling, overwrite, rank == 0, barrier)
+    options = {"template": template, **(sampling or {})}
     failed: dict[str, str] = {}
     for spec in specs:
         try:
@@ -75,7 +79,7 @@ def evaluate(
                 rank,
                 world,
                 progress,
-                template,
+                options,
             )
         except DataError as err:  # no data, an unreadable file: this task fails, the others run
             failed[spec.name] = str(err)
@@ -95,11 +99,13 @@ def evaluate(
     return results
 
 
-def _prepare_run(out: Path, model, model_name, specs, data_root, template, overwrite, main, barrier) -> None:
+def _prepare_run(
+    out: Path, model, model_name, specs, data_root, template, sampling, overwrite, main, barrier
+) -> None:
     """Refuse another run's directory (every process, so all stop alike), then the main process
     clears an overwritten run and writes run.json while the others wait."""
     template_name = getattr(model.chat_format(template), "name", None)
-    identity = check_resume(out, run_identity(model, specs, template_name, data_root), overwrite)
+    identity = check_resume(out, run_identity(model, specs, template_name, data_root, sampling), overwrite)
     barrier()  # every process has read the old run.json before it changes
     if main:
         if overwrite and out.is_dir():
@@ -142,7 +148,7 @@ def _run_info(model, model_name: str, specs: list[TaskSpec], identity: dict, tem
                 "protocol": s.protocol,
                 "source": s.source,
                 "max_new_tokens": s.max_new_tokens,
-                "greedy": True,
+                "greedy": not identity.get("sampling"),
             }
             for s in specs
         },
@@ -164,8 +170,11 @@ def generate_task(
     rank=0,
     world=1,
     progress=True,
-    template="default",
+    options=None,
 ) -> None:
+    """Answer the task's samples not answered yet; `options`: ``model.generate``'s template and
+    sampling arguments."""
+    options = options or {"template": "default"}
     task_dir.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in read_records(task_dir)}
     own = task_dir / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")
@@ -185,10 +194,10 @@ def generate_task(
                 continue
             todo.append(sample)
             if len(todo) == batch_size:
-                _run_batch(model, spec, todo, sink, errors, bar, template)
+                _run_batch(model, spec, todo, sink, errors, bar, options)
                 todo = []
         if todo:
-            _run_batch(model, spec, todo, sink, errors, bar, template)
+            _run_batch(model, spec, todo, sink, errors, bar, options)
     bar.close()
     err_file = task_dir / ("errors.jsonl" if world == 1 else f"errors.rank{rank}.jsonl")
     err_file.write_text("".join(json.dumps(e) + "\n" for e in errors))
@@ -198,7 +207,7 @@ def generate_task(
         logger.warning("%s: %d more bad samples, listed in %s", spec.name, len(errors) - 5, err_file)
 
 
-def _run_batch(model, spec: TaskSpec, batch: list[Sample], sink, errors: list[dict], bar, template) -> None:
+def _run_batch(model, spec: TaskSpec, batch: list[Sample], sink, errors: list[dict], bar, options) -> None:
     ready, images = [], []
     for sample in batch:
         try:
@@ -210,25 +219,21 @@ def _run_batch(model, spec: TaskSpec, batch: list[Sample], sink, errors: list[di
         return
     prompts = [s.prompt.replace("<image>", model.config.image_token) for s in ready]
     try:
-        predictions = model.generate(
-            prompts, images=images, template=template, max_new_tokens=spec.max_new_tokens
-        )
+        predictions = model.generate(prompts, images=images, max_new_tokens=spec.max_new_tokens, **options)
     except FoveaError:
         if len(ready) == 1:
             raise
         # one sample spoiled the batch (too long, wrong tag count): run them one by one to find it
         for sample, imgs in zip(ready, images):
-            _run_one(model, spec, sample, imgs, sink, errors, bar, template)
+            _run_one(model, spec, sample, imgs, sink, errors, bar, options)
         return
     _write(spec, ready, predictions, sink, errors, bar)
 
 
-def _run_one(model, spec, sample, imgs, sink, errors, bar, template) -> None:
+def _run_one(model, spec, sample, imgs, sink, errors, bar, options) -> None:
     try:
         prompt = sample.prompt.replace("<image>", model.config.image_token)
-        prediction = model.generate(
-            [prompt], images=[imgs], template=template, max_new_tokens=spec.max_new_tokens
-        )
+        prediction = model.generate([prompt], images=[imgs], max_new_tokens=spec.max_new_tokens, **options)
     except FoveaError as err:
         errors.append({"id": sample.id, "error": str(err)})
         return

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ContextLengthError
-from .batch import RunningBatch
-from .sequence import Sequence, choose
+from ..model.decoding import Result, Sampling
+from ..model.running_batch import RunningBatch, sample_all
 
-__all__ = ["Engine", "Request", "Result", "choose"]
+__all__ = ["Engine", "Request", "Result"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class Request:
     max_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0
     seed: int | None = None
+    logprobs: bool = False
     template: str | None = "default"
     ignore_eos: bool = False
     """Decode exactly max_tokens tokens (for benchmarks)."""
@@ -52,13 +54,18 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set it (the server does when its client goes away) and the sequence leaves at the next step."""
 
-
-@dataclass
-class Result:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" or "length"
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(
+            max_new_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=tuple(self.stop),
+            ignore_eos=self.ignore_eos,
+            logprobs=self.logprobs,
+        )
 
 
 class Engine:
@@ -95,7 +102,7 @@ class Engine:
             except Exception as err:  # a bug must not kill the server: fail what was running, loudly
                 logger.exception("generation failed")
                 for seq in self.running.sequences if self.running else []:
-                    seq.request.emit("error", err)
+                    seq.owner.emit("error", err)
                 self.running = None
             if self.running is None and self.queue.empty():
                 self.busy.clear()
@@ -155,8 +162,10 @@ class Engine:
                     f"the prompt is {length} tokens and max_tokens is {request.max_tokens}: "
                     f"{length + request.max_tokens} over the model's context of {self.context}"
                 )
-            stops = set(self.model.stop_token_ids(request.template))
-            prepared["sequence"] = Sequence(request, stops, self.model.tokenizer, length)
+            emit = lambda piece, r=request: r.emit("text", piece)  # noqa: E731
+            sequence = self.model.sequence(prepared, request.sampling, request.template, emit)
+            sequence.owner = request
+            prepared["sequence"] = sequence
             return prepared
         except Exception as err:  # tokenising, images, templates, seeds: this request's own error
             request.emit("error", err)
@@ -176,15 +185,7 @@ class Engine:
 
     def _sample(self) -> dict[int, int]:
         """Each sequence's next token (by id of the sequence); a failure fails that one alone."""
-        batch, chosen = self.running, {}
-        greedy = batch.logits.argmax(-1).tolist()  # one op for every greedy row of the batch
-        for i, seq in enumerate(batch.sequences):
-            try:
-                token = seq.next_token(batch.logits[i], greedy[i])
-                seq.push(token)
-                chosen[id(seq)] = token
-            except Exception as err:
-                seq.finish, seq.error = "error", err
+        chosen = sample_all(self.running)
         if self.trace is not None:
             self.trace.append(time.perf_counter())
         return chosen
@@ -192,14 +193,14 @@ class Engine:
     def _retire(self) -> None:
         batch, keep = self.running, []
         for i, seq in enumerate(batch.sequences):
-            request = seq.request
+            request = seq.owner
             if seq.finish == "error":
                 request.emit("error", seq.error)
             elif request.cancelled.is_set():
                 seq.finish = "cancelled"
                 request.emit("cancelled", None)
             elif seq.finish is not None:
-                request.emit("done", Result(seq.flush(), seq.prompt_tokens, len(seq.tokens), seq.finish))
+                request.emit("done", seq.result())
             else:
                 keep.append(i)
         if not keep:

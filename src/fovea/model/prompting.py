@@ -1,4 +1,4 @@
-"""Text side of the model: prompts -> token ids with image placeholders; greedy/sampled generation.
+"""Text side of the model: prompts -> token ids with image placeholders; `generate` and `chat`.
 
 ``prepare`` is the one place text and images meet: it renders the template, checks that the
 ``<image>`` tags match the images, and repeats each image's placeholder id exactly as many times
@@ -7,6 +7,7 @@ as that image will yield visual tokens (computed from geometry, before any model
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ import torch
 from ..errors import ConfigError
 from ..imaging.io import ImageSource
 from .checkpoint_template import JinjaTemplate
+from .decoding import Sampling, Sequence
+from .running_batch import RunningBatch, decode, run_to_end
 from .templates import CHECKPOINT_TEMPLATE, TEMPLATES, Template
 
 if TYPE_CHECKING:
@@ -25,14 +28,6 @@ def question_text(messages: list[dict]) -> str:
     """The question a question-aware fuser conditions on: every user turn's text, image tags
     included, joined with no separator (vMLLM's rule). For one prompt, that prompt itself."""
     return "".join(m["content"] for m in messages if m["role"] == "user")
-
-
-def _joined(pieces, worker):
-    """Yield the streamed pieces, then wait for the generating thread to finish."""
-    try:
-        yield from pieces
-    finally:
-        worker.join()
 
 
 class PromptMixin:
@@ -103,10 +98,7 @@ class PromptMixin:
         """
         if self.tokenizer is None:
             raise ConfigError("this model has no tokenizer; load it with fovea.load or pass one")
-        batch = [text] if isinstance(text, str) else list(text)
-        per_prompt = [images or []] if isinstance(text, str) else list(images or [[] for _ in batch])
-        if len(per_prompt) != len(batch):
-            raise ConfigError(f"{len(batch)} prompts but {len(per_prompt)} image lists")
+        batch, per_prompt = _per_prompt(text, images)
         rows, all_pixels, layouts, samples = [], [], [], []
         fmt = self.chat_format(template)
         for prompt, imgs in zip(batch, per_prompt):
@@ -233,7 +225,34 @@ class PromptMixin:
             "questions": [question_text(messages)],
         }
 
-    @torch.inference_mode()
+    def sampling(
+        self: VisionLanguageModel,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: tuple[str, ...] | list[str] = (),
+    ) -> Sampling:
+        """The decoder's settings for `generate`/`chat`'s arguments (greedy unless `do_sample`)."""
+        return Sampling(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature if do_sample else 0.0,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=tuple(stop),
+        )
+
+    def sequence(
+        self: VisionLanguageModel, prepared: dict, sampling: Sampling, template, emit=None
+    ) -> Sequence:
+        """One answer to decode for `prepared` (a `prepare`/`prepare_chat` output of one prompt)."""
+        stops = set(self.stop_token_ids(template))
+        length = int(prepared["attention_mask"].sum())
+        return Sequence(sampling, stops, self.tokenizer, length, emit or (lambda piece: None))
+
     def chat(
         self: VisionLanguageModel,
         messages: list[dict],
@@ -244,32 +263,23 @@ class PromptMixin:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
     ):
-        """The assistant's reply to a conversation; with ``stream=True`` an iterator of text pieces."""
-        from threading import Thread
-
-        from transformers import TextIteratorStreamer
-
-        inputs = self.prepare_chat(messages, images, template)
-        device = self.device
-        embeds = self.embed_inputs(inputs)
-        kwargs = {
-            "inputs_embeds": embeds,
-            "attention_mask": inputs["attention_mask"].to(device),
-            "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample,
-            "eos_token_id": self.stop_token_ids(template),
-            "pad_token_id": self.tokenizer.pad_token_id or 0,
-            **({"temperature": temperature, "top_p": top_p} if do_sample else {}),
-        }
+        """The assistant's reply to a conversation; with ``stream=True`` an iterator of text pieces.
+        Decoded by fovea's decoder (`model.decoding`), as the chat session and the server do."""
+        sampling = self.sampling(max_new_tokens, do_sample, temperature, top_p, top_k, seed)
+        with torch.inference_mode():
+            prepared = self.prepare_chat(messages, images, template)
+            pieces: list[str] = []
+            seq = self.sequence(prepared, sampling, template, pieces.append)
+            batch = RunningBatch.prefill(self, [seq], [prepared])  # errors raise here, not mid-stream
         if not stream:
-            return self.tokenizer.decode(self.lm.generate(**kwargs)[0], skip_special_tokens=True).strip()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_special_tokens=True)
-        worker = Thread(target=lambda: torch.inference_mode()(self.lm.generate)(**kwargs, streamer=streamer))
-        worker.start()
-        return _joined(streamer, worker)
+            for _ in decode(self, batch):
+                pass
+            return seq.result().text.strip()
+        return _streamed(self, batch, seq, pieces)
 
-    @torch.inference_mode()
     def generate(
         self: VisionLanguageModel,
         text: str | list[str],
@@ -279,21 +289,36 @@ class PromptMixin:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: tuple[str, ...] | list[str] = (),
     ) -> str | list[str]:
-        """Answer a prompt (or a batch); greedy unless `do_sample`. ``template="default"`` uses
-        the model's own template (see `chat_format`); None uses the text as given."""
-        inputs = self.prepare(text, images, template)
-        device = self.device
-        embeds = self.embed_inputs(inputs)
-        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-        out = self.lm.generate(
-            inputs_embeds=embeds,
-            attention_mask=inputs["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            eos_token_id=self.stop_token_ids(template),
-            pad_token_id=self.tokenizer.pad_token_id or 0,
-            **sampling,
-        )
-        answers = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        """Answer a prompt (or a batch, decoded together); greedy unless `do_sample`, each answer
+        seeded by `seed`. ``template="default"`` uses the model's own template (see `chat_format`);
+        None uses the text as given. `stop`: strings that end an answer (not part of it)."""
+        batch, per_prompt = _per_prompt(text, images)
+        sampling = self.sampling(max_new_tokens, do_sample, temperature, top_p, top_k, seed, stop)
+        with torch.inference_mode():
+            prepared = [self.prepare(p, imgs, template) for p, imgs in zip(batch, per_prompt)]
+            results = run_to_end(self, prepared, [self.sequence(p, sampling, template) for p in prepared])
+        answers = [r.text for r in results]
         return answers[0] if isinstance(text, str) else answers
+
+
+def _per_prompt(text, images) -> tuple[list[str], list[list]]:
+    """(prompts, an image list per prompt) for one prompt with a list of images, or a batch."""
+    batch = [text] if isinstance(text, str) else list(text)
+    per_prompt = [images or []] if isinstance(text, str) else list(images or [[] for _ in batch])
+    if len(per_prompt) != len(batch):
+        raise ConfigError(f"{len(batch)} prompts but {len(per_prompt)} image lists")
+    return batch, per_prompt
+
+
+def _streamed(model, batch, seq, pieces: list[str]) -> Iterator[str]:
+    """The pieces of `seq`'s text as `decode` forms them."""
+    with torch.inference_mode():
+        for _ in decode(model, batch):
+            yield from pieces
+            pieces.clear()
+    seq.result()
+    yield from pieces
