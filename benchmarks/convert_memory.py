@@ -25,7 +25,7 @@ from common import table
 _CHILD = r"""
 import json, resource, sys
 import psutil, torch, transformers
-from fovea.cli import _parse_size
+from fovea.cli.models import _parse_size
 from fovea.checkpoints.export import convert
 base = psutil.Process().memory_info().rss
 source, dest, how, shard = sys.argv[1:5]

@@ -150,14 +150,14 @@ def test_a_hub_id_no_preset_knows_is_read_from_its_download(tmp_path, monkeypatc
     """(vMLLM's CLIP-B/32 and SigLIP-B/16 variants name towers fovea has no preset for.)"""
     from transformers import CLIPConfig
 
-    from fovea.checkpoints import loader
+    from fovea.towers import presets
 
     CLIPConfig(vision_config={"hidden_size": 48, "patch_size": 32, "image_size": 224}).save_pretrained(
         tmp_path
     )
-    real = loader.resolve_directory
+    real = presets.resolve_directory
     monkeypatch.setattr(
-        loader, "resolve_directory", lambda source: tmp_path if source == "org/clip-b32" else real(source)
+        presets, "resolve_directory", lambda source: tmp_path if source == "org/clip-b32" else real(source)
     )
     preset = resolve_tower("org/clip-b32")
     assert preset.hub_id == "org/clip-b32" and preset.tower["hf_config"]["model_type"] == "clip_vision_model"

@@ -32,11 +32,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..tensor_files import INDEX, plan_load, read_planned
 from ..towers.base import family_of
 from .fovea_format import FORMAT
 from .jinja import chat_template
 from .loader import open_checkpoint
-from .weights import INDEX, plan_load, read_planned
 
 logger = logging.getLogger(__name__)
 

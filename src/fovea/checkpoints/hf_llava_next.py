@@ -23,9 +23,9 @@ from ..connectors.connector import ConnectorConfig
 from ..errors import CheckpointError, library_error_line
 from ..imaging.processor import ImageConfig
 from ..model.lm_config import lm_fields
+from ..tensor_files import KeyMap
 from ..towers.base import TowerConfig
 from ..towers.presets import image_defaults_from_processor, read_processor_settings
-from .weights import KeyMap
 
 MODEL_TYPE = "llava_next"
 

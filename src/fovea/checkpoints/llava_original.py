@@ -26,12 +26,13 @@ from pathlib import Path
 
 from ..connectors.connector import ConnectorConfig
 from ..errors import CheckpointError, ConfigError
+from ..hub import resolve_directory
 from ..imaging.processor import ImageConfig
 from ..model.lm_config import lm_fields
+from ..tensor_files import KeyMap, Source, weight_files
 from ..towers.base import TowerConfig, levels_of
 from ..towers.presets import resolve_tower
 from . import mmfuser_original, vmllm_original
-from .weights import KeyMap, Source, weight_files
 
 IMAGE_TOKEN_INDEX = -200
 LM_TYPES = {"llava_qwen": "qwen2", "llava_llama": "llama", "llava_mistral": "mistral"}
@@ -272,7 +273,6 @@ def sources(
 ) -> list[Source]:
     """Where every part's weights come from: the checkpoint, and for what it lacks, the tower
     directory (`tower`, else ``mm_vision_tower``) and (stage-1 outputs) the base LM."""
-    from .loader import resolve_directory
 
     own, vmllm = _own_files(directory), _is_vmllm(model_keys)
     keys = _keys_of(own)
@@ -299,7 +299,6 @@ def sources(
 def _tower_repo_first(model_keys: set[str], tower_name: str) -> Path | None:
     """ConvLLaVA builds its tower with ``delay_load`` and reads it from ``mm_vision_tower``: when that
     directory holds weights, they win over any copy in the checkpoint (the directory, else None)."""
-    from .loader import resolve_directory
 
     if not _is_convnext(model_keys):
         return None
@@ -333,7 +332,7 @@ def _own_files(directory: Path) -> list[Path]:
 
 def projector_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     """Shapes of the checkpoint's own ``model.mm_projector.*`` tensors (headers only)."""
-    from .weights import TensorFile
+    from ..tensor_files import TensorFile
 
     shapes = {}
     for file in _own_files(directory):
@@ -345,7 +344,7 @@ def projector_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _keys_of(files: list[Path]) -> set[str]:
-    from .weights import TensorFile
+    from ..tensor_files import TensorFile
 
     keys: set[str] = set()
     for file in files:

@@ -21,33 +21,15 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoTokenizer
 
 from ..errors import CheckpointError, ConfigError, library_error_line
+from ..hub import resolve_directory
 from ..model.lm_config import build_lm_config
+from ..tensor_files import Source, fill, plan_load, weight_files
 from . import fovea_format, hf_llava_next, llava_original
-from .weights import Source, fill, plan_load, weight_files
 
 if TYPE_CHECKING:
     from ..model.config import VLMConfig
 
 logger = logging.getLogger(__name__)
-
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "mm_projector.bin"]
-
-
-def resolve_directory(source: str | Path) -> Path:
-    """A local checkpoint directory for `source` (downloading a hub id when there is network)."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
-        raise CheckpointError(f"{source}: no such checkpoint directory")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(source), allow_patterns=_HUB_PATTERNS))
-    except Exception as err:  # network, auth, missing repo: one line whatever the cause
-        raise CheckpointError(
-            f"{source}: not a local directory and not downloadable ({type(err).__name__})"
-        ) from None
 
 
 def read_raw_config(directory: Path) -> dict:

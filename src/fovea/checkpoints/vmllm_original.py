@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
+from ..hub import resolve_directory
 from ..towers.base import TowerConfig, levels_of
 
 MARKER = "model.mm_projector.img_low_q_proj.weight"
@@ -38,7 +39,6 @@ def detect(shapes: dict) -> bool:
 def connector_fields(raw: dict, tower: TowerConfig, shapes: dict, selected: list[int], where: Path) -> dict:
     """fovea's ``connector`` for a vMLLM checkpoint (config and weights must agree)."""
     from ..connectors.vmllm import text_fields
-    from .loader import resolve_directory
 
     levels = levels_of(tower)
     hidden = len(levels)
@@ -97,6 +97,5 @@ def tower_key(key: str, tower_key_of) -> str | None:
 def attach(model, tower_source: str) -> None:
     """The text tokenizer, from ``mm_vision_tower`` as the original reads it."""
     from ..connectors.vmllm import load_text_tokenizer
-    from .loader import resolve_directory
 
     model.connector.fuser.tokenizer = load_text_tokenizer(resolve_directory(tower_source))

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import add_template_option, non_negative_float, positive_int, probability, user_error
+from .options import add_template_option, non_negative_float, positive_int, probability, user_error
 
 DEFAULT_DATA_ROOT = "~/.cache/fovea/benchmarks"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from . import positive_int
-from . import user_error as _user_error
+from .options import positive_int
+from .options import user_error as _user_error
 
 
 def add_commands(sub) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import (
+from .options import (
     add_recipe_arguments,
     add_template_option,
     non_negative_float,
@@ -13,8 +13,8 @@ from . import (
     positive_int,
     probability,
 )
-from . import chat_template as _chat_template
-from . import user_error as _user_error
+from .options import chat_template as _chat_template
+from .options import user_error as _user_error
 
 
 def add_commands(sub) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import positive_int, pretrain_features, pretrain_probe
+from . import pretrain_features, pretrain_probe
+from .options import positive_int
 from .pretrain_train import add_command as add_train
 
 

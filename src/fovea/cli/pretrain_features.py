@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import positive_int
+from .options import positive_int
 
 
 def add_command(steps) -> None:

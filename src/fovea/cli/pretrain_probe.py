@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import positive_float, positive_int, user_error
+from .options import positive_float, positive_int, user_error
 
 
 def add_command(steps) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from . import add_recipe_arguments
+from .options import add_recipe_arguments
 
 
 def add_command(steps) -> None:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..hub import resolve_directory
 from .fusers import FUSERS, Fuser, FuserConfig, FuserInput
 
 TEXT_TYPES = ("clip_text_model", "siglip_text_model")
@@ -242,7 +243,6 @@ class VMLLMFuser(Fuser):
     def load_pretrained(self, source: str) -> None:
         """The text half (and CLIP's projections) of the tower's checkpoint, or of `text_from`'s,
         and its tokenizer. Another checkpoint's visual projection is not this tower's: kept random."""
-        from ..checkpoints.loader import resolve_directory
 
         directory = resolve_directory(self.config.text_from or source)
         state = text_state(directory, self.config.projection_dim is not None)
@@ -261,7 +261,7 @@ class VMLLMFuser(Fuser):
 
     def init_random(self) -> None:
         """A tiny random text tower gets fovea's tiny tokenizer of its kind."""
-        from ..tiny import tiny_text_tower
+        from ..tiny_tokenizers import tiny_text_tower
 
         tokenizer = tiny_text_tower(self.config.text_tower["model_type"])[1]
         if len(tokenizer) > self.text.config.vocab_size:
@@ -313,7 +313,6 @@ def text_fields(source: str) -> dict:
     """``text_tower`` and ``projection_dim`` from a CLIP or SigLIP checkpoint's config."""
     from transformers import AutoConfig
 
-    from ..checkpoints.loader import resolve_directory
     from ..towers.presets import TOWER_PRESETS
 
     hub_id = TOWER_PRESETS.get(source).hub_id if source in TOWER_PRESETS else source
@@ -333,7 +332,7 @@ def text_fields(source: str) -> dict:
 
 def text_state(directory: Path, projections: bool) -> dict[str, torch.Tensor]:
     """The fuser's ``text.*`` (and ``projection.*``) tensors from a full CLIP/SigLIP checkpoint."""
-    from ..checkpoints.weights import TensorFile, weight_files
+    from ..tensor_files import TensorFile, weight_files
 
     names = {
         "visual_projection.weight": "projection.visual.weight",

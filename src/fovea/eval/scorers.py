@@ -13,10 +13,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..registry import Registry
 from . import metrics
-from .tasks import TaskSpec
+
+if TYPE_CHECKING:  # annotations only: tasks.py reads the scorers
+    from .tasks import TaskSpec
 
 Record = dict  # {"id", "doc", "prediction", "scores"}
 

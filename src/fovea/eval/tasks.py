@@ -30,6 +30,7 @@ from typing import Any
 from ..config import from_dict, load_yaml
 from ..errors import ConfigError, FoveaError
 from ..registry import suggest
+from .scorers import SCORERS, make_synthetic
 
 BUILTIN = Path(__file__).parent / "tasks"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -123,7 +124,6 @@ def load_task(name: str | Path) -> TaskSpec:
             f"{path}: field 'name' is {spec.name!r}; a task name must be a plain file name "
             "(letters, digits, _, - and ., not . or ..)"
         )
-    from .scorers import SCORERS
 
     if spec.scorer not in SCORERS:
         SCORERS.get(spec.scorer)  # raises with the known names
@@ -143,8 +143,6 @@ def read_rows(spec: TaskSpec, data_root: str | Path, hub: bool = False) -> Itera
     if where.exists():
         yield from _read_local(where, spec)
     elif spec.scorer == "synthetic":  # the bundled benchmark: drawn on first use, same seed every time
-        from .scorers import make_synthetic
-
         make_synthetic(where)
         yield from _read_local(where, spec)
     elif hub and spec.data.hub:
@@ -223,7 +221,6 @@ def _read_file(path: Path, task: str) -> Iterator[dict]:
 
 def samples(spec: TaskSpec, data_root: str | Path, hub: bool = False) -> Iterator[Sample | BadSample]:
     """Every row of the task as a `Sample` ready to generate, or a `BadSample` saying why not."""
-    from .scorers import SCORERS
 
     scorer = SCORERS.get(spec.scorer)
     for index, (row, base) in enumerate(read_rows(spec, data_root, hub)):

@@ -25,6 +25,7 @@ from .config import VLMConfig
 from .kv_cache import cache_kwargs
 from .packing import count_tokens, merge_tokens, pack_image
 from .prompting import PromptMixin
+from .saving import save_model
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,4 @@ class VisionLanguageModel(PromptMixin, nn.Module):
 
     def save_pretrained(self, directory: str | Path, max_shard_size: int = 5 * 1024**3) -> Path:
         """Write config.json, safetensors (sharded above `max_shard_size` bytes) and the tokenizer."""
-        from ..checkpoints.fovea_format import save_model
-
         return save_model(self, Path(directory), max_shard_size)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..hub import resolve_directory
 from ..imaging.processor import CLIP_MEAN, CLIP_STD
 from ..registry import Registry
 from .base import TowerConfig, VisionTower
@@ -231,7 +232,6 @@ def resolve_tower(spec: str) -> TowerPreset:
 
 def _preset_from_hub(hub_id: str) -> TowerPreset:
     """A tower no preset knows (e.g. vMLLM's openai/clip-vit-base-patch32), from the hub."""
-    from ..checkpoints.loader import resolve_directory
     from ..errors import CheckpointError
 
     try:

@@ -69,7 +69,7 @@ def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
     source = pretrained_source(spec.tower) if spec.tower is not None and spec.tower_pretrained else None
     connector = _complete_connector(spec.connector, source)
     if spec.lm_config is not None:
-        from ..tiny import tiny_tokenizer
+        from ..tiny_tokenizers import tiny_tokenizer
 
         tokenizer = tiny_tokenizer(corpus=spec.tokenizer_corpus)
         config = build_lm_config({"model_type": "qwen2", **spec.lm_config})

@@ -16,6 +16,7 @@ from typing import Literal
 
 from ..config import apply_overrides, from_dict, load_yaml
 from ..connectors.connector import ConnectorConfig
+from .validate import check_recipe
 
 
 @dataclass(kw_only=True)
@@ -144,7 +145,5 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             and (base / stage.data).exists()
         ):
             stage.data = str(base / stage.data)
-    from .validate import check_recipe
-
     check_recipe(recipe)
     return recipe

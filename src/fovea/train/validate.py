@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.labels import QUIRKS
 from ..errors import ConfigError
@@ -20,7 +21,9 @@ from ..imaging.processor import check_image_mode
 from ..model.templates import TEMPLATES
 from ..registry import suggest
 from .parts import PARTS, PartIndex, block_unit_mismatch, part_of
-from .recipe import Recipe, StageSpec
+
+if TYPE_CHECKING:  # annotations only: recipe.py runs these checks when a recipe loads
+    from .recipe import Recipe, StageSpec
 
 
 def _fail(path: str, message: str, value) -> None:

@@ -22,8 +22,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import write_atomic
-from ..errors import CheckpointError
+from .atomic import write_atomic
+from .errors import CheckpointError
 
 INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
