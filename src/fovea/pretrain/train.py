@@ -218,9 +218,18 @@ class _EncoderLoop(StepLoop):
         if world > 1 and accelerator.device.type != "cpu":
             encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
         model, optimizer = accelerator.prepare(encoder, optimizer)
-        loop = cls(accelerator, recipe.run, scheduler, [optimizer, centres], total)
-        loop.recipe, loop.data, loop.model, loop.pfc = recipe, data, model, pfc
-        loop.optimizer, loop.centres, loop.centres_scheduler = optimizer, centres, centres_scheduler
+        loop = cls(
+            accelerator,
+            recipe.run,
+            scheduler,
+            [optimizer, centres],
+            total,
+            model=model,
+            grad_clip=optim.grad_clip,
+        )
+        loop.schedulers.append(centres_scheduler)
+        loop.recipe, loop.data, loop.pfc = recipe, data, pfc
+        loop.centres, loop.centres_scheduler = centres, centres_scheduler
         loop.micro, loop.accum, loop.size = micro, accum, data.processor.config.size
         return loop
 
@@ -239,18 +248,18 @@ class _EncoderLoop(StepLoop):
             for reason in batch["skipped"]:
                 logger.warning("skipped: %s", reason)
         device, losses = self.acc.device, []
-        for k, (_, _, batch) in enumerate(group):
-            with self.acc.accumulate(self.model):
-                with self.acc.autocast():
-                    embeddings = self.model(batch["pixels"].to(device))
-                loss = self.pfc(
-                    embeddings.float(), batch["labels"].to(device), position.step * self.accum + k,
-                    valid=batch["valid"].to(device),
-                )  # fmt: skip
-                self.acc.backward(loss)
-                losses.append(float(loss.detach()))
-                if self.acc.sync_gradients:
-                    self._optimizer_step()
+
+        def loss_of(k: int, batch: dict) -> torch.Tensor:
+            with self.acc.autocast():
+                embeddings = self.model(batch["pixels"].to(device))
+            loss = self.pfc(
+                embeddings.float(), batch["labels"].to(device), position.step * self.accum + k,
+                valid=batch["valid"].to(device),
+            )  # fmt: skip
+            losses.append(float(loss.detach()))
+            return loss
+
+        self.accumulate(group, loss_of)
         local = torch.tensor(
             [sum(int(b["valid"].sum()) for _, _, b in group), sum(len(b["skipped"]) for _, _, b in group)],
             dtype=torch.float64, device=device,
@@ -258,17 +267,6 @@ class _EncoderLoop(StepLoop):
         samples, skipped = self.acc.reduce(local, reduction="sum").tolist()
         position.skipped += int(skipped)
         return StepResult(sum(losses) / len(losses), {"samples": samples}, group[-1][:2])
-
-    def _optimizer_step(self) -> None:
-        clip = self.recipe.optim.grad_clip
-        if clip:
-            self.acc.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
-        self.centres.step()
-        self.scheduler.step()
-        self.centres_scheduler.step()
-        self.optimizer.zero_grad()
-        self.centres.zero_grad()
 
     def save_extra(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -124,14 +124,39 @@ def resume(accelerator, stage_dir: Path, scheduler, load_extra=None) -> Position
 
 class StepLoop:
     """The loop of one stage. A trainer subclasses it with `batches(position)` (an endless source
-    of micro-batches from a position) and `step(source, position) -> StepResult`."""
+    of micro-batches from a position) and `step(source, position) -> StepResult`, whose update goes
+    through `accumulate`: the trainer supplies only each micro-batch's loss."""
 
     name: str = "train"
     unit_rate: str = "samples"
 
-    def __init__(self, accelerator, run: RunSpec, scheduler, optimizers: list, total: int):
+    def __init__(
+        self, accelerator, run: RunSpec, scheduler, optimizers: list, total: int, *, model, grad_clip=None
+    ):
         self.acc, self.run_spec, self.scheduler = accelerator, run, scheduler
         self.optimizers, self.total = optimizers, total
+        self.model, self.grad_clip = model, grad_clip
+        self.schedulers = [scheduler]
+        """Stepped with the optimizers (a trainer with state of its own adds its schedulers)."""
+
+    def accumulate(self, group: list, loss_of) -> None:
+        """One optimizer step over its micro-batches `group` ((epoch, index, batch) each):
+        backward of ``loss_of(k, batch)`` for each (accelerate divides it by the accumulation
+        steps), then, when gradients sync, clip, every optimizer and scheduler steps, grads clear.
+        The one place fovea's trainers update weights."""
+        for k, (_, _, batch) in enumerate(group):
+            with self.acc.accumulate(self.model):
+                self.acc.backward(loss_of(k, batch))
+                if not self.acc.sync_gradients:
+                    continue
+                if self.grad_clip:
+                    self.acc.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                for optimizer in self.optimizers:
+                    optimizer.step()
+                for scheduler in self.schedulers:
+                    scheduler.step()
+                for optimizer in self.optimizers:
+                    optimizer.zero_grad()
 
     def batches(self, position: Position):
         raise NotImplementedError

@@ -132,9 +132,10 @@ class _StageLoop(StepLoop):
     unit_rate = "tokens"
 
     def __init__(self, accelerator, recipe, stage, dataset, model, optimizer, scheduler, micro, accum, total):
-        super().__init__(accelerator, recipe.run, scheduler, [optimizer], total)
+        super().__init__(
+            accelerator, recipe.run, scheduler, [optimizer], total, model=model, grad_clip=stage.grad_clip
+        )
         self.recipe, self.stage, self.dataset, self.name = recipe, stage, dataset, stage.name
-        self.model, self.optimizer = model, optimizer
         self.micro, self.accum = micro, accum
         self.pad = dataset.model.tokenizer.pad_token_id or 0
 
@@ -170,19 +171,15 @@ class _StageLoop(StepLoop):
         )
         supervised, skipped, seen, count = self.acc.reduce(local, reduction="sum").tolist()
         position.skipped += int(skipped)
-        loss_sum = torch.zeros((), device=self.acc.device)
-        for _, _, batch in group:
-            with self.acc.accumulate(self.model):
-                token_loss = self.forward(batch)
-                # accelerate divides by the accumulation steps; undo it, normalise by the step's tokens
-                self.acc.backward(token_loss * self.acc.num_processes * self.accum / max(supervised, 1.0))
-                loss_sum += token_loss.detach()
-                if self.acc.sync_gradients and self.stage.grad_clip:
-                    self.acc.clip_grad_norm_(self.model.parameters(), self.stage.grad_clip)
-                self.optimizer.step()
-                if self.acc.sync_gradients:
-                    self.scheduler.step()
-                self.optimizer.zero_grad()
+        token_losses = []
+
+        def loss_of(k: int, batch: dict) -> torch.Tensor:
+            token_losses.append(self.forward(batch))
+            # accelerate divides by the accumulation steps; undo it, normalise by the step's tokens
+            return token_losses[-1] * self.acc.num_processes * self.accum / max(supervised, 1.0)
+
+        self.accumulate(group, loss_of)
+        loss_sum = torch.stack([t.detach() for t in token_losses]).sum()
         loss = float(self.acc.reduce(loss_sum, reduction="sum")) / max(supervised, 1.0)
         return StepResult(loss, {"tokens": seen, "samples": count}, group[-1][:2])
 
