@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fovea.connectors import Connector, ConnectorConfig, build_projector
+from fovea.connectors.projectors import PROJECTORS, projector_type
 from fovea.errors import ConfigError
 from fovea.towers import build_tower
 
@@ -22,6 +23,13 @@ def test_projector_layouts(kind, keys):
     proj = build_projector(kind, 8, 16)
     assert set(proj.state_dict()) == keys
     assert proj(torch.randn(2, 5, 8)).shape == (2, 5, 16)
+
+
+@pytest.mark.parametrize("name", PROJECTORS.names())
+def test_every_registered_projector_builds_from_its_example(name):
+    kind = PROJECTORS.get(name).example
+    assert projector_type(kind)[0] is PROJECTORS.get(name)
+    assert build_projector(kind, 8, 8)(torch.randn(2, 5, 8)).shape == (2, 5, 8)
 
 
 def test_identity_and_unknown():

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from ..connectors.connector import ConnectorConfig
+from ..connectors.projectors import PROJECTORS, projector_type
 from ..errors import CheckpointError, ConfigError
 from ..hub import resolve_directory
 from ..imaging.processor import ImageConfig
@@ -41,7 +42,6 @@ ARCHITECTURES = {
     "LlavaLlamaForCausalLM": "llama",
     "LlavaMistralForCausalLM": "mistral",
 }
-_PROJECTORS = re.compile(r"^(linear|identity|mlp\d+x_gelu)$")
 _MERGES = ("flat", "spatial", "spatial_unpad")
 
 
@@ -131,10 +131,12 @@ def connector_spec(raw: dict, tower: TowerConfig, where: Path, shapes: dict | No
     if kind not in ("patch", "cls_patch"):
         raise CheckpointError(f"{where}: unsupported mm_vision_select_feature {feature!r}")
     projector = raw.get("mm_projector_type", "linear")
-    if not _PROJECTORS.match(projector):
+    try:
+        projector_type(projector)
+    except ConfigError:
         raise CheckpointError(
-            f"{where}: unsupported mm_projector_type {projector!r} (linear, mlpNx_gelu, identity)"
-        )
+            f"{where}: unsupported mm_projector_type {projector!r} ({', '.join(PROJECTORS)})"
+        ) from None
     keep_cls = kind == "cls_patch" and tower.cls_token
     if vmllm_original.detect(shapes or {}):
         return ConnectorConfig(**vmllm_original.connector_fields(raw, tower, shapes, selected, where))

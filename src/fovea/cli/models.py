@@ -183,7 +183,7 @@ def _add_list(sub) -> None:
 
 def _run_list(args) -> int:
     from ..connectors.fusers import FUSERS
-    from ..connectors.projectors import PROJECTOR_TYPES
+    from ..connectors.projectors import PROJECTORS
     from ..model.templates import CHECKPOINT_TEMPLATE, TEMPLATES
     from ..towers.base import TOWER_FAMILIES
     from ..towers.presets import TOWER_PRESETS
@@ -191,7 +191,7 @@ def _run_list(args) -> int:
     sections = [
         ("tower presets", {n: _preset_line(TOWER_PRESETS, n) for n in TOWER_PRESETS}),
         ("tower types (transformers model_type)", {n: TOWER_FAMILIES.help(n) for n in TOWER_FAMILIES}),
-        ("projectors", PROJECTOR_TYPES),
+        ("projectors", {n: PROJECTORS.help(n) for n in PROJECTORS}),
         ("fusers", {n: FUSERS.help(n) for n in FUSERS}),
         (
             "templates",

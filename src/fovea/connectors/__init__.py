@@ -3,12 +3,12 @@
 from .connector import Connector, ConnectorConfig
 from .fusers import FUSERS, Fuser, FuserInput
 from .mmfuser import MMFuser, MMFuserConfig  # registers the 'mmfuser' fuser
-from .projectors import PROJECTOR_TYPES, build_projector
+from .projectors import PROJECTORS, build_projector
 from .vmllm import VMLLMConfig, VMLLMFuser  # registers the 'vmllm' fuser
 
 __all__ = [
     "FUSERS",
-    "PROJECTOR_TYPES",
+    "PROJECTORS",
     "Connector",
     "ConnectorConfig",
     "Fuser",
