@@ -105,3 +105,38 @@ def _tiny_siglip_tokenizer():
         path = Path(folder) / "spiece.model"
         path.write_bytes(model.getvalue())
         return SiglipTokenizer(vocab_file=str(path))
+
+
+def tiny_sentencepiece_tokenizer(image_token: bool = True):
+    """A Llama/Vicuna-kind tokenizer: a SentencePiece BPE model (byte fallback, ``▁`` word starts)
+    trained offline on `_CORPUS`, read by transformers' ``LlamaTokenizer`` as a hub checkpoint's
+    ``tokenizer.model`` is, with the chat special tokens and (optionally) ``<image>`` added."""
+    import io
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 4), model_writer=model, vocab_size=400, model_type="bpe",
+        character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        hard_vocab_limit=False, minloglevel=2,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "tokenizer.model").write_bytes(model.getvalue())
+        config = {
+            "tokenizer_class": "LlamaTokenizer",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+        }
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps(config))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens([t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True)
+    tokenizer.pad_token = "<pad>"
+    if image_token:
+        tokenizer.add_tokens(["<image>"], special_tokens=True)
+    return tokenizer

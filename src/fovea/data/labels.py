@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..model.templates import IMAGE_TAG, Template
+from ..model.tokenize import tokenize
 from .records import BadRecord
 
 IGNORE = -100
@@ -35,22 +36,6 @@ class Encoded:
     labels: list[int]
     num_images: int
     """Images still in the sequence after truncation (a prefix of the sample's images)."""
-
-
-def tokenize_with_offsets(tokenizer, text: str, image_id: int) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and their (start, end) character spans; each ``<image>`` tag becomes one `image_id`."""
-    ids, spans, pos = [], [], 0
-    for i, piece in enumerate(text.split(IMAGE_TAG)):
-        if i > 0:
-            ids.append(image_id)
-            spans.append((pos, pos + len(IMAGE_TAG)))
-            pos += len(IMAGE_TAG)
-        if piece:
-            enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
-            ids.extend(enc["input_ids"])
-            spans.extend((pos + a, pos + b) for a, b in enc["offset_mapping"])
-        pos += len(piece)
-    return ids, spans
 
 
 def encode(
@@ -75,7 +60,7 @@ def encode(
         for t in rendered.turns
         if t.role == "assistant"
     ]
-    ids, token_spans = tokenize_with_offsets(tokenizer, rendered.text, image_id)
+    ids, token_spans = tokenize(tokenizer, rendered.text, IMAGE_TAG, image_id, offsets=True)
     always = _quirk_ids(tokenizer) if quirk else set()
     labels = [
         tok if tok != image_id and (tok in always or any(s < b and a < e for a, b in spans)) else IGNORE

@@ -19,6 +19,7 @@ from .checkpoint_template import JinjaTemplate
 from .decoding import Sampling, Sequence
 from .running_batch import RunningBatch, decode, run_to_end
 from .templates import CHECKPOINT_TEMPLATE, TEMPLATES, Template
+from .tokenize import expand_images, tokenize
 
 if TYPE_CHECKING:
     from .vlm import VisionLanguageModel
@@ -126,25 +127,9 @@ class PromptMixin:
         }
 
     def _tokenize(self: VisionLanguageModel, text: str, add_special_tokens: bool) -> list[int]:
-        """Token ids with one image id per image tag.
-
-        When the tokenizer has the tag as a token, the text is tokenized whole. Otherwise (original
-        LLaVA checkpoints, placeholder id -200) the text is split at the tags and the pieces are
-        tokenized alone, a BOS kept only at the very start — as LLaVA's tokenizer_image_token does.
-        """
+        """Token ids with one image id per image tag (model/tokenize.py: the same as training)."""
         tag, image_id = self.config.image_token, self.config.image_token_id
-        if image_id >= 0:
-            return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        ids: list[int] = []
-        for i, piece in enumerate(text.split(tag)):
-            chunk = self.tokenizer(piece, add_special_tokens=add_special_tokens)["input_ids"]
-            if i > 0:
-                ids.append(image_id)
-                if add_special_tokens and bos is not None and chunk[:1] == [bos]:
-                    chunk = chunk[1:]
-            ids.extend(chunk)
-        return ids
+        return tokenize(self.tokenizer, text, tag, image_id, add_special_tokens=add_special_tokens)[0]
 
     def _expand_placeholders(self: VisionLanguageModel, ids: list[int], layouts: list) -> list[int]:
         image_id = self.config.image_token_id
@@ -154,14 +139,7 @@ class PromptMixin:
                 f"the tokenized prompt has {found} image tokens but {len(layouts)} images were given "
                 f"(is {self.config.image_token!r} a single special token of the tokenizer?)"
             )
-        out, k = [], 0
-        for token in ids:
-            if token == image_id:
-                out.extend([image_id] * self.num_image_tokens(layouts[k]))
-                k += 1
-            else:
-                out.append(token)
-        return out
+        return expand_images(ids, image_id, [self.num_image_tokens(layout) for layout in layouts])
 
     def _pad_left(self: VisionLanguageModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
