@@ -156,3 +156,50 @@ def test_transformers_layout_whose_layer_count_disagrees_is_one_line(saved, tmp_
     assert main(["convert", str(hf), str(tmp_path / "back"), "--to", "fovea"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "text_config" in err
+
+
+def _fovea_layout(path):
+    from fovea.tiny import tiny_vlm
+
+    return tiny_vlm().save_pretrained(path)
+
+
+def _llava_next_layout(path):
+    from hf_reference import make_hf_llava_next
+
+    return make_hf_llava_next(path)
+
+
+def _original_layout(path):
+    from llava_layouts import write_original
+    from original_reference import PINPOINTS, reference_next, tower_dir, vision_fields
+
+    tower = tower_dir(path / "tower", "clip", vision_fields("clip"))
+    reference, _ = reference_next("clip", tower)
+    return write_original(reference, path / "ck", tower_dir=path / "tower", pinpoints_hw=PINPOINTS)
+
+
+LAYOUT_EXAMPLES = {
+    "fovea": _fovea_layout,
+    "llava_next": _llava_next_layout,
+    "llava_original": _original_layout,
+}
+
+
+def test_every_registered_layout_has_an_example_here():
+    from fovea.checkpoints.layouts import LAYOUTS
+
+    assert sorted(LAYOUT_EXAMPLES) == LAYOUTS.names()
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_EXAMPLES))
+def test_each_layout_is_recognised_by_itself_alone_and_loads(tmp_path, name):
+    from fovea.checkpoints.layouts import LAYOUTS
+
+    directory = LAYOUT_EXAMPLES[name](tmp_path)
+    raw = json.loads((directory / "config.json").read_text())
+    assert [n for n in LAYOUTS if LAYOUTS.get(n).detect(raw)] == [name]
+    model = fovea.load(directory)
+    assert (
+        model.generate("Hi", images=[Image.new("RGB", (40, 60))], template=None, max_new_tokens=2) is not None
+    )

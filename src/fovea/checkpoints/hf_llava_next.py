@@ -14,6 +14,7 @@ tower's ``vision_model.`` level that transformers 5 dropped from CLIP-like tower
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from huggingface_hub.errors import StrictDataclassError
@@ -23,9 +24,12 @@ from ..connectors.connector import ConnectorConfig
 from ..errors import CheckpointError, library_error_line
 from ..imaging.processor import ImageConfig
 from ..model.lm_config import lm_fields
-from ..tensor_files import KeyMap
+from ..tensor_files import KeyMap, Source, weight_files
 from ..towers.base import TowerConfig
 from ..towers.presets import image_defaults_from_processor, read_processor_settings
+from .opened import Layout, Opened, lm_config, load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "llava_next"
 
@@ -135,3 +139,34 @@ def _tower_key(rest: str, tower_keys: set[str]) -> str:
     if candidate not in tower_keys and rest.startswith("vision_model."):
         return f"tower.model.{rest.removeprefix('vision_model.')}"
     return candidate
+
+
+def _read(directory: Path, raw: dict, base: str | None, tower: str | None):
+    config = read_config(directory, raw)
+    tokenizer = load_tokenizer(directory, lm_config(directory, config.lm))
+    _adopt_chat_template(config, directory, tokenizer)
+    return config, tokenizer
+
+
+def _adopt_chat_template(config, directory: Path, tokenizer) -> None:
+    """A transformers checkpoint's own Jinja template becomes the model's default; when one of
+    fovea's templates renders exactly the same prompts, that one is named (training labels work).
+    (Original LLaVA layouts are left alone: their tokenizer's template is the base LM's, not the
+    one the model was trained with.)"""
+    from ..model.checkpoint_template import JinjaTemplate, read_chat_template, recognise
+
+    source = read_chat_template(directory)
+    if source is None:
+        return
+    config.chat_template = source
+    if tokenizer is not None and config.template is None:
+        config.template = recognise(JinjaTemplate(source, tokenizer, config.image_token))
+        if config.template:
+            logger.info("%s: its chat template renders as fovea's %r", directory, config.template)
+
+
+def _sources(opened: Opened, model) -> list[Source]:
+    return [Source(weight_files(opened.directory), key_map(set(model.state_dict())))]
+
+
+LAYOUT = Layout(lambda raw: raw.get("model_type") == MODEL_TYPE, _read, _sources)

@@ -34,6 +34,7 @@ from ..tensor_files import KeyMap, Source, weight_files
 from ..towers.base import TowerConfig, levels_of
 from ..towers.presets import resolve_tower
 from . import mmfuser_original, vmllm_original
+from .opened import Layout, Opened, lm_config, load_tokenizer
 
 IMAGE_TOKEN_INDEX = -200
 LM_TYPES = {"llava_qwen": "qwen2", "llava_llama": "llama", "llava_mistral": "mistral"}
@@ -357,3 +358,17 @@ def _keys_of(files: list[Path]) -> set[str]:
 
 def _tower_prefix_map(model_keys: set[str], tower_layers: int) -> KeyMap:
     return lambda key: tower_key(key, model_keys, tower_layers)
+
+
+def _read(directory: Path, raw: dict, base: str | None, tower: str | None):
+    lm = lm_config(directory, read_lm(directory, raw))
+    tokenizer = load_tokenizer(directory, lm, fallback=base or raw.get("_name_or_path"))
+    return read_config(directory, raw, tokenizer, tower), tokenizer
+
+
+def _sources(opened: Opened, model) -> list[Source]:
+    keys = set(model.state_dict())
+    return sources(opened.directory, opened.raw, keys, model.tower.num_layers, opened.base, opened.tower)
+
+
+LAYOUT = Layout(is_original, _read, _sources, lambda opened, model: attach(model, opened.raw, opened.tower))

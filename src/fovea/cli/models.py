@@ -182,6 +182,7 @@ def _add_list(sub) -> None:
 
 
 def _run_list(args) -> int:
+    from ..checkpoints.layouts import LAYOUTS
     from ..connectors.fusers import FUSERS
     from ..connectors.projectors import PROJECTORS
     from ..model.templates import CHECKPOINT_TEMPLATE, TEMPLATES
@@ -192,6 +193,7 @@ def _run_list(args) -> int:
         ("tower presets", {n: _preset_line(TOWER_PRESETS, n) for n in TOWER_PRESETS}),
         ("tower types (transformers model_type)", {n: TOWER_FAMILIES.help(n) for n in TOWER_FAMILIES}),
         ("projectors", {n: PROJECTORS.help(n) for n in PROJECTORS}),
+        ("checkpoint layouts", {n: LAYOUTS.help(n) for n in LAYOUTS}),
         ("fusers", {n: FUSERS.help(n) for n in FUSERS}),
         (
             "templates",
