@@ -325,10 +325,8 @@ class HFTarget:
                 "transformers' processor composites transparent images onto white; this model was set up "
                 "to drop alpha (PIL convert), so RGBA inputs will differ slightly"
             )
-        if tower.model_type == "mlcd_vision_model":
-            report.notes.append(
-                "MLCD towers need transformers >= 4.51 (and vLLM's Transformers backend to serve)"
-            )
+        if family_of(tower).export_note:
+            report.notes.append(family_of(tower).export_note)
 
 
 _HF_NAMES = [

@@ -31,7 +31,7 @@ from ..hub import resolve_directory
 from ..imaging.processor import ImageConfig
 from ..model.lm_config import lm_fields
 from ..tensor_files import KeyMap, Source, weight_files
-from ..towers.base import TowerConfig, levels_of
+from ..towers.base import TowerConfig, family_of, levels_of
 from ..towers.presets import resolve_tower
 from . import mmfuser_original, vmllm_original
 from .opened import Layout, Opened, lm_config, load_tokenizer
@@ -101,11 +101,8 @@ def tower_spec(raw: dict, where: Path, override: str | None) -> tuple[TowerConfi
         raise CheckpointError(
             f"{where}: mm_vision_tower {name!r} is neither a known tower nor a local directory ({err})"
         ) from None
-    hf = dict(preset.tower["hf_config"])
-    if hf["model_type"] == "siglip_vision_model":
-        hf.update(num_hidden_layers=hf["num_hidden_layers"] - 1, vision_use_head=False)
-    if hf["model_type"] == "convnext" and raw.get("mm_vision_select_layer") == -2:
-        hf["depths"] = [*hf["depths"][:-1], hf["depths"][-1] - 1]  # ConvLLaVA pops the last block
+    config = TowerConfig(hf_config=dict(preset.tower["hf_config"]))
+    hf = family_of(config).llava_runs(config.hf_config, raw.get("mm_vision_select_layer"))
     return TowerConfig(hf_config=hf), preset.image, name
 
 
@@ -119,8 +116,8 @@ def connector_spec(raw: dict, tower: TowerConfig, where: Path, shapes: dict | No
     sliced = feature.startswith(("slicefour_", "slice_m25811_f6_"))
     if sliced and len(selected) != 1:
         raise CheckpointError(f"{where}: mm_vision_select_layer {selected} with {feature!r} must be one int")
-    if tower.model_type in ("siglip_vision_model", "convnext"):
-        layers = [-1]  # LLaVA-NeXT's SigLIP and ConvLLaVA's ConvNeXt towers ignore the select layer
+    if not family_of(tower).llava_selects:
+        layers = [-1]  # LLaVA-NeXT's SigLIP and ConvLLaVA's ConvNeXt towers: the last state
     elif feature.startswith("slicefour_"):
         step = hidden // 4
         layers = list(range(step + selected[0], hidden, step))

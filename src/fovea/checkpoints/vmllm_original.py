@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
 from ..hub import resolve_directory
-from ..towers.base import TowerConfig, levels_of
+from ..towers.base import TowerConfig, family_of, levels_of
 
 MARKER = "model.mm_projector.img_low_q_proj.weight"
 _PROJECTOR = "model.mm_projector."
@@ -42,7 +42,7 @@ def connector_fields(raw: dict, tower: TowerConfig, shapes: dict, selected: list
 
     levels = levels_of(tower)
     hidden = len(levels)
-    if tower.model_type == "siglip_vision_model":
+    if not family_of(tower).llava_selects:
         select = -1  # the original's SigLIP tower ignores the select layer: its (truncated) last state
     elif len(selected) == 1:
         select = selected[0]

@@ -78,6 +78,23 @@ def run_stages(model: nn.Module, pixels: torch.Tensor, extra: dict) -> tuple[tor
     return tuple(state.flatten(2).transpose(1, 2) for state in out.hidden_states)
 
 
+def as_llava_runs_it(hf: dict, select_layer) -> dict:
+    """The tower LLaVA's original code builds from this config: as it is (CLIP, MLCD)."""
+    return dict(hf)
+
+
+def siglip_as_llava_runs_it(hf: dict, select_layer) -> dict:
+    """LLaVA-NeXT's SigLIP tower: its last block removed and no pooling head."""
+    return {**hf, "num_hidden_layers": hf["num_hidden_layers"] - 1, "vision_use_head": False}
+
+
+def convnext_as_llava_runs_it(hf: dict, select_layer) -> dict:
+    """ConvLLaVA's ConvNeXt: ``mm_vision_select_layer: -2`` pops the last block of the last stage."""
+    if select_layer != -2:
+        return dict(hf)
+    return {**hf, "depths": [*hf["depths"][:-1], hf["depths"][-1] - 1]}
+
+
 @dataclass(frozen=True)
 class TowerFamily:
     """Facts about one transformers vision model type that its config does not spell out."""
@@ -105,17 +122,36 @@ class TowerFamily:
     unused: tuple[str, ...] = ()
     """Top-level modules fovea never runs (ConvNeXt's pooled ``layernorm``): replaced by Identity,
     their weights ignored wherever they are found."""
+    llava_runs: Callable[[dict, object], dict] = as_llava_runs_it
+    """(hf config, ``mm_vision_select_layer``) -> the tower as the original LLaVA code runs it."""
+    llava_selects: bool = True
+    """Does the original LLaVA code take ``mm_vision_select_layer``'s hidden state? (Its SigLIP and
+    ConvNeXt towers return their last state whatever the config says.)"""
+    export_note: str = ""
+    """What a user of a transformers export of this tower needs to know."""
 
 
 TOWER_FAMILIES: Registry[TowerFamily] = Registry("tower type")
 TOWER_FAMILIES.add("clip_vision_model", TowerFamily(has_cls=True), "CLIP / OpenCLIP / DFN / MLCD-L ViT")
-TOWER_FAMILIES.add("siglip_vision_model", TowerFamily(has_cls=False), "SigLIP ViT (no CLS token)")
-TOWER_FAMILIES.add("mlcd_vision_model", TowerFamily(has_cls=True), "MLCD ViT-bigG with 2D RoPE")
+TOWER_FAMILIES.add(
+    "siglip_vision_model",
+    TowerFamily(has_cls=False, llava_runs=siglip_as_llava_runs_it, llava_selects=False),
+    "SigLIP ViT (no CLS token)",
+)
+TOWER_FAMILIES.add(
+    "mlcd_vision_model",
+    TowerFamily(
+        has_cls=True,
+        export_note="MLCD towers need transformers >= 4.51 (and vLLM's Transformers backend to serve)",
+    ),
+    "MLCD ViT-bigG with 2D RoPE",
+)
 TOWER_FAMILIES.add(
     "convnext",
     TowerFamily(
         has_cls=False, grid_kind="hierarchical", blocks="encoder.stages", levels=convnext_levels,
-        run=run_stages, attention=False, unused=("layernorm",),
+        run=run_stages, attention=False, unused=("layernorm",), llava_runs=convnext_as_llava_runs_it,
+        llava_selects=False,
     ),
     "ConvNeXt (ConvLLaVA): one level per stage, each with its own width and stride",
 )  # fmt: skip
