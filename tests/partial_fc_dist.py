@@ -24,15 +24,15 @@ from fovea.pretrain.partial_fc import PartialFC
 WORLD = 2
 IN_DIM, DIM, BATCH, STEP, LR = 6, 8, 8, 5, 0.5
 
-# name -> (PartialFC keyword arguments, classes, labels per sample); class counts are odd, so
+# name -> (the loss config, classes, labels per sample); class counts are odd, so
 # the first rank holds one class more
 CASES = {
-    "mlcd": ({"loss": "mlcd", "sample_rate": 1.0}, 11, 3),
-    "mlcd_features": ({"loss": "mlcd", "sample_rate": 1.0, "feature_rate": 0.5}, 11, 3),
-    "mlcd_sampled": ({"loss": "mlcd", "sample_rate": 0.5}, 41, 1),
-    "mlcd_padded": ({"loss": "mlcd", "sample_rate": 1.0}, 11, 3),
-    "cosface": ({"loss": "margin", "sample_rate": 1.0, "m3": 0.4}, 11, 1),
-    "arcface": ({"loss": "margin", "sample_rate": 1.0, "m2": 0.5, "m3": 0.0}, 11, 1),
+    "mlcd": ({"type": "mlcd", "sample_rate": 1.0}, 11, 3),
+    "mlcd_features": ({"type": "mlcd", "sample_rate": 1.0, "feature_rate": 0.5}, 11, 3),
+    "mlcd_sampled": ({"type": "mlcd", "sample_rate": 0.5}, 41, 1),
+    "mlcd_padded": ({"type": "mlcd", "sample_rate": 1.0}, 11, 3),
+    "cosface": ({"type": "margin", "sample_rate": 1.0, "m3": 0.4}, 11, 1),
+    "arcface": ({"type": "margin", "sample_rate": 1.0, "m2": 0.5, "m3": 0.0}, 11, 1),
 }
 
 
@@ -43,7 +43,7 @@ def problem(case: str) -> dict[str, torch.Tensor]:
     labels = torch.randint(0, classes, (BATCH, per_sample), generator=g)
     labels[1, per_sample - 1 :] = -1  # fewer labels
     labels[6] = -1  # none at all (margin: left out of the mean)
-    if settings["loss"] == "margin":
+    if settings["type"] == "margin":
         labels = labels[:, 0].clone()  # (B,)
     valid = torch.ones(BATCH, dtype=torch.bool)
     if case == "mlcd_padded":
@@ -61,7 +61,7 @@ def problem(case: str) -> dict[str, torch.Tensor]:
 def build(case: str, data: dict, group=None) -> tuple[nn.Linear, PartialFC]:
     settings, classes, _ = CASES[case]
     backbone = nn.Linear(IN_DIM, DIM).double()
-    pfc = PartialFC(DIM, classes, **settings, group=group).double()
+    pfc = PartialFC(DIM, classes, dict(settings), group=group).double()
     with torch.no_grad():
         backbone.weight.copy_(data["backbone"])
         backbone.bias.copy_(data["bias"])

@@ -391,3 +391,11 @@ def test_a_task_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     task.write_bytes(b"name: mine\nscorer: exact\nprompt: caf\xe9\n")
     err = refused(["eval", "--tasks", task], capsys)
     assert f"{task}: not UTF-8 text" in err
+
+
+@pytest.mark.parametrize("task", __import__("fovea.eval.tasks", fromlist=["x"]).available())
+def test_every_builtin_task_loads_with_a_registered_scorer_and_its_protocol(task):
+    from fovea.eval.scorers import SCORERS
+
+    spec = load_task(task)
+    assert spec.name == task and spec.scorer in SCORERS and spec.protocol

@@ -20,9 +20,7 @@ def test_token_counts_are_known_before_running(name):
     model = fuser_model(name)
     inputs = model.prepare("<image><image><image>\nWhat is it?", images=images())
     with torch.no_grad():
-        packed = model.encode_images(
-            inputs["pixel_values"], inputs["image_layouts"], inputs["image_samples"], inputs["questions"]
-        )
+        packed = model.encode_images(inputs.images)
     for layout, tokens in zip(inputs["image_layouts"], packed):
         assert tokens.shape[0] == model.num_image_tokens(layout)
     placeholders = int((inputs["input_ids"] == model.config.image_token_id).sum())

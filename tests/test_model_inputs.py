@@ -14,6 +14,7 @@ from fovea.connectors.fusers import ConcatFuser
 from fovea.data.dataset import collate
 from fovea.errors import ConfigError
 from fovea.infer.session import ChatSession
+from fovea.model.inputs import ImageBatch, ModelInputs
 from fovea.tiny import tiny_vlm
 from fuser_models import engine_answers
 
@@ -59,7 +60,8 @@ def test_the_serving_batch_renumbers_rows(model, monkeypatch):
         model.prepare("<image> a", images=[_image(50, 90)]),
         model.prepare("<image> b", images=[_image(20, 20)]),
     ]
-    joined = model.join_inputs(parts)
+    ids, mask = model._pad_left([p["input_ids"][0].tolist() for p in parts])
+    joined = ModelInputs.join(parts, ids, mask)
     assert joined["image_samples"] == [0, 1]
     assert joined["pixel_values"].shape[0] == sum(p["pixel_values"].shape[0] for p in parts)
 
@@ -72,15 +74,15 @@ def test_the_training_collator_gives_each_image_its_row():
         for i, layout in enumerate(layouts)
     ]  # fmt: skip
     batch = collate(items, 0)
-    assert batch["image_samples"] == [0, 2, 2]
-    assert batch["questions"] == ["q0", "q1", "q2"]
+    assert batch["inputs"].image_samples == [0, 2, 2]
+    assert batch["inputs"].questions == ["q0", "q1", "q2"]
 
 
 def test_embedding_through_the_one_path_equals_the_explicit_call(model):
     inputs = model.prepare("<image> what?", images=[_image(50, 90)])
     with torch.no_grad():
         a = model.embed_inputs(inputs)
-        b = model.embed(inputs["input_ids"], inputs["pixel_values"], inputs["image_layouts"])
+        b = model.embed(inputs["input_ids"], ImageBatch(inputs["pixel_values"], inputs["image_layouts"], [0]))
     assert torch.equal(a, b)
 
 

@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import partial_fc_dist as dist_case
-from fovea.pretrain.losses import margin_softmax_loss, mlcd_loss
+from fovea.pretrain.losses import LOSSES, MarginLoss, MLCDLoss, margin_softmax_loss, mlcd_loss
 from fovea.pretrain.partial_fc import PartialFC, ShardInfo
+
+PLAIN = {"mlcd": mlcd_loss, "margin": margin_softmax_loss}
+"""Each registered loss's plain formula on a whole cosine matrix (a new loss needs its entry here)."""
 
 MARGINS = {"cosface": {"m2": 0.0, "m3": 0.4}, "arcface": {"m2": 0.5, "m3": 0.0}}
 
@@ -55,7 +58,7 @@ def _close(ours, reference):
 @pytest.mark.parametrize("scale, margin", [(64.0, 0.3), (8.0, 0.1)])
 def test_one_process_full_rate_is_mlcd_loss(scale, margin):
     embeddings, positives = _inputs()
-    pfc = PartialFC(16, 40, sample_rate=1.0, scale=scale, margin=margin).double()
+    pfc = PartialFC(16, 40, MLCDLoss(sample_rate=1.0, scale=scale, margin=margin)).double()
     reference = _reference(
         embeddings, pfc.weight, lambda c: mlcd_loss(c, positives, scale=scale, margin=margin)
     )
@@ -67,19 +70,19 @@ def test_one_process_full_rate_is_mlcd_loss(scale, margin):
 def test_one_process_full_rate_is_margin_softmax_loss(form, label_shape):
     embeddings, positives = _inputs()
     labels = positives[:, 0].clone()  # sample 3 has no label: left out, as in margin_softmax_loss
-    pfc = PartialFC(16, 40, loss="margin", sample_rate=1.0, **MARGINS[form]).double()
+    pfc = PartialFC(16, 40, MarginLoss(sample_rate=1.0, **MARGINS[form])).double()
     reference = _reference(embeddings, pfc.weight, lambda c: margin_softmax_loss(c, labels, **MARGINS[form]))
     given = labels if label_shape == "(b,)" else labels[:, None]
     _close(_ours(pfc, embeddings, given), reference)
 
 
-@pytest.mark.parametrize("loss", ["mlcd", "margin"])
+@pytest.mark.parametrize("loss", LOSSES.names())
 def test_padding_rows_are_left_out(loss):
     embeddings, positives = _inputs()
-    labels = positives if loss == "mlcd" else positives[:, 0].clone()
+    labels = positives if LOSSES.get(loss).multi_label else positives[:, 0].clone()
     valid = torch.tensor([True, True, False, True, True, False])
-    pfc = PartialFC(16, 40, loss=loss, sample_rate=1.0).double()
-    plain = mlcd_loss if loss == "mlcd" else margin_softmax_loss
+    pfc = PartialFC(16, 40, {"type": loss, "sample_rate": 1.0}).double()
+    plain = PLAIN[loss]
     reference = _reference(embeddings[valid], pfc.weight, lambda c: plain(c, labels[valid]))
     embeddings.grad = None
     ours = pfc(embeddings, labels, 0, valid=valid)
@@ -91,7 +94,7 @@ def test_padding_rows_are_left_out(loss):
 @pytest.mark.parametrize("rate_of", ["classes", "negatives"])
 def test_sampling_keeps_positives_and_is_a_function_of_seed_step_rank(rate_of):
     _, positives = _inputs(classes=1000)
-    pfc = PartialFC(16, 1000, sample_rate=0.1, rate_of=rate_of, seed=3)
+    pfc = PartialFC(16, 1000, MLCDLoss(sample_rate=0.1), rate_of=rate_of, seed=3)
     index, renumbered = pfc.sample_classes(positives, step=7)
     distinct = len(set(positives[positives >= 0].tolist()))
     # PartialFC: 10% of all classes; MLCD: every positive and 10% of the rest
@@ -100,10 +103,10 @@ def test_sampling_keeps_positives_and_is_a_function_of_seed_step_rank(rate_of):
     assert set(positives[positives >= 0].tolist()) <= set(index.tolist())
     valid = positives >= 0
     assert torch.equal(index[renumbered[valid]], positives[valid]) and (renumbered[~valid] == -1).all()
-    same = PartialFC(16, 1000, sample_rate=0.1, rate_of=rate_of, seed=3)
+    same = PartialFC(16, 1000, MLCDLoss(sample_rate=0.1), rate_of=rate_of, seed=3)
     assert torch.equal(same.sample_classes(positives, 7)[0], index)  # a resumed run draws the same
     assert not torch.equal(pfc.sample_classes(positives, 8)[0], index)
-    other = PartialFC(16, 1000, sample_rate=0.1, rate_of=rate_of, seed=4)
+    other = PartialFC(16, 1000, MLCDLoss(sample_rate=0.1), rate_of=rate_of, seed=4)
     assert not torch.equal(other.sample_classes(positives, 7)[0], index)
 
 
@@ -111,14 +114,12 @@ def test_more_positives_than_the_rate_keeps_all_positives():
     many = torch.arange(60).reshape(6, 10)
     assert torch.equal(PartialFC(16, 200, rate_of="classes").sample_classes(many, 0)[0], torch.arange(60))
     assert len(PartialFC(16, 200).sample_classes(many, 0)[0]) == 60 + 14  # mlcd: + 10% of 140
-    assert (
-        PartialFC(16, 200).rate_of == "negatives" and PartialFC(16, 200, loss="margin").rate_of == "classes"
-    )
+    assert PartialFC(16, 200).rate_of == "negatives" and PartialFC(16, 200, "margin").rate_of == "classes"
 
 
 def test_loss_on_the_sample_is_mlcd_loss_on_those_columns():
     embeddings, positives = _inputs(classes=200)
-    pfc = PartialFC(16, 200, sample_rate=0.2).double()
+    pfc = PartialFC(16, 200, MLCDLoss(sample_rate=0.2)).double()
     index, renumbered = pfc.sample_classes(positives, step=2)
     reference = _reference(embeddings, pfc.weight, lambda c: mlcd_loss(c, renumbered), columns=index)
     loss, e_grad, w_grad = _ours(pfc, embeddings, positives, step=2)
@@ -128,15 +129,15 @@ def test_loss_on_the_sample_is_mlcd_loss_on_those_columns():
     assert (w_grad[unsampled] == 0).all()
 
 
-@pytest.mark.parametrize("loss", ["mlcd", "margin"])
+@pytest.mark.parametrize("loss", LOSSES.names())
 def test_feature_rate_scores_on_one_subset_of_dimensions(loss):
     embeddings, positives = _inputs()
-    labels = positives if loss == "mlcd" else positives[:, 0].clone()
-    pfc = PartialFC(16, 40, loss=loss, sample_rate=1.0, feature_rate=0.25).double()
+    labels = positives if LOSSES.get(loss).multi_label else positives[:, 0].clone()
+    pfc = PartialFC(16, 40, {"type": loss, "sample_rate": 1.0, "feature_rate": 0.25}).double()
     dims = pfc.feature_dims(step=4)
     assert len(dims) == 4 and torch.equal(dims, pfc.feature_dims(step=4))
     assert not torch.equal(dims, pfc.feature_dims(step=5))
-    plain = mlcd_loss if loss == "mlcd" else margin_softmax_loss
+    plain = PLAIN[loss]
     reference = _reference(embeddings, pfc.weight, lambda c: plain(c, labels), dims=dims)
     _close(_ours(pfc, embeddings, labels, step=4), reference)
 
@@ -152,10 +153,10 @@ def test_shard_info_and_state_dict_guard():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: PartialFC(8, 11, sample_rate=0.0), "sample_rate"),
-        (lambda: PartialFC(8, 11, sample_rate=1.5), "sample_rate"),
-        (lambda: PartialFC(8, 11, feature_rate=0.0), "feature_rate"),
-        (lambda: PartialFC(8, 11, loss="arc"), "loss"),
+        (lambda: PartialFC(8, 11, {"type": "mlcd", "sample_rate": 0.0}), "sample_rate"),
+        (lambda: PartialFC(8, 11, {"type": "mlcd", "sample_rate": 1.5}), "sample_rate"),
+        (lambda: PartialFC(8, 11, {"type": "mlcd", "feature_rate": 0.0}), "feature_rate"),
+        (lambda: PartialFC(8, 11, "arc"), "loss"),
         (lambda: PartialFC(8, 11, rate_of="all"), "rate_of"),
     ],
 )
@@ -181,7 +182,7 @@ def test_bad_settings_raise(make, message):
 def test_bad_inputs_raise_one_line_value_errors(loss, embeddings, labels, step, message):
     valid = torch.ones(3, dtype=torch.bool) if message.startswith("valid") else None
     with pytest.raises(ValueError, match=message) as error:
-        PartialFC(8, 11, loss=loss)(torch.randn(*embeddings), labels, step, valid=valid)
+        PartialFC(8, 11, loss)(torch.randn(*embeddings), labels, step, valid=valid)
     assert "\n" not in str(error.value)
 
 

@@ -246,7 +246,7 @@ def _family_preset(family: str) -> str:
 @pytest.mark.parametrize(
     "family", sorted(__import__("fovea.towers.base", fromlist=["x"]).TOWER_FAMILIES.names())
 )
-@pytest.mark.parametrize("loss", ["mlcd", "margin"])
+@pytest.mark.parametrize("loss", __import__("fovea.pretrain.losses", fromlist=["x"]).LOSSES.names())
 def test_every_tower_family_trains_with_either_loss(prepared, tmp_path, family, loss):
     """CLIP, SigLIP (attention-pool head), MLCD (2D RoPE) and UNICOM (its own BN head) towers each
     train a few steps and come out as a tower directory that builds again."""
@@ -254,7 +254,8 @@ def test_every_tower_family_trains_with_either_loss(prepared, tmp_path, family, 
 
     unicom = family == "unicom_vision_model"
     encoder = {"tower": _family_preset(family), "tower_config": {}, "embedding_dim": None if unicom else 16}
-    labels = {"labels_per_image": 1} if loss == "margin" else {}
+    multi = __import__("fovea.pretrain.losses", fromlist=["x"]).LOSSES.get(loss).multi_label
+    labels = {} if multi else {"labels_per_image": 1}
     recipe = _recipe(prepared, tmp_path, encoder=encoder, loss={"type": loss}, data=labels)
     recipe.optim.max_steps = 2
     tower = train_encoder(recipe)

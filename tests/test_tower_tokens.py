@@ -31,7 +31,7 @@ def test_count_tokens_equals_what_the_model_emits(tower, mode):
     model = tiny_vlm(tower, mode=mode)
     inputs = model.prepare("<image><image><image>\nWhat is it?", images=_images())
     with torch.no_grad():
-        packed = model.encode_images(inputs["pixel_values"], inputs["image_layouts"])
+        packed = model.encode_images(inputs.images)
     for layout, tokens in zip(inputs["image_layouts"], packed):
         assert tokens.shape[0] == model.num_image_tokens(layout)
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == sum(t.shape[0] for t in packed)

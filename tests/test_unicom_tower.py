@@ -206,7 +206,7 @@ def test_tiny_vlm_on_a_unicom_tower():
     assert model.token_grid() == (2, 2)  # 64 px at patch 32, no CLS
     assert placeholders == model.num_image_tokens(inputs["image_layouts"][0])
     with torch.no_grad():
-        packed = model.encode_images(inputs["pixel_values"], inputs["image_layouts"])
+        packed = model.encode_images(inputs.images)
         logits = model(**inputs).logits
     assert packed[0].shape[0] == placeholders
     assert logits.shape[1] == inputs["input_ids"].shape[1]

@@ -180,15 +180,10 @@ def test_the_question_changes_the_visual_tokens_and_batches_equal_single_calls(t
     ours = fovea.load(original.write(tmp_path / "ck"))
     image, questions = _images()[0], [TEXT, "<image>\nHow many shapes are there?"]
     with torch.no_grad():
-        a, b = (ours.encode_images(**_visual(ours.prepare(q, images=[image]))) for q in questions)
+        a, b = (ours.encode_images(ours.prepare(q, images=[image]).images) for q in questions)
     assert (a[0] - b[0]).abs().max() > 1e-3  # the gates saw another question
     alone = [ours.generate(q, images=[image], template=None, max_new_tokens=6) for q in questions]
     assert ours.generate(questions, images=[[image], [image]], template=None, max_new_tokens=6) == alone
-
-
-def _visual(inputs: dict) -> dict:
-    return {"pixel_values": inputs["pixel_values"], "layouts": inputs["image_layouts"],
-            "samples": inputs["image_samples"], "questions": inputs["questions"]}  # fmt: skip
 
 
 def test_multi_turn_chat_and_convert(tmp_path, original):

@@ -32,6 +32,8 @@ def from_dict(cls: type[C], data: Any, path: str = "") -> C:
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping for {cls.__name__}, got {_kind(data)}")
+    if callable(getattr(cls, "variant", None)):  # a registry of config classes, chosen by the data
+        cls = cls.variant(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
@@ -52,7 +54,10 @@ def from_dict(cls: type[C], data: Any, path: str = "") -> C:
         raise ConfigError(f"missing required config key {where!r}")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError) as err:  # a class's own check: "field: what is wrong" gets the path
+        text = str(err)
+        if text.split(":", 1)[0] in fields:
+            raise ConfigError(f"{path}.{text}" if path else text) from None
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
 
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ImageError
+from ..model.inputs import ModelInputs
 from ..model.prompting import question_text
 from ..model.templates import TEMPLATES
 from .labels import IGNORE, encode
@@ -83,7 +84,9 @@ class SupervisedDataset(Dataset):
 
 
 def collate(items: list, pad_id: int) -> dict:
-    """Right-padded batch of the good items; `skipped` lists the bad ones (id, reason)."""
+    """Right-padded batch of the good items as ``inputs`` (one `ModelInputs`, rows joined as the
+    serving engine joins them) with their ``labels`` and ``ids``; `skipped` lists the bad ones
+    (id, reason)."""
     good = [x for x in items if not isinstance(x, Skipped)]
     skipped = [(x.id, x.reason) for x in items if isinstance(x, Skipped)]
     if not good:
@@ -95,15 +98,18 @@ def collate(items: list, pad_id: int) -> dict:
     for i, x in enumerate(good):
         n = len(x["input_ids"])
         ids[i, :n], labels[i, :n], mask[i, :n] = x["input_ids"], x["labels"], 1
-    pixels = [x["pixel_values"] for x in good if x["pixel_values"] is not None]
+    rows = [
+        ModelInputs(
+            x["input_ids"],
+            pixel_values=x["pixel_values"],
+            image_layouts=x["image_layouts"],
+            questions=[x["question"]],
+        )
+        for x in good
+    ]
     return {
-        "input_ids": ids,
+        "inputs": ModelInputs.join(rows, ids, mask),
         "labels": labels,
-        "attention_mask": mask,
-        "pixel_values": torch.cat(pixels) if pixels else None,
-        "image_layouts": [layout for x in good for layout in x["image_layouts"]] or None,
-        "image_samples": [row for row, x in enumerate(good) for _ in x["image_layouts"]] or None,
-        "questions": [x["question"] for x in good],
         "ids": [x["id"] for x in good],
         "skipped": skipped,
         "size": len(good),

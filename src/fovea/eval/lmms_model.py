@@ -109,7 +109,7 @@ class FoveaLMM(lmms):
         inputs = model.prepare(context, images, self.template)
         target_ids = model.tokenizer(target, add_special_tokens=False)["input_ids"]
         ids = torch.cat([inputs["input_ids"], torch.tensor([target_ids])], dim=1).to(model.device)
-        embeds = model.embed_inputs({**inputs, "input_ids": ids})
+        embeds = model.embed_inputs(inputs.replace(input_ids=ids))
         logits = model.lm(inputs_embeds=embeds).logits[0, -len(target_ids) - 1 : -1].float()
         logprobs = torch.log_softmax(logits, dim=-1)
         wanted = torch.tensor(target_ids, device=logprobs.device)

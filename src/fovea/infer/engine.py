@@ -124,7 +124,7 @@ class Engine:
         if room <= 0 or (self.running is not None and not (self.continuous and self.running.joinable)):
             return
         newcomers = self._take(room, wait=self.running is None)
-        ready = [(r, p) for r in newcomers if (p := self._prepare(r)) is not None]
+        ready = [(r, *p) for r in newcomers if (p := self._prepare(r)) is not None]
         if not ready:
             return
         for group in _prefill_groups(self.model, ready):
@@ -151,8 +151,9 @@ class Engine:
                 request.emit("cancelled", None)
         return [r for r in taken if not r.cancelled.is_set()]
 
-    def _prepare(self, request: Request) -> dict | None:
-        """Model inputs for `request`, or None after telling it why not (it alone fails)."""
+    def _prepare(self, request: Request) -> tuple | None:
+        """(model inputs, the sequence to decode) for `request`, or None after telling it why not
+        (it alone fails)."""
         try:
             self._check_length(request)
             prepared = self.model.prepare_chat(request.messages, request.images, request.template)
@@ -165,8 +166,7 @@ class Engine:
             emit = lambda piece, r=request: r.emit("text", piece)  # noqa: E731
             sequence = self.model.sequence(prepared, request.sampling, request.template, emit)
             sequence.owner = request
-            prepared["sequence"] = sequence
-            return prepared
+            return prepared, sequence
         except Exception as err:  # tokenising, images, templates, seeds: this request's own error
             request.emit("error", err)
             return None
@@ -209,17 +209,18 @@ class Engine:
             batch.keep(keep)
 
 
-def _prefill_groups(model, ready: list[tuple[Request, dict]]) -> list[RunningBatch]:
-    """Prefill the newcomers together; if that fails, one by one, so only the culprit fails."""
-    sequences = [p.pop("sequence") for _, p in ready]
+def _prefill_groups(model, ready: list[tuple]) -> list[RunningBatch]:
+    """Prefill the newcomers (request, inputs, sequence) together; if that fails, one by one, so
+    only the culprit fails."""
+    sequences = [seq for _, _, seq in ready]
     try:
-        return [RunningBatch.prefill(model, sequences, [p for _, p in ready])]
+        return [RunningBatch.prefill(model, sequences, [p for _, p, _ in ready])]
     except Exception as err:
         if len(ready) == 1:
             ready[0][0].emit("error", err)
             return []
     groups = []
-    for seq, (request, prepared) in zip(sequences, ready):
+    for request, prepared, seq in ready:
         try:
             groups.append(RunningBatch.prefill(model, [seq], [prepared]))
         except Exception as err:

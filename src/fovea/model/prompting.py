@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..imaging.io import ImageSource
 from .checkpoint_template import JinjaTemplate
 from .decoding import Sampling, Sequence
+from .inputs import ModelInputs
 from .running_batch import RunningBatch, decode, run_to_end
 from .templates import CHECKPOINT_TEMPLATE, TEMPLATES, Template
 from .tokenize import expand_images, tokenize
@@ -88,14 +89,14 @@ class PromptMixin:
         text: str | list[str],
         images: list[ImageSource] | list[list[ImageSource]] | None = None,
         template: str | None = None,
-    ) -> dict:
+    ) -> ModelInputs:
         """Model inputs for one prompt (images: a list) or a batch (images: a list per prompt).
 
         ``template=None`` uses the text as given (tokenizer special tokens added as the
         tokenizer does by default); a template name (see `chat_format`) wraps it as one user turn.
         Returns ``input_ids``, ``attention_mask`` (left-padded), ``pixel_values``, ``image_layouts``,
-        ``image_samples`` (the prompt each image belongs to) and ``questions`` (each prompt, tagged):
-        `embed_inputs` reads them all.
+        ``image_samples`` (the prompt each image belongs to) and ``questions`` (each prompt, tagged),
+        as one `ModelInputs`: `embed_inputs` reads them all.
         """
         if self.tokenizer is None:
             raise ConfigError("this model has no tokenizer; load it with fovea.load or pass one")
@@ -117,14 +118,14 @@ class PromptMixin:
                 layouts.extend(processed.layouts)
                 samples.extend([len(rows) - 1] * len(processed.layouts))
         input_ids, attention_mask = self._pad_left(rows)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "pixel_values": torch.cat(all_pixels) if all_pixels else None,
-            "image_layouts": layouts or None,
-            "image_samples": samples or None,
-            "questions": [self.tagged(prompt, len(imgs)) for prompt, imgs in zip(batch, per_prompt)],
-        }
+        return ModelInputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=torch.cat(all_pixels) if all_pixels else None,
+            image_layouts=layouts or None,
+            image_samples=samples or None,
+            questions=[self.tagged(prompt, len(imgs)) for prompt, imgs in zip(batch, per_prompt)],
+        )
 
     def _tokenize(self: VisionLanguageModel, text: str, add_special_tokens: bool) -> list[int]:
         """Token ids with one image id per image tag (model/tokenize.py: the same as training)."""
@@ -168,7 +169,7 @@ class PromptMixin:
         messages: list[dict],
         images: list[ImageSource] = (),
         template: str | None = "default",
-    ) -> dict:
+    ) -> ModelInputs:
         """Model inputs for a whole conversation (``[{"role", "content"}, ...]``), ready for the
         assistant's next turn. Images without tags go before the first user turn's text."""
         fmt = self.chat_format(template)
@@ -194,14 +195,14 @@ class PromptMixin:
         ids = self._tokenize(text, add_special_tokens=fmt.add_special_tokens(text))
         ids = self._expand_placeholders(ids, processed.layouts)
         input_ids, attention_mask = self._pad_left([ids])
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "pixel_values": processed.pixels if images else None,
-            "image_layouts": processed.layouts or None,
-            "image_samples": [0] * len(processed.layouts) or None,
-            "questions": [question_text(messages)],
-        }
+        return ModelInputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=processed.pixels if images else None,
+            image_layouts=processed.layouts or None,
+            image_samples=[0] * len(processed.layouts) or None,
+            questions=[question_text(messages)],
+        )
 
     def sampling(
         self: VisionLanguageModel,

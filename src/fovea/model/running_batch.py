@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from .decoding import Result, Sequence
+from .inputs import ModelInputs
 from .kv_cache import cache_kwargs, output_cache
 
 
@@ -34,7 +35,7 @@ class RunningBatch:
         rows = [p["input_ids"][0][p["attention_mask"][0].bool()].tolist() for p in prepared]
         ids, mask = model._pad_left(rows)
         ids, mask = ids.to(model.device), mask.to(model.device)
-        embeds = model.embed_inputs({**model.join_inputs(prepared), "input_ids": ids})
+        embeds = model.embed_inputs(ModelInputs.join(prepared, ids, mask))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model.lm(
             inputs_embeds=embeds,

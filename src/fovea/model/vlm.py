@@ -22,22 +22,13 @@ from ..connectors.connector import Connector
 from ..imaging.processor import ImageLayout, ImageProcessor
 from ..towers.base import VisionTower
 from .config import VLMConfig
+from .inputs import ImageBatch, ModelInputs, images_of
 from .kv_cache import cache_kwargs
 from .packing import count_tokens, merge_tokens, pack_image
 from .prompting import PromptMixin
 from .saving import save_model
 
 logger = logging.getLogger(__name__)
-
-IMAGE_INPUTS = ("pixel_values", "image_layouts", "image_samples", "questions")
-"""The fields besides ``input_ids`` that reach the visual side: pixels, each image's layout and
-batch row, and each row's question (for question-aware fusers). `prepare`, `prepare_chat`, the
-training collator and `join_inputs` build them; `embed_inputs` and the training loop read them."""
-
-
-def image_inputs(inputs: dict) -> dict:
-    """The `IMAGE_INPUTS` of a prepared-inputs or batch dict, as keyword arguments."""
-    return {name: inputs.get(name) for name in IMAGE_INPUTS}
 
 
 class VisionLanguageModel(PromptMixin, nn.Module):
@@ -87,67 +78,41 @@ class VisionLanguageModel(PromptMixin, nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
 
-    def encode_images(
-        self,
-        pixel_values: torch.Tensor,
-        layouts: list[ImageLayout],
-        samples: list[int] | None = None,
-        questions: list[str] | None = None,
-    ) -> list[torch.Tensor]:
-        """All views (V, 3, S, S) -> one (n_i, D) token sequence per image. `samples` gives the
-        batch row each image belongs to (default: all row 0) and `questions` one text per row;
-        the fuser sees both per view."""
-        expected = sum(layout.num_views for layout in layouts)
-        if pixel_values.shape[0] != expected:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[0]} views but the image layouts describe {expected}"
-            )
-        rows = samples if samples is not None else [0] * len(layouts)
-        if len(rows) != len(layouts):
-            raise ValueError(f"image_samples names {len(rows)} images but there are {len(layouts)} layouts")
-        if questions is not None and max(rows, default=-1) >= len(questions):
-            raise ValueError(
-                f"an image belongs to row {max(rows)} but only {len(questions)} questions were given"
-            )
-        per_view = torch.tensor([r for r, layout in zip(rows, layouts) for _ in range(layout.num_views)])
+    def encode_images(self, images: ImageBatch) -> list[torch.Tensor]:
+        """All views (V, 3, S, S) -> one (n_i, D) token sequence per image; the fuser sees each
+        view's batch row and each row's question."""
+        pixel_values = images.pixel_values
         tower_out = self.tower(pixel_values.to(self.tower_device), depth=self.connector.tower_depth())
         size = (pixel_values.shape[-2], pixel_values.shape[-1])
-        views = self.connector(tower_out, size, samples=per_view, questions=questions)  # (V, N', D)
+        views = self.connector(
+            tower_out, size, samples=images.view_rows(), questions=images.questions
+        )  # (V, N', D)
         side = self.connector.out_grid(size)
         packed, start = [], 0
-        for layout in layouts:
+        for layout in images.layouts:
             chunk = views[start : start + layout.num_views]
             packed.append(pack_image(chunk, layout, side, self.config.merge, self.image_newline))
             start += layout.num_views
         return packed
 
-    def embed(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-        image_layouts: list[ImageLayout] | None = None,
-        image_samples: list[int] | None = None,
-        questions: list[str] | None = None,
-    ) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, images: ImageBatch | None = None) -> torch.Tensor:
         """Token ids (B, T) + images -> input embeddings (B, T, D) with visual tokens merged."""
         mask = input_ids == self.config.image_token_id
         # The placeholder may lie outside the vocabulary (LLaVA's -200): look up a real id there;
         # those rows are overwritten by visual tokens anyway.
         embeds = self.lm.get_input_embeddings()(input_ids.masked_fill(mask, 0))
-        if pixel_values is None or not image_layouts:
+        if images is None:
             if mask.any():
                 raise ValueError(
                     f"the text has {int(mask.sum())} image placeholder tokens but no images were given"
                 )
             return embeds
-        features = torch.cat(self.encode_images(pixel_values, image_layouts, image_samples, questions))
+        features = torch.cat(self.encode_images(images))
         return merge_tokens(embeds, mask, features.to(embeds.device))
 
-    def embed_inputs(self, inputs: dict) -> torch.Tensor:
-        """The one place model inputs become input embeddings. `inputs` is what `prepare`,
-        `prepare_chat`, `join_inputs` and the training collator build: ``input_ids`` plus the
-        `IMAGE_INPUTS`. A new input is added there and read here, not threaded through every caller."""
-        return self.embed(inputs["input_ids"].to(self.device), **image_inputs(inputs))
+    def embed_inputs(self, inputs: ModelInputs) -> torch.Tensor:
+        """The one place model inputs become input embeddings (see model/inputs.py)."""
+        return self.embed(inputs.input_ids.to(self.device), inputs.images)
 
     def forward(
         self,
@@ -164,7 +129,7 @@ class VisionLanguageModel(PromptMixin, nn.Module):
     ):
         """Returns the LM's ``CausalLMOutputWithPast`` (logits (B, T or logits_to_keep, vocab));
         ``cache`` is a transformers ``Cache`` (passed under the name the installed release uses)."""
-        embeds = self.embed(input_ids, pixel_values, image_layouts, image_samples, questions)
+        embeds = self.embed(input_ids, images_of(pixel_values, image_layouts, image_samples, questions))
         return self.lm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -173,23 +138,6 @@ class VisionLanguageModel(PromptMixin, nn.Module):
             **cache_kwargs(cache),
             logits_to_keep=logits_to_keep,
         )
-
-    @staticmethod
-    def join_inputs(prepared: list[dict]) -> dict:
-        """The `IMAGE_INPUTS` of several single-row inputs as one batch (row i = prepared[i]):
-        pixels concatenated, layouts in order, each image's row renumbered, one question per row."""
-        pixels = [p["pixel_values"] for p in prepared if p.get("pixel_values") is not None]
-        layouts, samples = [], []
-        for row, p in enumerate(prepared):
-            layouts.extend(p.get("image_layouts") or [])
-            samples.extend(row for _ in p.get("image_layouts") or [])
-        questions = [question for p in prepared for question in p.get("questions") or [""]]
-        return {
-            "pixel_values": torch.cat(pixels) if pixels else None,
-            "image_layouts": layouts or None,
-            "image_samples": samples or None,
-            "questions": questions,
-        }
 
     @property
     def tower_device(self) -> torch.device:

@@ -16,9 +16,10 @@ Where fovea differs, and why:
   kind: a 32K batch with 8 labels each over 1M classes has ~230K distinct positives, more than
   r·C = 100K, so PartialFC's rule would keep no random negative at all and r = 0.01 ... 0.2
   would all keep the same classes, while the paper's ablation reports 73.4/75.1/75.2/74.9.
-* Two losses: MLCD's separated positive/negative log-sum-exps over up to L labels per sample
-  (the original is single-label softmax only), and the combined-margin softmax. Both equal
-  `fovea.pretrain.losses` on the full cosine matrix; the ArcFace target uses the true derivative of
+* Any registered loss (`fovea.pretrain.losses`): MLCD's separated positive/negative log-sum-exps
+  over up to L labels per sample (the original is single-label softmax only), and the
+  combined-margin softmax. Each formula is written once there, over a log-sum-exp and a sum that
+  this module shards; the ArcFace target uses the true derivative of
   cos(m1·θ + m2) (the original computes it in place under ``no_grad``, a straight-through gradient).
 * Backward is autograd through two custom collectives (`_GatherBatch`, `_SumOverRanks`, whose
   backward factors are the gradient contract below), not a hand-written loss backward; the loss
@@ -46,6 +47,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from .losses import LossConfig, loss_config
 
 _INIT_BLOCK = 4096
 
@@ -75,12 +78,13 @@ class ShardInfo:
 
 
 class PartialFC(nn.Module):
-    """Sharded class centres and the MLCD (``loss="mlcd"``) or margin-softmax (``"margin"``) loss.
+    """Sharded class centres and a registered loss (`fovea.pretrain.losses`: ``"mlcd"``, ``"margin"``
+    or its config), whose formula runs here over log-sum-exps and sums all-reduced across ranks.
 
-    ``sample_rate`` r in (0, 1] is a fraction of the negatives (``rate_of="negatives"``, the
-    default for mlcd) or of all classes (``"classes"``, the default for margin), redrawn every
-    step from (seed, step, rank); ``feature_rate`` keeps ``int(feature_rate * D)`` dimensions.
-    ``scale``/``margin`` are MLCD's s and m; ``scale``/``m1``/``m2``/``m3`` the combined margin.
+    The loss config's ``sample_rate`` r in (0, 1] is a fraction of the negatives
+    (``rate_of="negatives"``, MLCD's) or of all classes (``"classes"``, PartialFC's, the margin
+    loss's), redrawn every step from (seed, step, rank); ``feature_rate`` keeps
+    ``int(feature_rate * D)`` dimensions.
 
     ``forward(embeddings, labels, step, valid=None)`` takes this process's (b, D) embeddings and
     labels (mlcd: (b, L) global class ids, -1 = none; margin: (b,) or (b, 1)), b equal on every
@@ -106,30 +110,23 @@ class PartialFC(nn.Module):
         self,
         embedding_dim: int,
         num_classes: int,
+        loss: LossConfig | str | dict = "mlcd",
         *,
-        loss: Literal["mlcd", "margin"] = "mlcd",
-        sample_rate: float = 0.1,
         rate_of: Literal["negatives", "classes"] | None = None,
-        feature_rate: float | None = None,
-        scale: float = 64.0,
-        margin: float = 0.3,
-        m1: float = 1.0,
-        m2: float = 0.0,
-        m3: float = 0.4,
         seed: int = 0,
         group: dist.ProcessGroup | None = None,
     ):
         super().__init__()
         self.group = group
         self.rank, self.world_size = _rank_and_world(group)
-        _check_config(embedding_dim, num_classes, self.world_size, loss, sample_rate, feature_rate, seed)
+        self.loss = loss_config(loss)  # its formula, scale and margins, and the sampling rates
+        _check_config(embedding_dim, num_classes, self.world_size, seed)
         if rate_of not in (None, "negatives", "classes"):
             raise ValueError(f"rate_of must be 'negatives', 'classes' or None, got {rate_of!r}")
         # None: each loss's own paper (MLCD: of the negatives; PartialFC/UNICOM: of all classes)
-        self.rate_of = rate_of or ("negatives" if loss == "mlcd" else "classes")
-        self.embedding_dim, self.num_classes, self.loss = embedding_dim, num_classes, loss
-        self.sample_rate, self.feature_rate, self.seed = sample_rate, feature_rate, seed
-        self.scale, self.margin, self.m1, self.m2, self.m3 = scale, margin, m1, m2, m3
+        self.rate_of = rate_of or self.loss.rate_of
+        self.embedding_dim, self.num_classes, self.seed = embedding_dim, num_classes, seed
+        self.sample_rate, self.feature_rate = self.loss.sample_rate, self.loss.feature_rate
         # the first C % W ranks hold one class more, as in the original
         per, extra = divmod(num_classes, self.world_size)
         self.num_local = per + int(self.rank < extra)
@@ -163,7 +160,7 @@ class PartialFC(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"loss={self.loss}, classes={self.num_classes}, local=[{self.class_start}, "
+            f"loss={self.loss.type}, classes={self.num_classes}, local=[{self.class_start}, "
             f"{self.class_start + self.num_local}), rank={self.rank}/{self.world_size}, "
             f"sample_rate={self.sample_rate} of {self.rate_of}, feature_rate={self.feature_rate}"
         )
@@ -190,47 +187,19 @@ class PartialFC(nn.Module):
         if dims is not None:
             weight = weight[:, dims]  # (k, D) -> (k, d)
         # the (B, k) cosines go straight into the loss, unnamed here, so the loss can free them early
-        if self.loss == "mlcd":
-            return self._mlcd(_cosine(gathered, weight), local, all_valid)
-        return self._margin_softmax(_cosine(gathered, weight), local[:, 0], all_labels[:, 0] >= 0)
-
-    # Memory: the (B, k) tensors are the cost of a step, so the loss keeps as few alive as autograd
-    # allows: masks and margins are applied in place to fresh products, and `cosine` (needed by
-    # no backward) is dropped once scaled.
-
-    def _mlcd(self, cosine: torch.Tensor, local: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """MLCD Eq. 5 over all ranks' columns: positives and negatives are separate log1p-sum-exps."""
-        local = _drop_repeats(local)  # a class listed twice is one positive, as in `mlcd_loss`
-        listed = local >= 0
-        rows = torch.arange(len(local), device=local.device)[:, None].expand_as(local)
-        positive = cosine[rows, local.clamp(min=0)]  # (B, L); indexing, as gather would save `cosine`
-        positive = (-self.scale * (positive - self.margin)).masked_fill(~listed, float("-inf"))
-        is_positive = torch.zeros_like(cosine, dtype=torch.bool)  # (B, k)
-        is_positive[rows[listed], local[listed]] = True
-        negative = (self.scale * cosine).masked_fill_(is_positive, float("-inf"))  # (B, k)
-        del cosine
-        per_sample = self._logsumexp(positive, one=True) + self._logsumexp(negative, one=True)
-        if not real.any():  # every rank sees the same global flags, so all return here
+        multi = self.loss.multi_label
+        per_sample = self.loss.per_sample(
+            _cosine(gathered, weight), local if multi else local[:, :1], self._logsumexp, self._sum_over_ranks
+        )
+        counted = all_valid if multi else all_labels[:, 0] >= 0  # (B,) padding and label-less rows out
+        if not counted.any():  # every rank sees the same global flags, so all return here
             return per_sample.sum() * 0.0
-        return per_sample[real].mean()  # padding rows are left out
+        return per_sample[counted].mean()
 
-    def _margin_softmax(self, cosine: torch.Tensor, local: torch.Tensor, has_label: torch.Tensor):
-        """Softmax cross-entropy with the combined margin; the target lives on exactly one rank."""
-        rows = torch.nonzero(local >= 0).squeeze(1)
-        target = cosine[rows, local[rows]]  # (n,) this rank's targets
-        if self.m1 != 1.0 or self.m2 != 0.0:  # ArcFace: the angle moves; clamped so arccos' grad is finite
-            target = torch.cos(self.m1 * torch.arccos(target.clamp(-1 + 1e-7, 1 - 1e-7)) + self.m2)
-        target = self.scale * (target - self.m3)
-        logits = (self.scale * cosine).index_put_((rows, local[rows]), target)  # (B, k)
-        del cosine
-        target_logit = logits.new_zeros(len(logits)).index_put((rows,), target)  # (B,), 0 off-rank
-        target_logit = _SumOverRanks.apply(target_logit, self.group, self.world_size)
-        per_sample = self._logsumexp(logits, one=False) - target_logit
-        if not has_label.any():  # every rank sees the same global labels, so all return here
-            return logits.sum() * 0.0
-        return per_sample[has_label].mean()  # samples with no label anywhere are left out
+    def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(x, self.group, self.world_size)
 
-    def _logsumexp(self, x: torch.Tensor, *, one: bool) -> torch.Tensor:
+    def _logsumexp(self, x: torch.Tensor, one: bool) -> torch.Tensor:
         """log(Σ_j exp(x_j)) per row over the columns of every rank (with a 1 inside when `one`);
         -inf entries are absent terms. (B, k) -> (B,), the same on every rank."""
         with torch.no_grad():  # the shift cancels in value and gradient, so it needs no grad
@@ -282,7 +251,7 @@ class PartialFC(nn.Module):
         records = mine[None] if self.world_size == 1 else _gather(mine[None], self.group, self.world_size)
         records = records.tolist()  # (W, 10)
         for rank, record in enumerate(records):
-            _check_shapes(record, self.embedding_dim, self.loss, rank, self.world_size)
+            _check_shapes(record, self.embedding_dim, self.loss.multi_label, rank, self.world_size)
         if len({(r[1], r[5], r[8]) for r in records}) > 1:  # the all-gathers need equal shapes
             seen = [(r[1], r[5], r[8]) for r in records]
             raise ValueError(f"every rank needs the same batch size, label count and step; got {seen}")
@@ -322,16 +291,16 @@ def _shape_record(embeddings, labels, step: int, valid) -> torch.Tensor:
     return torch.tensor(record, dtype=torch.long, device=embeddings.device)
 
 
-def _check_shapes(record: list[int], dim: int, loss: str, rank: int, world: int) -> None:
+def _check_shapes(record: list[int], dim: int, multi_label: bool, rank: int, world: int) -> None:
     emb_dims, b, d, label_dims, rows, cols, is_long, is_float, _, valid_ok = record
     where = f" (rank {rank})" if world > 1 else ""
     if emb_dims != 2 or d != dim or not is_float or b < 1:
         raise ValueError(
             f"embeddings must be float (b, {dim}), b >= 1{where}, got ndim {emb_dims}, b = {b}, D = {d}"
         )
-    shaped = label_dims == 2 if loss == "mlcd" else label_dims == 1 or (label_dims == 2 and cols == 1)
+    shaped = label_dims == 2 if multi_label else label_dims == 1 or (label_dims == 2 and cols == 1)
     if not shaped or rows != b:
-        shape = "(b, L)" if loss == "mlcd" else "(b,) or (b, 1)"
+        shape = "(b, L)" if multi_label else "(b,) or (b, 1)"
         raise ValueError(f"labels must be {shape} with b = {b}{where}, got ndim {label_dims}, {rows} rows")
     if not is_long:
         raise ValueError(f"labels must be int64 class ids{where}")
@@ -339,13 +308,7 @@ def _check_shapes(record: list[int], dim: int, loss: str, rank: int, world: int)
         raise ValueError(f"valid must be a (b,) = ({b},) bool mask{where}")
 
 
-def _check_config(dim, num_classes, world, loss, sample_rate, feature_rate, seed) -> None:
-    if loss not in ("mlcd", "margin"):
-        raise ValueError(f"loss must be 'mlcd' or 'margin', got {loss!r}")
-    if not 0.0 < sample_rate <= 1.0:
-        raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate}")
-    if feature_rate is not None and not 0.0 < feature_rate <= 1.0:
-        raise ValueError(f"feature_rate must lie in (0, 1] or be None, got {feature_rate}")
+def _check_config(dim, num_classes, world, seed) -> None:
     if dim < 1 or num_classes < world:
         raise ValueError(
             f"embedding_dim must be >= 1 and num_classes >= the world size ({world}), "
@@ -353,14 +316,6 @@ def _check_config(dim, num_classes, world, loss, sample_rate, feature_rate, seed
         )
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-
-
-def _drop_repeats(labels: torch.Tensor) -> torch.Tensor:
-    """Sort each row and turn repeated ids into -1. (B, L) -> (B, L)."""
-    labels = labels.sort(dim=1).values
-    repeat = torch.zeros_like(labels, dtype=torch.bool)
-    repeat[:, 1:] = labels[:, 1:] == labels[:, :-1]
-    return labels.masked_fill(repeat, -1)
 
 
 def _generator(seed: int, purpose: int, step: int, rank: int) -> torch.Generator:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from ..config import apply_overrides, from_dict, load_yaml
 from ..errors import ConfigError
 from ..train.recipe import RunSpec
+from .losses import LossConfig, MLCDLoss
 
 
 @dataclass(kw_only=True)
@@ -56,23 +56,6 @@ class DataSpec:
 
 
 @dataclass(kw_only=True)
-class LossSpec:
-    type: Literal["mlcd", "margin"] = "mlcd"
-    """``mlcd``: MLCD's separated multi-label loss; ``margin``: UNICOM's margin softmax (1 label)."""
-    sample_rate: float = 0.1
-    """PartialFC: every positive class plus this fraction of the negatives, redrawn each step."""
-    feature_rate: float | None = None
-    """UNICOM's feature-dimension sampling: this fraction of the embedding's dimensions per step."""
-    scale: float = 64.0
-    margin: float = 0.3
-    """MLCD: the margin on the positives' cosines."""
-    m1: float = 1.0
-    m2: float = 0.0
-    m3: float = 0.4
-    """Margin softmax: target logit cos(m1·θ + m2) − m3 (m3 > 0 CosFace, m2 > 0 ArcFace)."""
-
-
-@dataclass(kw_only=True)
 class OptimSpec:
     lr: float = 1e-3
     centres_lr: float | None = None
@@ -92,7 +75,8 @@ class OptimSpec:
 class PretrainRecipe:
     encoder: EncoderSpec
     data: DataSpec
-    loss: LossSpec = field(default_factory=LossSpec)
+    loss: LossConfig = field(default_factory=MLCDLoss)
+    """A registered loss (``type: mlcd`` or ``margin``) with its own fields and PartialFC's rates."""
     optim: OptimSpec = field(default_factory=OptimSpec)
     run: RunSpec = field(default_factory=lambda: RunSpec(out_dir="runs/pretrain"))
 
@@ -112,15 +96,9 @@ def load_pretrain_recipe(path: str | Path, overrides: list[str] = ()) -> Pretrai
 
 def check_pretrain_recipe(recipe: PretrainRecipe) -> None:
     """The checks that need no file: every number in range, named by its dotted path."""
-    loss, optim, run = recipe.loss, recipe.optim, recipe.run
-    _check(0 < loss.sample_rate <= 1, "loss.sample_rate", "must be in (0, 1]", loss.sample_rate)
-    rate = loss.feature_rate
-    _check(rate is None or 0 < rate <= 1, "loss.feature_rate", "must be in (0, 1] or null", rate)
-    for key in ("scale", "lr", "batch_size", "epochs"):
-        spec = loss if key == "scale" else optim
-        _check(
-            _positive(getattr(spec, key)), f"{spec_name(spec)}.{key}", "must be positive", getattr(spec, key)
-        )
+    loss, optim, run = recipe.loss, recipe.optim, recipe.run  # the loss checked its own fields
+    for key in ("lr", "batch_size", "epochs"):
+        _check(_positive(getattr(optim, key)), f"optim.{key}", "must be positive", getattr(optim, key))
     for key in ("centres_lr", "micro_batch_size", "max_steps", "grad_clip"):
         value = getattr(optim, key)
         _check(value is None or _positive(value), f"optim.{key}", "must be positive or null", value)
@@ -137,8 +115,10 @@ def check_pretrain_recipe(recipe: PretrainRecipe) -> None:
     _check(
         per_image is None or per_image >= 1, "data.labels_per_image", "must be positive or null", per_image
     )
-    if loss.type == "margin":
-        _check(per_image in (None, 1), "data.labels_per_image", "must be 1 for loss.type margin", per_image)
+    if not loss.multi_label:
+        _check(
+            per_image in (None, 1), "data.labels_per_image", f"must be 1 for loss.type {loss.type}", per_image
+        )
     # the class centres live outside accelerate (one shard per process), so outside its fp16 loss scaling
     _check(run.precision != "fp16", "run.precision", "must be bf16 or no", "fp16")
     _check(
@@ -149,10 +129,6 @@ def check_pretrain_recipe(recipe: PretrainRecipe) -> None:
     )
     for key in ("log_every", "save_every", "keep_last"):
         _check(getattr(run, key) >= 1, f"run.{key}", "must be at least 1", getattr(run, key))
-
-
-def spec_name(spec) -> str:
-    return "loss" if isinstance(spec, LossSpec) else "optim"
 
 
 def _positive(value) -> bool:

@@ -201,12 +201,8 @@ class _EncoderLoop(StepLoop):
         accum = optim.batch_size // (micro * world)
         per_epoch = max(1, len(data) // (micro * world)) // accum or 1
         total = optim.max_steps or max(1, math.ceil(optim.epochs * per_epoch))
-        loss = recipe.loss
-        pfc = PartialFC(
-            encoder.embedding_dim, data.classes, loss=loss.type, sample_rate=loss.sample_rate,
-            feature_rate=loss.feature_rate, scale=loss.scale, margin=loss.margin,
-            m1=loss.m1, m2=loss.m2, m3=loss.m3, seed=recipe.run.seed,
-        ).to(accelerator.device)  # fmt: skip
+        pfc = PartialFC(encoder.embedding_dim, data.classes, recipe.loss, seed=recipe.run.seed)
+        pfc = pfc.to(accelerator.device)
         optimizer = _adamw(encoder.parameters(), optim.lr, optim.weight_decay)
         centres = _adamw(pfc.parameters(), optim.centres_lr or optim.lr, optim.weight_decay)
         factor = warmup_cosine(total, optim.warmup_ratio)

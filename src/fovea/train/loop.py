@@ -24,7 +24,6 @@ from ..data.dataset import SupervisedDataset, collate
 from ..data.labels import IGNORE
 from ..data.sources import RecordSource
 from ..imaging.processor import ImageConfig, ImageProcessor
-from ..model.vlm import image_inputs
 from .build import apply_lora, build_model, merge_lora
 from .data_order import micro_batches
 from .engine import Position, StepLoop, StepResult, atomic_save, make_accelerator, resume
@@ -163,7 +162,7 @@ class _StageLoop(StepLoop):
             [
                 sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in group if b["size"]),
                 sum(len(b["skipped"]) for _, _, b in group),
-                sum(int(b["attention_mask"].sum()) for _, _, b in group if b["size"]),
+                sum(int(b["inputs"].attention_mask.sum()) for _, _, b in group if b["size"]),
                 sum(b["size"] for _, _, b in group),
             ],
             dtype=torch.float64,
@@ -189,8 +188,11 @@ class _StageLoop(StepLoop):
             return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
         device = self.acc.device
         with self.acc.autocast():
+            inputs = batch["inputs"]
             out = self.model(
-                batch["input_ids"].to(device), batch["attention_mask"].to(device), **image_inputs(batch)
+                **inputs.replace(
+                    input_ids=inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device)
+                )
             )
         labels = batch["labels"].to(device)
         return F.cross_entropy(
