@@ -174,3 +174,21 @@ def test_stop_strings_end_the_answer_before_them(setup):
     stop = full[2:4]
     cut = model.generate(QUESTION, images=[image], max_new_tokens=TOKENS, stop=[stop])
     assert cut == full[: full.index(stop)]
+
+
+def test_logprobs_are_the_chosen_tokens_log_probabilities(setup):
+    """`Sampling(logprobs=True)`: each chosen token's log-probability, as a teacher-forced forward
+    over the prompt and the answer gives it."""
+    from fovea.model.running_batch import run_to_end
+
+    model, _, paths, _ = setup
+    prepared = model.prepare(QUESTION, images=[Image.open(paths[0])], template="default")
+    sequence = model.sequence(prepared, Sampling(max_new_tokens=6, logprobs=True, ignore_eos=True), "default")
+    [result] = run_to_end(model, [prepared], [sequence])
+    tokens = torch.tensor([result.tokens])
+    ids = torch.cat([prepared.input_ids, tokens], 1)
+    with torch.no_grad():
+        logits = model(**prepared.replace(input_ids=ids, attention_mask=torch.ones_like(ids))).logits
+    expected = torch.log_softmax(logits[0, -tokens.shape[1] - 1 : -1].float(), -1).gather(1, tokens.T)[:, 0]
+    assert len(result.logprobs) == 6
+    torch.testing.assert_close(torch.tensor(result.logprobs), expected, rtol=0, atol=1e-4)

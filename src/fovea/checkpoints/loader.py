@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..hub import resolve_directory
 from ..tensor_files import fill, plan_load
 from .layouts import layout_of
@@ -42,19 +42,6 @@ def open_checkpoint(source: str | Path, *, base: str | None = None, tower: str |
     layout = layout_of(directory, raw)
     config, tokenizer = layout.read(directory, raw, base, tower)
     return Opened(directory, raw, config, tokenizer, layout, base, tower)
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-"""The dtype names the command line and ``--model_args`` accept."""
-
-
-def dtype_from_name(name: str | None) -> torch.dtype | None:
-    """``"bf16"`` -> torch.bfloat16; empty or None -> None (keep the checkpoint's dtype)."""
-    if not name:
-        return None
-    if name not in DTYPES:
-        raise ConfigError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def load(

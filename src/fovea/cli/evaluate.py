@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..dtypes import SHORT_NAMES
 from .options import add_template_option, non_negative_float, positive_int, probability, user_error
 
 DEFAULT_DATA_ROOT = "~/.cache/fovea/benchmarks"
@@ -57,7 +58,7 @@ def _add_eval(sub) -> None:
     )
     _add_run_options(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="load the model in this dtype")
+    p.add_argument("--dtype", choices=SHORT_NAMES, help="load the model in this dtype")
     add_template_option(p)
     p.add_argument(
         "--temperature",

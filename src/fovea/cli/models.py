@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..dtypes import SHORT_NAMES
 from .options import positive_int
 from .options import user_error as _user_error
 
@@ -116,9 +117,7 @@ def _add_convert(sub) -> None:
         help="output directory: new or empty, outside SRC (written to DST.partial, then renamed)",
     )
     p.add_argument("--to", choices=["hf", "fovea"], default="hf", help="output format (default: %(default)s)")
-    p.add_argument(
-        "--dtype", choices=["fp32", "bf16", "fp16"], help="cast floating-point weights (default: keep)"
-    )
+    p.add_argument("--dtype", choices=SHORT_NAMES, help="cast floating-point weights (default: keep)")
     p.add_argument(
         "--max-shard-size", default="2GB", help="largest output shard, e.g. 500MB, 2GB (default: %(default)s)"
     )

@@ -157,12 +157,10 @@ def _train(out: Path, method: str, spec: dict, seed: int, steps: int, progress: 
 def _untrained(seed: int):
     import torch
 
-    from ..towers.base import TowerConfig, VisionTower
-    from ..towers.presets import resolve_tower
+    from ..towers.presets import build_tower
 
     torch.manual_seed(seed)
-    preset = resolve_tower("clip-vit-l14-336-tiny")
-    return VisionTower(TowerConfig(hf_config={**preset.tower["hf_config"], **TOWER}))
+    return build_tower("clip-vit-l14-336-tiny", overrides=TOWER)[0]
 
 
 def _probe_sets(out: Path) -> dict:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..atomic import write_atomic, write_text_atomic
+from ..dtypes import DTYPES
 from ..errors import ConfigError
 from ..imaging.processor import ImageConfig, ImageProcessor
 from ..towers.presets import build_tower, resolve_tower
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "fovea-features"
 VIEWS = ("square", "pad")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _FOREIGN = "exists and was not written by fovea pretrain features; choose another --out"
 
 

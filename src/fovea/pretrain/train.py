@@ -29,8 +29,8 @@ import torch
 from ..config import to_dict
 from ..errors import CheckpointError, ConfigError, ImageError
 from ..imaging.processor import ImageConfig, ImageProcessor
-from ..towers.base import TowerConfig, VisionTower
-from ..towers.presets import build_tower, resolve_tower
+from ..towers.base import VisionTower
+from ..towers.presets import build_tower
 from ..train.build import checkpoint_activations
 from ..train.data_order import micro_batches
 from ..train.engine import Position, StepLoop, StepResult, make_accelerator, resume
@@ -128,15 +128,10 @@ def build_encoder(recipe: PretrainRecipe) -> tuple[Encoder, ImageConfig]:
 
 
 def _tower(spec) -> tuple[VisionTower, dict]:
-    if not spec.tower_config:
-        return build_tower(spec.tower, pretrained=spec.pretrained, weights=spec.weights)
-    preset = resolve_tower(spec.tower)
-    hf = {**preset.tower["hf_config"], **spec.tower_config}
-    try:
-        tower = VisionTower(TowerConfig(**{**preset.tower, "hf_config": hf}))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"encoder.tower_config: {err}") from None
-    return tower, {**preset.image, "size": int(hf.get("image_size", preset.image["size"]))}
+    """The encoder's tower: a preset, with `tower_config` fields changed when the recipe gives some."""
+    return build_tower(
+        spec.tower, pretrained=spec.pretrained, weights=spec.weights, overrides=spec.tower_config
+    )
 
 
 def train_encoder(recipe: PretrainRecipe) -> Path:

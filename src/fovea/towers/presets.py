@@ -245,14 +245,32 @@ def _preset_from_hub(hub_id: str) -> TowerPreset:
 
 
 def build_tower(
-    spec: str, pretrained: bool = False, weights: str | Path | None = None
+    spec: str | dict,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    overrides: dict | None = None,
 ) -> tuple[VisionTower, dict]:
-    """(tower, image defaults) for a preset/hub id/directory.
+    """(tower, image defaults) for a preset/hub id/directory, or for a whole transformers vision
+    config (a dict: random weights). The one place fovea builds a tower.
 
     Weights: from `weights` (a file in any published form, e.g. DeepGlint's original MLCD state
-    dict) when given; else the published ones when `pretrained`; else random.
+    dict) when given; else the published ones when `pretrained`; else random. `overrides` changes
+    fields of the preset's transformers config (another architecture: random weights only).
     """
+    if isinstance(spec, dict):
+        return VisionTower(TowerConfig(hf_config=dict(spec))), {"size": int(spec.get("image_size", 224))}
     preset = resolve_tower(spec)
+    if overrides:
+        if pretrained or weights is not None:
+            raise ConfigError(
+                f"tower {spec!r}: overrides change the architecture, so its weights cannot load"
+            )
+        hf = {**preset.tower["hf_config"], **overrides}
+        try:
+            tower = VisionTower(TowerConfig(**{**preset.tower, "hf_config": hf}))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"tower {spec!r} with {sorted(overrides)} changed: {err}") from None
+        return tower, {**preset.image, "size": int(hf.get("image_size", preset.image["size"]))}
     config = preset.tower_config()
     if weights is not None:
         tower = VisionTower(config)

@@ -16,12 +16,12 @@ import torch
 from ..config import to_dict
 from ..connectors.connector import ConnectorConfig
 from ..connectors.fusers import FUSERS, fuser_config
+from ..dtypes import dtype_from_name
 from ..errors import ConfigError
 from ..imaging.processor import ImageConfig
 from ..model.config import VLMConfig
 from ..model.lm_config import build_lm_config, normalised
 from ..model.vlm import VisionLanguageModel
-from ..towers.base import TowerConfig, VisionTower
 from ..towers.convnext import add_stage
 from ..towers.presets import build_tower, pretrained_source
 from .recipe import LoraSpec, ModelSpec
@@ -33,7 +33,7 @@ def build_model(spec: ModelSpec, lora: LoraSpec | None = None) -> VisionLanguage
     if spec.init is not None:
         from ..checkpoints import load
 
-        model = load(spec.init, dtype=getattr(torch, spec.dtype)).train()
+        model = load(spec.init, dtype=dtype_from_name(spec.dtype)).train()
     else:
         model = _fresh(spec, lora)
     if spec.gradient_checkpointing:
@@ -56,11 +56,9 @@ def checkpoint_activations(module) -> None:
 def _fresh(spec: ModelSpec, lora: LoraSpec | None) -> VisionLanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = getattr(torch, spec.dtype)
-    if spec.tower_config is not None:
-        tower = VisionTower(TowerConfig(hf_config=spec.tower_config))
-        size = int(spec.tower_config.get("image_size", 224))
-        image_defaults = {"size": size}
+    dtype = dtype_from_name(spec.dtype)
+    if spec.tower_config is not None:  # a whole transformers config: a random tower
+        tower, image_defaults = build_tower(spec.tower_config)
     else:
         tower, image_defaults = build_tower(spec.tower, pretrained=spec.tower_pretrained)
     if spec.tower_add_stage is not None:
