@@ -11,11 +11,9 @@ first, and only a marked one is removed; ``overwrite`` replaces DST only when it
 checkpoint (a flat directory whose ``config.json`` names a model); a DST that is, contains or lies
 inside one of the inputs is refused before anything is written.
 
-``--to hf`` writes what transformers 5 writes for ``LlavaNextForConditionalGeneration``: its
-``config.json``, safetensors with its key names, a tokenizer with an ``<image>`` token (added,
-with an embedding row, when the source tokenizer has none), ``processor_config.json`` and a chat
-template. Architectures LlavaNext cannot express (another projector, a fuser, a non-AnyRes image
-mode, ...) are refused with the part named.
+``--to NAME`` picks the registered layout that writes under that name (checkpoints/layouts.py):
+``fovea`` (fovea_format.py) or ``hf``, transformers' LlavaNext (llava_next_writer.py). Its writer
+renames and adjusts each tensor as it streams past, then writes the layout's other files.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +30,12 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..tensor_files import INDEX, plan_load, read_planned
-from ..towers.base import family_of
 from .fovea_format import FORMAT
-from .jinja import chat_template
+from .layouts import LAYOUTS
 from .loader import open_checkpoint
 
 logger = logging.getLogger(__name__)
 
-_RESAMPLE_IDS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 PARTIAL_MARKER = ".fovea-partial"
 """Written first into ``DST.partial``: only a directory holding it is fovea's to delete."""
 
@@ -112,8 +107,7 @@ def convert(
     progress: bool = False,
 ) -> Report:
     """Convert `source` (any layout fovea reads) into `destination`; see the module docstring."""
-    if to not in ("hf", "fovea"):
-        raise ConfigError(f"unknown target format {to!r}; expected hf or fovea")
+    layout = export_layout(to)
     dest = Path(destination)
     work = dest.with_name(dest.name + ".partial")
     _refuse_overlap(dest, work, [p for p in (source, base, tower) if p and Path(p).exists()])
@@ -121,12 +115,10 @@ def convert(
     _check_partial(work)
     opened = open_checkpoint(source, base=base, tower=tower)
     _refuse_overlap(dest, work, [opened.directory])  # a hub id resolves only now
-    if to == "hf":
-        refuse_inexpressible(opened.config)  # before touching any weight
+    target = layout.writer(opened)  # refuses what the layout cannot express, before any weight
     skeleton = opened.skeleton()
     opened.attach(skeleton)
     plans = plan_load(skeleton, opened.sources(skeleton))
-    target = HFTarget(opened) if to == "hf" else None
     _start_partial(work)
     try:
         report = _write(opened, skeleton, plans, target, work, Report(dest), dtype, max_shard_size, progress)
@@ -145,20 +137,23 @@ def _write(
     opened, skeleton, plans, target, work: Path, report: Report, dtype, max_shard_size, progress
 ) -> Report:
     writer = ShardWriter(work, max_shard_size)
-    rename: Callable[[str], str] = target.rename if target else (lambda k: k)
     bar = tqdm(total=len(plans), disable=not progress, desc="convert", unit="tensor")
     for plan, tensor in read_planned(plans, dtype):
-        name = rename(plan.target)
-        writer.add(name, target.adjust(name, tensor) if target else tensor)
+        name = target.rename(plan.target)
+        writer.add(name, target.adjust(name, tensor))
         bar.update()
     bar.close()
     report.shards, report.tensors, report.bytes = writer.close(), len(plans), writer.total
-    if target:
-        target.write_metadata(work, report)
-    else:
-        _write_fovea_metadata(opened, work)
-        skeleton.connector.fuser.save_files(work)
+    report.notes.extend(target.finish(work, skeleton))
     return report
+
+
+def export_layout(name: str):
+    """The registered layout that ``--to NAME`` writes (a layout with a writer)."""
+    names = {LAYOUTS.get(n).export_as: LAYOUTS.get(n) for n in LAYOUTS if LAYOUTS.get(n).writer}
+    if name not in names:
+        raise ConfigError(f"unknown target format {name!r}; expected one of {', '.join(sorted(names))}")
+    return names[name]
 
 
 # -- what convert may write over or delete -----------------------------------------------------
@@ -229,146 +224,3 @@ def _start_partial(work: Path) -> None:
     except OSError as err:
         raise ConfigError(f"{work}: cannot create the output directory: {err.strerror or err}") from None
     (work / PARTIAL_MARKER).write_text("written by fovea convert; deleted when the conversion finishes\n")
-
-
-def _write_fovea_metadata(opened, work: Path) -> None:
-    from .. import __version__
-    from ..config import to_dict
-
-    if opened.tokenizer is not None:
-        opened.tokenizer.save_pretrained(str(work))
-    payload = {"format": FORMAT, "fovea_version": __version__, "model": to_dict(opened.config)}
-    (work / "config.json").write_text(json.dumps(payload, indent=2))
-
-
-class HFTarget:
-    """Names, vocabulary and metadata of transformers' LlavaNext layout for one fovea config."""
-
-    def __init__(self, opened):
-        self.config = opened.config
-        refuse_inexpressible(self.config)
-        if opened.tokenizer is None:
-            raise ConfigError("the source has no tokenizer; transformers' processor needs one")
-        self.tokenizer = opened.tokenizer
-        if "<image>" not in self.tokenizer.get_vocab():
-            self.tokenizer.add_tokens(["<image>"], special_tokens=True)
-        self.image_id = self.tokenizer.convert_tokens_to_ids("<image>")
-        self.vocab = int(self.config.lm["vocab_size"])
-        # A vocabulary without a free row for <image> grows to the next multiple of 64 (as
-        # transformers' own conversions do); new input rows are the mean embedding, new output
-        # rows zero, so no existing logit changes. A tied LM shares one matrix: its new rows are
-        # zero, else the mean row would give the new ids (<image>, padding) logits of their own.
-        self.new_vocab = self.vocab if self.image_id < self.vocab else -(-(self.image_id + 1) // 64) * 64
-
-    def rename(self, key: str) -> str:
-        for old, new in _HF_NAMES:
-            if key.startswith(old):
-                return new + key[len(old) :]
-        raise ConfigError(f"no transformers LlavaNext name for {key!r}")
-
-    def adjust(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        extra = self.new_vocab - self.vocab
-        if extra <= 0 or name not in (
-            "language_model.model.embed_tokens.weight",
-            "language_model.lm_head.weight",
-        ):
-            return tensor
-        tied = bool(self.config.lm.get("tie_word_embeddings", False))
-        if name.endswith("embed_tokens.weight") and not tied:
-            rows = tensor.float().mean(0, keepdim=True).to(tensor.dtype).expand(extra, -1)
-        else:
-            rows = tensor.new_zeros(extra, tensor.shape[1])
-        return torch.cat([tensor, rows])
-
-    def write_metadata(self, work: Path, report: Report) -> None:
-        from transformers import LlavaNextConfig, LlavaNextProcessor
-        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-        cfg, tower = self.config, self.config.tower
-        layers = cfg.connector.layers
-        text = {**cfg.lm, "vocab_size": self.new_vocab}
-        hf = LlavaNextConfig(
-            vision_config=dict(tower.hf_config),
-            text_config=text,
-            image_token_index=self.image_id,
-            vision_feature_layer=layers[0] if len(layers) == 1 else list(layers),
-            vision_feature_select_strategy="default" if tower.cls_token else "full",
-            image_grid_pinpoints=[list(p) for p in cfg.image.pinpoints],
-            projector_hidden_act=cfg.connector.projector_act,
-            multimodal_projector_bias=cfg.connector.projector_bias,
-            tie_word_embeddings=bool(cfg.lm.get("tie_word_embeddings", False)),
-        )
-        hf.architectures = ["LlavaNextForConditionalGeneration"]
-        hf.save_pretrained(work)
-        image = cfg.image
-        crop = image.resize == "shortest_edge_crop"
-        image_processor = LlavaNextImageProcessorPil(
-            size={"shortest_edge": image.size} if crop else {"height": image.size, "width": image.size},
-            crop_size={"height": image.size, "width": image.size},
-            do_center_crop=crop,
-            resample=_RESAMPLE_IDS[image.resample],
-            image_mean=list(image.mean),
-            image_std=list(image.std),
-            image_grid_pinpoints=[list(p) for p in image.pinpoints],
-        )
-        processor = LlavaNextProcessor(
-            image_processor=image_processor,
-            tokenizer=self.tokenizer,
-            patch_size=int(tower.hf_config.get("patch_size", 14)),
-            vision_feature_select_strategy=hf.vision_feature_select_strategy,
-            num_additional_image_tokens=1 if tower.cls_token else 0,
-            chat_template=chat_template(cfg.template) if cfg.template else cfg.chat_template,
-        )
-        processor.save_pretrained(work)
-        if image.alpha == "drop":
-            report.notes.append(
-                "transformers' processor composites transparent images onto white; this model was set up "
-                "to drop alpha (PIL convert), so RGBA inputs will differ slightly"
-            )
-        if family_of(tower).export_note:
-            report.notes.append(family_of(tower).export_note)
-
-
-_HF_NAMES = [
-    ("tower.model.", "vision_tower."),
-    ("connector.projector.0.", "multi_modal_projector.linear_1."),
-    ("connector.projector.2.", "multi_modal_projector.linear_2."),
-    ("lm.model.", "language_model.model."),
-    ("lm.lm_head.", "language_model.lm_head."),
-    ("image_newline", "image_newline"),
-]
-
-
-def refuse_inexpressible(config) -> None:
-    """ConfigError naming the first part transformers' LlavaNext cannot express."""
-    problems = [
-        (
-            family_of(config.tower).grid_kind != "vit",
-            f"tower type {config.tower.model_type!r} (LlavaNext reads token sequences of a ViT; this "
-            "tower's hidden states are feature maps)",
-        ),
-        (
-            config.connector.fuser_type != "concat",
-            f"fuser {config.connector.fuser_type!r} (LlavaNext only concatenates layers)",
-        ),
-        (
-            config.connector.projector != "mlp2x_gelu",
-            f"projector {config.connector.projector!r} (LlavaNext has mlp2x_gelu only)",
-        ),
-        (
-            config.connector.keep_cls,
-            "connector.keep_cls (LlavaNext drops CLS or keeps a CLS-free tower whole)",
-        ),
-        (
-            config.merge != "spatial_unpad" or not config.newline,
-            f"merge {config.merge!r} (LlavaNext packs spatial_unpad with newlines)",
-        ),
-        (config.image.mode != "anyres", f"image mode {config.image.mode!r} (LlavaNext always uses AnyRes)"),
-        (
-            config.image.multi_image_mode not in (None, "anyres"),
-            f"multi_image_mode {config.image.multi_image_mode!r}",
-        ),
-    ]
-    for bad, what in problems:
-        if bad:
-            raise ConfigError(f"cannot export to transformers LlavaNext: {what}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ..config import from_dict
+from .. import __version__
+from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..model.config import VLMConfig
 from ..model.saving import FORMAT
@@ -38,4 +40,26 @@ def _attach(opened: Opened, model) -> None:
     model.connector.fuser.load_files(opened.directory)  # written beside the weights (model/saving.py)
 
 
-LAYOUT = Layout(is_fovea_checkpoint, _read, _sources, _attach)
+class FoveaWriter:
+    """``fovea convert --to fovea``: fovea's own names, as they stream past; then config.json (the
+    whole resolved config), the tokenizer and the fuser's own files."""
+
+    def __init__(self, opened: Opened):
+        self.opened = opened
+
+    def rename(self, key: str) -> str:
+        return key
+
+    def adjust(self, name: str, tensor):
+        return tensor
+
+    def finish(self, work: Path, model) -> list[str]:
+        if self.opened.tokenizer is not None:
+            self.opened.tokenizer.save_pretrained(str(work))
+        model.connector.fuser.save_files(work)
+        payload = {"format": FORMAT, "fovea_version": __version__, "model": to_dict(self.opened.config)}
+        (work / "config.json").write_text(json.dumps(payload, indent=2))
+        return []
+
+
+LAYOUT = Layout(is_fovea_checkpoint, _read, _sources, _attach, writer=FoveaWriter, export_as="fovea")

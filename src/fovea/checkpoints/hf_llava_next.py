@@ -27,6 +27,7 @@ from ..model.lm_config import lm_fields
 from ..tensor_files import KeyMap, Source, weight_files
 from ..towers.base import TowerConfig
 from ..towers.presets import image_defaults_from_processor, read_processor_settings
+from .llava_next_writer import LlavaNextWriter
 from .opened import Layout, Opened, lm_config, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -169,4 +170,6 @@ def _sources(opened: Opened, model) -> list[Source]:
     return [Source(weight_files(opened.directory), key_map(set(model.state_dict())))]
 
 
-LAYOUT = Layout(lambda raw: raw.get("model_type") == MODEL_TYPE, _read, _sources)
+LAYOUT = Layout(
+    lambda raw: raw.get("model_type") == MODEL_TYPE, _read, _sources, writer=LlavaNextWriter, export_as="hf"
+)

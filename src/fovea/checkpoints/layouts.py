@@ -1,9 +1,10 @@
 """Every checkpoint layout fovea reads, in one registry.
 
 An entry is a `Layout` (checkpoints/opened.py): `detect` a raw config.json, `read` the model's config
-and tokenizer, the weight `sources` with their key maps, and what to `attach` beside the weights.
-`fovea.load` and `fovea convert` take the first entry that detects a checkpoint. A new layout is
-its own module with a ``LAYOUT`` plus one line here.
+and tokenizer, the weight `sources` with their key maps, what to `attach` beside the weights and,
+for a layout fovea writes, its `writer` (``fovea convert --to export_as``). `fovea.load` and
+`fovea convert` take the first entry that detects a checkpoint. A new layout is its own module with
+a ``LAYOUT`` plus one line here.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from . import fovea_format, hf_llava_next, llava_original
 from .opened import Layout
 
 LAYOUTS: Registry[Layout] = Registry("checkpoint layout")
-LAYOUTS.add("fovea", fovea_format.LAYOUT, 'fovea\'s own: config.json with "format": "fovea"')
-LAYOUTS.add("llava_next", hf_llava_next.LAYOUT, "transformers' LlavaNextForConditionalGeneration")
+LAYOUTS.add(
+    "fovea", fovea_format.LAYOUT, 'fovea\'s own: config.json with "format": "fovea" (written by --to fovea)'
+)
+LAYOUTS.add(
+    "llava_next", hf_llava_next.LAYOUT, "transformers' LlavaNextForConditionalGeneration (written by --to hf)"
+)
 LAYOUTS.add(
     "llava_original",
     llava_original.LAYOUT,

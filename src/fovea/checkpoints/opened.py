@@ -2,8 +2,9 @@
 
 A layout (checkpoints/layouts.py registers them) says how to recognise its config.json (`detect`),
 how to read the model's config and tokenizer from it (`read`), where each weight comes from and
-under which fovea name (`sources`), and which files a fuser keeps beside its weights (`attach`).
-Loading (loader.py) and conversion (export.py) only ever call these four.
+under which fovea name (`sources`), which files a fuser keeps beside its weights (`attach`), and,
+for a layout fovea also writes, its `writer`. Loading (loader.py) and conversion (export.py) only
+ever call these.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class Layout:
     """(opened checkpoint, model skeleton) -> every weight file with its key map to fovea names."""
     attach: Callable[[Opened, object], None] = lambda opened, model: None
     """Give the model's fuser the files it keeps beside its weights (vMLLM's text tokenizer)."""
+    writer: Callable[[Opened], object] | None = None
+    """For layouts fovea also writes (``fovea convert --to export_as``): the opened source -> a writer
+    with ``rename(key)``, ``adjust(name, tensor)`` and ``finish(directory, model) -> notes``."""
+    export_as: str = ""
+    """The ``--to`` name of `writer`."""
 
 
 @dataclass
