@@ -232,6 +232,12 @@ def _add_serve(sub) -> None:
         "--max-tokens", type=int, default=1024, help="largest max_tokens accepted (default: %(default)s)"
     )
     p.add_argument(
+        "--max-tokens-default",
+        type=int,
+        help="a request without max_tokens gets what the context leaves after its prompt, at most "
+        "this many (default: --max-tokens)",
+    )
+    p.add_argument(
         "--max-body-mb", type=float, default=32, help="largest request body (default: %(default)s)"
     )
     p.add_argument(
@@ -257,6 +263,7 @@ def _run_serve(args) -> int:
         max_images=args.max_images,
         max_pixels=args.max_pixels,
         max_tokens=args.max_tokens,
+        default_max_tokens=args.max_tokens_default,
         allow_remote_images=args.allow_remote_images,
         private_image_hosts=args.allow_private_image_hosts,
         image_dir=Path(args.image_dir) if args.image_dir else None,
@@ -270,6 +277,9 @@ def _run_serve(args) -> int:
         template=template,
     )
     print(f"serving {config.name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C to stop)")
+    import logging
+
+    logging.getLogger("fovea.infer.server").setLevel(logging.INFO)  # one line per request
     if model.template_note(template):
         print(model.template_note(template))
     uvicorn.run(
@@ -289,8 +299,10 @@ def _check_serve_args(args) -> None:
 
     if not 1 <= args.port <= 65535:
         raise _user_error(f"--port {args.port}: expected a port number from 1 to 65535")
-    for flag in ("max_images", "max_pixels", "max_tokens", "max_body_mb", "max_batch"):
+    for flag in ("max_images", "max_pixels", "max_tokens", "max_body_mb", "max_batch", "max_tokens_default"):
         value = getattr(args, flag)
+        if value is None:  # optional flags not given
+            continue
         if not (value > 0 and math.isfinite(value)):  # NaN fails `> 0`; inf has no byte count
             raise _user_error(f"--{flag.replace('_', '-')} {value}: expected a positive number")
     if args.image_dir is not None and not Path(args.image_dir).is_dir():

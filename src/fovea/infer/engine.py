@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 class Request:
     messages: list[dict]
     images: list = field(default_factory=list)
-    max_tokens: int = 256
+    max_tokens: int | None = None
+    """None: what the context leaves after the prompt, capped by the engine's `default_max_tokens`."""
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
@@ -53,11 +54,14 @@ class Request:
     `cancelled` is set, ("cancelled", None): exactly one of the three ends every request."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set it (the server does when its client goes away) and the sequence leaves at the next step."""
+    submitted: float = 0.0
+    started: float | None = None
+    """`time.monotonic()` when the request was queued and when its prefill ended (queue time)."""
 
     @property
     def sampling(self) -> Sampling:
         return Sampling(
-            max_new_tokens=self.max_tokens,
+            max_new_tokens=self.max_tokens or 1,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -69,10 +73,19 @@ class Request:
 
 
 class Engine:
-    def __init__(self, model, max_batch: int = 16, max_wait: float = 0.01, continuous: bool = True):
+    def __init__(
+        self,
+        model,
+        max_batch: int = 16,
+        max_wait: float = 0.01,
+        continuous: bool = True,
+        default_max_tokens: int = 1024,
+    ):
         """`continuous=False` is static batching (a batch decodes to its end before the next one
-        starts): kept for comparison in benchmarks/serve_scheduling.py."""
+        starts): kept for comparison in benchmarks/serve_scheduling.py. `default_max_tokens` caps
+        the answer of a request that gives no max_tokens (it gets what the context leaves)."""
         self.model, self.max_batch, self.max_wait, self.continuous = model, max_batch, max_wait, continuous
+        self.default_max_tokens = default_max_tokens
         self.queue: queue.Queue[Request] = queue.Queue()
         self.trace: list[float] | None = None
         """Set to a list to record the time of every token step (benchmarks)."""
@@ -85,6 +98,7 @@ class Engine:
         self._worker.start()
 
     def submit(self, request: Request) -> None:
+        request.submitted = time.monotonic()
         self.queue.put(request)
 
     def close(self, timeout: float = 60.0) -> None:
@@ -128,6 +142,9 @@ class Engine:
         if not ready:
             return
         for group in _prefill_groups(self.model, ready):
+            now = time.monotonic()
+            for seq in group.sequences:
+                seq.owner.started = now
             if self.running is None:
                 self.running = group
             else:
@@ -158,6 +175,12 @@ class Engine:
             self._check_length(request)
             prepared = self.model.prepare_chat(request.messages, request.images, request.template)
             length = int(prepared["attention_mask"].sum())
+            if request.max_tokens is None:  # what the context leaves, as vLLM does (capped)
+                request.max_tokens = min(self.context - length, self.default_max_tokens)
+                if request.max_tokens < 1:
+                    raise ContextLengthError(
+                        f"the prompt is {length} tokens: it fills the model's context of {self.context}"
+                    )
             if length + request.max_tokens > self.context:
                 raise ContextLengthError(
                     f"the prompt is {length} tokens and max_tokens is {request.max_tokens}: "
@@ -175,7 +198,7 @@ class Engine:
         """Refuse a prompt that cannot fit before tokenising it: a token is at most the longest
         vocabulary entry in bytes, so the bytes bound the token count from below."""
         size = sum(len(m["content"].encode("utf-8", "replace")) for m in request.messages)
-        if size // self._token_bytes + request.max_tokens > self.context:
+        if size // self._token_bytes + (request.max_tokens or 1) > self.context:
             raise ContextLengthError(
                 f"the prompt is at least {size // self._token_bytes} tokens ({size} bytes) and max_tokens "
                 f"is {request.max_tokens}: over the model's context of {self.context}"

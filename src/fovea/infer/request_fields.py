@@ -106,8 +106,9 @@ def sampling(body: dict, limits: Limits) -> dict:
     }
 
 
-def _max_tokens(body: dict, limits: Limits) -> int:
-    """max_completion_tokens is OpenAI's new name for max_tokens; both may come, if they agree."""
+def _max_tokens(body: dict, limits: Limits) -> int | None:
+    """max_completion_tokens is OpenAI's new name for max_tokens; both may come, if they agree.
+    Neither: None, which the engine reads as what the context leaves after the prompt (capped)."""
     given = {}
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
@@ -120,7 +121,7 @@ def _max_tokens(body: dict, limits: Limits) -> int:
         given[name] = value
     if len(set(given.values())) > 1:
         raise ApiError(400, "max_tokens and max_completion_tokens differ: give one", "max_completion_tokens")
-    return next(iter(given.values()), min(256, limits.max_tokens))
+    return next(iter(given.values()), None)
 
 
 def _number(body: dict, name: str, default: float, expected: str, fits) -> float:

@@ -47,6 +47,9 @@ class Limits:
     max_images: int = 8
     max_pixels: int = 16_000_000
     max_tokens: int = 1024
+    default_max_tokens: int | None = None
+    """A request without max_tokens gets what the context leaves after its prompt, capped by this
+    (None: by `max_tokens`), as vLLM does."""
     max_image_bytes: int = 20 * 1024 * 1024
     allow_remote_images: bool = False
     private_image_hosts: bool = False

@@ -8,8 +8,11 @@ accepting, in-flight requests finish, then the engine stops.
 
 Only JSON bodies are read (415 otherwise): a web page can post a form to a local server without
 a CORS preflight, but not JSON. Images are decoded in a worker thread, so the event loop keeps
-answering `/health` and streaming to others. A client that goes away cancels its request: the
-engine drops the sequence at its next step instead of decoding for nobody.
+answering `/health` and streaming to others. A client that goes away, streaming or not, cancels
+its request: the engine drops the sequence at its next step instead of decoding for nobody. A
+request without max_tokens gets what the context leaves (capped), as vLLM does. Every request ends
+with one log line. There is no /docs page (it loads scripts from a CDN); the schema is behind the
+API key.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -31,6 +35,8 @@ from .budget import PixelBudget
 from .engine import Engine, Request
 from .request_fields import Options, request_options
 from .requests import ApiError, Limits, parse_messages
+
+logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 """How often a request waiting for its next event asks whether its client is still there."""
@@ -51,7 +57,8 @@ class ServeConfig:
 
 
 def create_app(model, config: ServeConfig) -> FastAPI:
-    engine = Engine(model, max_batch=config.max_batch, max_wait=config.max_wait)
+    default = config.limits.default_max_tokens or config.limits.max_tokens
+    engine = Engine(model, max_batch=config.max_batch, max_wait=config.max_wait, default_max_tokens=default)
     budget = PixelBudget(config.max_inflight_pixels)
 
     @asynccontextmanager
@@ -59,7 +66,8 @@ def create_app(model, config: ServeConfig) -> FastAPI:
         yield
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
 
-    app = FastAPI(title="fovea", lifespan=lifespan)
+    # no /docs or /redoc: their pages load scripts from a CDN; the schema is behind the API key
+    app = FastAPI(title="fovea", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.budget = engine, budget
 
     def fail(err: ApiError) -> JSONResponse:
@@ -68,6 +76,16 @@ def create_app(model, config: ServeConfig) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "queued": engine.queue.qsize()}
+
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # load balancers' probe
+
+    @app.get("/openapi.json")
+    async def schema(request: HttpRequest):
+        try:
+            _authorise(request, config)
+        except ApiError as err:
+            return fail(err)
+        return app.openapi()
 
     @app.get("/v1/models")
     async def models(request: HttpRequest):
@@ -89,34 +107,74 @@ def create_app(model, config: ServeConfig) -> FastAPI:
 
 async def _chat_completion(http_request, config: ServeConfig, engine: Engine, budget: PixelBudget):
     """One /v1/chat/completions request: check it, queue it, answer (JSON or an SSE stream)."""
+    rid, first_text, start = f"chatcmpl-{uuid.uuid4().hex[:24]}", [], time.monotonic()
     try:
         messages, images, options = await _checked(http_request, config)
         pixels = sum(image.width * image.height for image in images)
         await budget.acquire(pixels)  # given back when the engine ends the request, however it ends
     except ApiError as err:
+        logger.info(
+            "request id=%s status=%d refused=%s total_s=%.3f",
+            rid,
+            err.status,
+            err.code,
+            time.monotonic() - start,
+        )
         return JSONResponse(err.body(), status_code=err.status)
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
     def emit(kind: str, value) -> None:  # called from the engine's thread
+        if kind == "text" and not first_text:
+            first_text.append(time.monotonic())
         if kind in ("done", "error", "cancelled"):
             loop.call_soon_threadsafe(lambda: loop.create_task(budget.release(pixels)))
+            _log_request(rid, request, kind, value, len(images), first_text)
         loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
     request = Request(messages, images, **options.sampling, template=config.template, emit=emit)
     engine.submit(request)
+    # until the reply starts, a client that goes away cancels its request at the next decode step
+    watcher = asyncio.create_task(_cancel_on_disconnect(http_request, request))
     try:
         first = await _next_event(events, http_request, request)  # decides between a 4xx and a reply
         if first[0] == "error":
             err = _as_api_error(first[1])
             return JSONResponse(err.body(), status_code=err.status)
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": config.name}
-        if options.stream:
+        meta = {"id": rid, "created": int(time.time()), "model": config.name}
+        if options.stream:  # Starlette watches a stream's client itself (see `_sse`)
+            watcher.cancel()
             stream = _sse(first, events, meta, request, options.include_usage)
             return StreamingResponse(stream, media_type="text/event-stream")
         return await _complete(first, events, meta, http_request, request)
     except _ClientGone:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    finally:
+        watcher.cancel()
+
+
+def _log_request(rid: str, request: Request, kind: str, value, images: int, first_text: list) -> None:
+    """One line per request: id, status, tokens, images, queue time, time to first token, total."""
+    now, start = time.monotonic(), request.submitted
+    status = {"done": 200, "cancelled": 499}.get(kind) or _as_api_error(value).status
+    prompt = value.prompt_tokens if kind == "done" else 0
+    output = value.completion_tokens if kind == "done" else 0
+    queue = f"{request.started - start:.3f}" if request.started else "-"
+    ttft = f"{first_text[0] - start:.3f}" if first_text else "-"
+    logger.info(
+        "request id=%s status=%d prompt_tokens=%d output_tokens=%d images=%d queue_s=%s ttft_s=%s total_s=%.3f",
+        rid, status, prompt, output, images, queue, ttft, now - start,
+    )  # fmt: skip
+
+
+async def _cancel_on_disconnect(http_request, request: Request) -> None:
+    """Wait for the client's disconnect (the body is read, so nothing else arrives before it) and
+    cancel its request: the engine drops the sequence at its next step."""
+    while True:
+        message = await http_request.receive()
+        if message["type"] == "http.disconnect":
+            request.cancelled.set()
+            return
 
 
 async def _checked(http_request, config: ServeConfig) -> tuple[list[dict], list, Options]:
@@ -171,6 +229,8 @@ async def _json_body(request, limit: int) -> dict:
         body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"malformed JSON body ({err})", None, "invalid_json") from None
+    except RecursionError:  # Python's parser recurses per level: thousands of [ or { overflow it
+        raise ApiError(400, "the JSON body is nested too deeply", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the JSON body must be an object", None, "invalid_json")
     return body
@@ -194,7 +254,10 @@ async def _next_event(events: asyncio.Queue, http_request, request: Request) -> 
     """The engine's next event for `request`; cancels it and raises _ClientGone if the client left."""
     while True:
         try:
-            return await asyncio.wait_for(events.get(), POLL_SECONDS)
+            event = await asyncio.wait_for(events.get(), POLL_SECONDS)
+            if event[0] == "cancelled":
+                raise _ClientGone
+            return event
         # asyncio's own TimeoutError (the builtin only from 3.11); Queue.get loses no item to it
         except asyncio.TimeoutError:
             if await http_request.is_disconnected():
