@@ -79,24 +79,24 @@ def create_app(model, config: ServeConfig) -> FastAPI:
 
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # load balancers' probe
 
-    @app.get("/openapi.json")
-    async def schema(request: HttpRequest):
-        try:
-            _authorise(request, config)
-        except ApiError as err:
-            return fail(err)
-        return app.openapi()
+    def keyed(answer):
+        """A GET endpoint that answers `answer()` to a client with the API key, a 401 otherwise."""
 
-    @app.get("/v1/models")
-    async def models(request: HttpRequest):
-        try:
-            _authorise(request, config)
-        except ApiError as err:
-            return fail(err)
-        return {
-            "object": "list",
-            "data": [{"id": config.name, "object": "model", "created": 0, "owned_by": "fovea"}],
-        }
+        async def endpoint(request: HttpRequest):
+            try:
+                _authorise(request, config)
+            except ApiError as err:
+                return fail(err)
+            return answer()
+
+        return endpoint
+
+    app.add_api_route("/openapi.json", keyed(app.openapi), methods=["GET"], include_in_schema=False)
+    models = {
+        "object": "list",
+        "data": [{"id": config.name, "object": "model", "created": 0, "owned_by": "fovea"}],
+    }
+    app.add_api_route("/v1/models", keyed(lambda: models), methods=["GET"])
 
     @app.post("/v1/chat/completions")
     async def completions(http_request: HttpRequest):
