@@ -190,3 +190,54 @@ def test_one_log_line_per_request(server, caplog):
         assert field in done, done
     assert "status=400" in refused and "id=chatcmpl-" in refused
     connection.close()
+
+
+def test_sigterm_drains_then_ends_each_answer_cleanly_and_exits(tmp_path, monkeypatch):
+    """5 long answers in flight (streamed and not): on SIGTERM every client gets a whole answer or a
+    clean error (an SSE error event then [DONE], or a JSON 503), a new request gets a 503 at once,
+    and the server is gone within the drain timeout plus 10 s."""
+    import signal
+
+    from fovea.infer.server import make_server
+
+    model = fovea.load(tiny_vlm().save_pretrained(tmp_path / "model"))
+    model.config.max_length = 3200
+    monkeypatch.setattr(model, "stop_token_ids", lambda template="default": [])  # every answer is long
+    server = make_server(model, ServeConfig(name="tiny", limits=Limits(max_tokens=LONG)), "127.0.0.1", 0, 1.0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    outcomes: dict[int, tuple] = {}
+
+    def client(i: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        body = _body(max_tokens=LONG if i < 4 else 3, stream=i % 2 == 1)
+        connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        outcomes[i] = (response.status, response.read().decode())
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(5)]
+    for c in clients:
+        c.start()
+    time.sleep(1.0)  # all are decoding; the short one has finished
+    start = time.monotonic()
+    server.handle_exit(signal.SIGTERM, None)
+    late = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:  # a request after the signal: refused at once (or the listener is already closed)
+        refused = _post(late, _body(max_tokens=2))
+        assert refused[0] == 503 and refused[1]["error"]["code"] == "server_shutting_down"
+    except (ConnectionError, OSError):
+        pass
+    for c in clients:
+        c.join(timeout=20)
+    thread.join(timeout=20)
+    assert not thread.is_alive() and time.monotonic() - start < 1.0 + 10
+    for i, (status, text) in outcomes.items():
+        if i == 4:  # finished before the signal: a whole answer
+            assert status == 200 and json.loads(text)["usage"]["completion_tokens"] == 3
+        elif i % 2:  # streamed: its chunks, then an error event, then [DONE]
+            assert status == 200 and "server_shutting_down" in text and text.rstrip().endswith("data: [DONE]")
+        else:
+            assert status == 503 and json.loads(text)["error"]["code"] == "server_shutting_down"

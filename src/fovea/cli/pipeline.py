@@ -241,6 +241,13 @@ def _add_serve(sub) -> None:
         "--max-body-mb", type=float, default=32, help="largest request body (default: %(default)s)"
     )
     p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM or Ctrl-C, seconds the answers in flight have to finish before each ends "
+        "with a clean error (new requests get a 503 at once) (default: %(default)s)",
+    )
+    p.add_argument(
         "--max-batch", type=int, default=16, help="requests decoded together (default: %(default)s)"
     )
     p.add_argument("--device", default="cpu")
@@ -250,11 +257,11 @@ def _add_serve(sub) -> None:
 def _run_serve(args) -> int:
     from pathlib import Path
 
-    import uvicorn
+    import uvicorn  # noqa: F401  (the [serve] extra, asked for before the model loads)
 
     from ..checkpoints import load
     from ..infer.requests import Limits
-    from ..infer.server import ServeConfig, create_app
+    from ..infer.server import ServeConfig, make_server
 
     _check_serve_args(args)
     model = load(args.model, device=args.device)
@@ -282,13 +289,7 @@ def _run_serve(args) -> int:
     logging.getLogger("fovea.infer.server").setLevel(logging.INFO)  # one line per request
     if model.template_note(template):
         print(model.template_note(template))
-    uvicorn.run(
-        create_app(model, config),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-    )
+    make_server(model, config, args.host, args.port, args.drain_timeout).run()
     return 0
 
 
@@ -299,7 +300,16 @@ def _check_serve_args(args) -> None:
 
     if not 1 <= args.port <= 65535:
         raise _user_error(f"--port {args.port}: expected a port number from 1 to 65535")
-    for flag in ("max_images", "max_pixels", "max_tokens", "max_body_mb", "max_batch", "max_tokens_default"):
+    flags = (
+        "max_images",
+        "max_pixels",
+        "max_tokens",
+        "max_body_mb",
+        "max_batch",
+        "max_tokens_default",
+        "drain_timeout",
+    )
+    for flag in flags:
         value = getattr(args, flag)
         if value is None:  # optional flags not given
             continue

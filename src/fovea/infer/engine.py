@@ -94,12 +94,28 @@ class Engine:
         self.context = _context_length(model)
         self._token_bytes = max((len(t.encode()) for t in model.tokenizer.get_vocab()), default=1)
         self._stop = threading.Event()
+        self.refusal: Exception | None = None
+        """Set by `drain`: what a request submitted from then on is answered with."""
+        self._abort: Exception | None = None
         self._worker = threading.Thread(target=self._loop, name="fovea-engine", daemon=True)
         self._worker.start()
 
     def submit(self, request: Request) -> None:
         request.submitted = time.monotonic()
+        if self.refusal is not None:  # draining: no new work
+            request.emit("error", self.refusal)
+            return
         self.queue.put(request)
+
+    def drain(self, refusal: Exception) -> None:
+        """Accept nothing new (each new request is answered with `refusal`); what runs goes on."""
+        self.refusal = refusal
+
+    def abort(self, err: Exception) -> None:
+        """End every queued and running request with `err` at the worker's next turn (no step
+        after it), e.g. when a drain runs out of time."""
+        self.refusal = self.refusal or err
+        self._abort = err
 
     def close(self, timeout: float = 60.0) -> None:
         """Finish what is queued and running, then stop the worker."""
@@ -122,6 +138,9 @@ class Engine:
                 self.busy.clear()
 
     def _turn(self) -> None:
+        if self._abort is not None:
+            self._fail_all(self._abort)
+            return
         self._admit()
         if self.running is None:
             return
@@ -129,6 +148,17 @@ class Engine:
         self._retire()
         if self.running is not None:
             self.running.step(self.model, [tokens[id(seq)] for seq in self.running.sequences])
+
+    def _fail_all(self, err: Exception) -> None:
+        for seq in self.running.sequences if self.running else []:
+            seq.owner.emit("error", err)
+        self.running = None
+        while True:
+            try:
+                self.queue.get_nowait().emit("error", err)
+            except queue.Empty:
+                break
+        time.sleep(0.01)  # nothing left to decode: idle until stopped
 
     # -- admit -------------------------------------------------------------------------------
 

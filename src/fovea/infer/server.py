@@ -3,8 +3,9 @@
 
 Concurrent requests are batched together by the engine; streaming answers are Server-Sent
 Events in OpenAI's chunk format. Every bad request gets a 4xx with OpenAI's error body and the
-server keeps serving. It binds to 127.0.0.1 unless told otherwise; on shutdown uvicorn stops
-accepting, in-flight requests finish, then the engine stops.
+server keeps serving. It binds to 127.0.0.1 unless told otherwise; on SIGTERM or Ctrl-C it drains
+(`make_server`): nothing new is accepted, answers in flight have a timeout to finish, then each one
+left ends with a clean error and the engine stops.
 
 Only JSON bodies are read (415 otherwise): a web page can post a form to a local server without
 a CORS preflight, but not JSON. Images are decoded in a worker thread, so the event loop keeps
@@ -21,6 +22,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -103,6 +105,51 @@ def create_app(model, config: ServeConfig) -> FastAPI:
         return await _chat_completion(http_request, config, engine, budget)
 
     return app
+
+
+def shutting_down() -> ApiError:
+    return ApiError(
+        503,
+        "the server is shutting down; send the request again elsewhere",
+        None,
+        "server_shutting_down",
+        "server_error",
+    )
+
+
+def make_server(model, config: ServeConfig, host: str, port: int, drain_timeout: float = 30.0):
+    """uvicorn's server for `create_app`, draining on SIGTERM or Ctrl-C (see `DrainingServer`)."""
+    import uvicorn
+
+    app = create_app(model, config)
+    settings = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=drain_timeout + 5
+    )
+    return _draining_server_class()(settings, app.state.engine, drain_timeout)
+
+
+def _draining_server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """On the first SIGTERM or Ctrl-C: stop accepting, answer every new request with a 503, let the
+        answers in flight finish for `drain_timeout` seconds, then end each one left with a clean error
+        (an SSE error event and ``[DONE]``, or a JSON 503); the engine does no step after that."""
+
+        def __init__(self, settings, engine: Engine, drain_timeout: float):
+            super().__init__(settings)
+            self.engine, self.drain_timeout, self.draining = engine, drain_timeout, False
+
+        def handle_exit(self, sig, frame) -> None:
+            if not self.draining:
+                self.draining = True
+                self.engine.drain(shutting_down())
+                timer = threading.Timer(self.drain_timeout, lambda: self.engine.abort(shutting_down()))
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer
 
 
 async def _chat_completion(http_request, config: ServeConfig, engine: Engine, budget: PixelBudget):
