@@ -68,18 +68,9 @@ def evaluate(
     failed: dict[str, str] = {}
     for spec in specs:
         try:
+            task_dir = out / spec.name
             generate_task(
-                model,
-                spec,
-                out / spec.name,
-                data_root,
-                batch_size,
-                limit,
-                hub,
-                rank,
-                world,
-                progress,
-                options,
+                model, spec, task_dir, data_root, batch_size, limit, hub, rank, world, progress, options
             )
         except DataError as err:  # no data, an unreadable file: this task fails, the others run
             failed[spec.name] = str(err)
@@ -87,14 +78,19 @@ def evaluate(
     barrier()
     if rank != 0:
         return {}
+    return _score_all(specs, out, judge, progress, model_name, failed)
+
+
+def _score_all(specs, out: Path, judge, progress: bool, model_name: str, failed: dict[str, str]) -> dict:
+    """Score every task's records; write results.json and results.md (main process only)."""
+    from .report import markdown
+
     results = {"model": model_name, "tasks": {}}
     for spec in specs:
         results["tasks"][spec.name] = score_task(spec, out / spec.name, judge, progress)
         if spec.name in failed:
             results["tasks"][spec.name]["failed"] = failed[spec.name]
     _write_json(out / "results.json", results)
-    from .report import markdown
-
     (out / "results.md").write_text(markdown([results]))
     return results
 
