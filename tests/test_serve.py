@@ -514,16 +514,16 @@ def test_health_answers_while_a_request_is_parsing(server, monkeypatch):
     import fovea.infer.server as serve
 
     url, _, _ = server
-    started, real = threading.Event(), serve.parse_messages
+    started, real = threading.Event(), serve.decode_images
 
-    def slow(raw, limits):  # a slow decode or fetch: blocking, as they are
+    def slow(sources, limits):  # a slow decode or fetch: blocking, as they are
         started.set()
         time.sleep(3)
-        return real(raw, limits)
+        return real(sources, limits)
 
-    monkeypatch.setattr(serve, "parse_messages", slow)
+    monkeypatch.setattr(serve, "decode_images", slow)
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_post, url, _msg("hi"))
+        pending = pool.submit(_post, url, _msg(_content("hi", _images(1))))
         assert started.wait(30)
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:  # the parse takes 3 s
             assert json.loads(response.read())["status"] == "ok"

@@ -241,3 +241,49 @@ def test_sigterm_drains_then_ends_each_answer_cleanly_and_exits(tmp_path, monkey
             assert status == 200 and "server_shutting_down" in text and text.rstrip().endswith("data: [DONE]")
         else:
             assert status == 503 and json.loads(text)["error"]["code"] == "server_shutting_down"
+
+
+def test_text_and_bad_requests_never_wait_behind_images(server, monkeypatch):
+    """8 requests whose images take 1.5 s each to decode fill the image pool; a text-only request
+    and a malformed one (role "tool") sent after them are answered before any image request is."""
+    import base64
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    import fovea.infer.server as serve
+
+    port, _, _ = server
+    real = serve.decode_images
+
+    def slow(sources, limits):  # a big image's decode: blocking, as it is
+        time.sleep(1.5)
+        return real(sources, limits)
+
+    monkeypatch.setattr(serve, "decode_images", slow)
+    png = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype("uint8")).save(png, "PNG")
+    image = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()},
+    }
+    with_image = [{"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]}]
+    finished: dict[str, float] = {}
+
+    def send(name: str, body: bytes) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        status, _ = _post(connection, body)
+        finished[name] = time.monotonic()
+        assert status in (200, 400), (name, status)
+
+    with ThreadPoolExecutor(10) as pool:
+        jobs = [pool.submit(send, f"image{i}", _body(max_tokens=2, messages=with_image)) for i in range(8)]
+        time.sleep(0.3)  # the image requests are decoding or queued for the pool
+        jobs.append(pool.submit(send, "text", _body(max_tokens=2)))
+        jobs.append(pool.submit(send, "tool", _body(messages=[{"role": "tool", "content": "x"}])))
+        for job in jobs:
+            job.result()
+    first_image = min(t for name, t in finished.items() if name.startswith("image"))
+    assert finished["text"] < first_image and finished["tool"] < first_image, finished

@@ -66,7 +66,8 @@ class Limits:
 
 @dataclass
 class _Parse:
-    """One request's parsing state: its limits, its images so far, its remote-fetch deadline."""
+    """One request's parsing state: its limits, its images so far (sources while checking), its
+    remote-fetch deadline (while decoding)."""
 
     limits: Limits
     deadline: float  # time.monotonic()
@@ -75,11 +76,26 @@ class _Parse:
 
 def parse_messages(raw: object, limits: Limits) -> tuple[list[dict], list]:
     """OpenAI messages -> (fovea messages with <image> tags, decoded images in order)."""
+    messages, sources = check_messages(raw, limits)
+    return messages, decode_images(sources, limits)
+
+
+def check_messages(raw: object, limits: Limits) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The messages checked without decoding or fetching anything: (fovea messages with <image>
+    tags, each image's (url, where) in order). Cheap, so the server runs it on its event loop and
+    a bad or text-only request never waits behind others' images."""
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
-    parse = _Parse(limits, time.monotonic() + limits.fetch_seconds)
+    parse = _Parse(limits, 0.0)
     messages = [_message(message, f"messages[{i}]", parse) for i, message in enumerate(raw)]
     return messages, parse.images
+
+
+def decode_images(sources: list[tuple[str, str]], limits: Limits) -> list:
+    """Each image of `check_messages` decoded (data URLs, files, remote fetches under one
+    deadline for the request, from now): blocking work, for a worker thread."""
+    parse = _Parse(limits, time.monotonic() + limits.fetch_seconds)
+    return [_image(url, where, parse) for url, where in sources]
 
 
 def _message(message: object, where: str, parse: _Parse) -> dict:
@@ -130,7 +146,7 @@ def _part(part: object, where: str, parse: _Parse) -> str:
                 where,
                 "too_many_images",
             )
-        parse.images.append(_image(url, where, parse))
+        parse.images.append((url, where))  # decoded later, off the event loop (`decode_images`)
         return "<image>\n"
     raise ApiError(400, f"{where}: unsupported content part (text or image_url)", where)
 

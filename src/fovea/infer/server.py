@@ -8,8 +8,9 @@ server keeps serving. It binds to 127.0.0.1 unless told otherwise; on SIGTERM or
 left ends with a clean error and the engine stops.
 
 Only JSON bodies are read (415 otherwise): a web page can post a form to a local server without
-a CORS preflight, but not JSON. Images are decoded in a worker thread, so the event loop keeps
-answering `/health` and streaming to others. A client that goes away, streaming or not, cancels
+a CORS preflight, but not JSON. Messages are checked on the event loop (cheap) and images are
+decoded in a pool of their own, so `/health`, text-only requests and refusals never wait behind
+others' images. A client that goes away, streaming or not, cancels
 its request: the engine drops the sequence at its next step instead of decoding for nobody. A
 request without max_tokens gets what the context leaves (capped), as vLLM does. Every request ends
 with one log line. There is no /docs page (it loads scripts from a CDN); the schema is behind the
@@ -25,6 +26,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -36,7 +38,7 @@ from ..errors import ContextLengthError, FoveaError
 from .budget import PixelBudget
 from .engine import Engine, Request
 from .request_fields import Options, request_options
-from .requests import ApiError, Limits, parse_messages
+from .requests import ApiError, Limits, check_messages, decode_images
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +58,22 @@ class ServeConfig:
     """Chat template for every request (``"default"``: the model's own, see ``model.chat_format``)."""
     max_inflight_pixels: int = 256_000_000
     """Image pixels held by all requests in flight together (see `PixelBudget`)."""
+    image_workers: int = 2
+    """Threads that decode (and fetch) images, apart from everything else: a request's images queue
+    there, and text-only or malformed requests never wait behind them."""
 
 
 def create_app(model, config: ServeConfig) -> FastAPI:
     default = config.limits.default_max_tokens or config.limits.max_tokens
     engine = Engine(model, max_batch=config.max_batch, max_wait=config.max_wait, default_max_tokens=default)
     budget = PixelBudget(config.max_inflight_pixels)
+    images = ThreadPoolExecutor(config.image_workers, thread_name_prefix="fovea-images")
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
+        images.shutdown(wait=False, cancel_futures=True)
 
     # no /docs or /redoc: their pages load scripts from a CDN; the schema is behind the API key
     app = FastAPI(title="fovea", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -102,7 +109,7 @@ def create_app(model, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def completions(http_request: HttpRequest):
-        return await _chat_completion(http_request, config, engine, budget)
+        return await _chat_completion(http_request, config, engine, budget, images)
 
     return app
 
@@ -152,11 +159,11 @@ def _draining_server_class():
     return DrainingServer
 
 
-async def _chat_completion(http_request, config: ServeConfig, engine: Engine, budget: PixelBudget):
+async def _chat_completion(http_request, config: ServeConfig, engine: Engine, budget: PixelBudget, pool):
     """One /v1/chat/completions request: check it, queue it, answer (JSON or an SSE stream)."""
     rid, first_text, start = f"chatcmpl-{uuid.uuid4().hex[:24]}", [], time.monotonic()
     try:
-        messages, images, options = await _checked(http_request, config)
+        messages, images, options = await _checked(http_request, config, pool)
         pixels = sum(image.width * image.height for image in images)
         await budget.acquire(pixels)  # given back when the engine ends the request, however it ends
     except ApiError as err:
@@ -224,7 +231,7 @@ async def _cancel_on_disconnect(http_request, request: Request) -> None:
             return
 
 
-async def _checked(http_request, config: ServeConfig) -> tuple[list[dict], list, Options]:
+async def _checked(http_request, config: ServeConfig, pool) -> tuple[list[dict], list, Options]:
     """Everything about a request that can be wrong, cheapest check first."""
     _authorise(http_request, config)
     body = await _json_body(http_request, config.max_body_bytes)
@@ -236,8 +243,11 @@ async def _checked(http_request, config: ServeConfig) -> tuple[list[dict], list,
             404, f"model {model!r} not found; this server has {config.name!r}", "model", "model_not_found"
         )
     options = request_options(body, config.limits)
-    # decoding images (and fetching remote ones) blocks: off the event loop, which serves others
-    messages, images = await asyncio.to_thread(parse_messages, body.get("messages"), config.limits)
+    messages, sources = check_messages(body.get("messages"), config.limits)  # cheap: on the loop
+    # decoding images (and fetching remote ones) blocks: in the image pool, apart from everything else
+    if not sources:
+        return messages, [], options
+    images = await asyncio.get_running_loop().run_in_executor(pool, decode_images, sources, config.limits)
     return messages, images, options
 
 
