@@ -166,7 +166,10 @@ def image_spec(raw: dict, defaults: dict, where: Path) -> tuple[ImageConfig, str
     return image, merge
 
 
-def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | None = None):
+def read_config(
+    directory: Path, raw: dict, tokenizer, tower_override: str | None = None, lm: dict | None = None
+):
+    """fovea's config for an original checkpoint; `lm`: its `read_lm` fields when already read."""
     from ..model.config import VLMConfig
 
     where = directory / "config.json"
@@ -183,7 +186,7 @@ def read_config(directory: Path, raw: dict, tokenizer, tower_override: str | Non
     token_id = IMAGE_TOKEN_INDEX
     if tokenizer is not None and "<image>" in tokenizer.get_vocab():
         token_id = tokenizer.convert_tokens_to_ids("<image>")
-    lm = read_lm(directory, raw)
+    lm = lm if lm is not None else read_lm(directory, raw)
     template, origin = infer_template(raw, lm["model_type"], tokenizer)
     return VLMConfig(
         tower=tower,
@@ -358,9 +361,11 @@ def _tower_prefix_map(model_keys: set[str], tower_layers: int) -> KeyMap:
 
 
 def _read(directory: Path, raw: dict, base: str | None, tower: str | None):
-    lm = lm_config(directory, read_lm(directory, raw))
-    tokenizer = load_tokenizer(directory, lm, fallback=base or raw.get("_name_or_path"))
-    return read_config(directory, raw, tokenizer, tower), tokenizer
+    fields = read_lm(directory, raw)  # read once: the tokenizer is given the LM's config too
+    tokenizer = load_tokenizer(
+        directory, lm_config(directory, fields), fallback=base or raw.get("_name_or_path")
+    )
+    return read_config(directory, raw, tokenizer, tower, fields), tokenizer
 
 
 def _sources(opened: Opened, model) -> list[Source]:
