@@ -7,6 +7,9 @@ aggregate completion tokens/s of each phase and their ratio, and the server proc
 each of several concurrent rounds (memory must level off, not creep).
 
     python benchmarks/serve_load.py [--requests 64] [--max-tokens 32]
+
+`--scenario burst` runs the big-image burst instead (text latency during it, memory against the
+pixel budget): see `serve_burst.py`, which takes the same run on its own with all its options.
 """
 
 from __future__ import annotations
@@ -15,15 +18,14 @@ import argparse
 import base64
 import io
 import statistics
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
-import psutil
 from PIL import Image
+
+from serving import served
 
 from common import table
 
@@ -69,67 +71,19 @@ def _phase(url: str, clients: int, requests: int, max_tokens: int) -> tuple[floa
     return tokens / (time.perf_counter() - start), tokens, failures
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(requests: int, max_tokens: int, rounds: int) -> str:
-    import subprocess
-    import sys
-    import urllib.request
-
-    from fovea.tiny import tiny_vlm
-
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = tiny_vlm().save_pretrained(Path(tmp) / "tiny")
-        port = _free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "fovea.cli", "serve", "--model", str(checkpoint), "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(600):  # wait (bounded) for the server to come up
-                try:
-                    urllib.request.urlopen(f"{url}/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            process = psutil.Process(server.pid)
-            _phase(url, 1, 4, max_tokens)  # warm-up
-            single = _phase(url, 1, requests, max_tokens)
-            rows = [
-                [
-                    "1 client",
-                    requests,
-                    single[2],
-                    single[1],
-                    f"{single[0]:.0f}",
-                    f"{process.memory_info().rss / 2**20:.0f}",
-                ]
-            ]
-            ratios = []
-            for round_ in range(rounds):
-                many = _phase(url, 16, requests, max_tokens)
-                ratios.append(many[0] / single[0])
-                rows.append(
-                    [
-                        f"16 clients, round {round_ + 1}",
-                        requests,
-                        many[2],
-                        many[1],
-                        f"{many[0]:.0f}",
-                        f"{process.memory_info().rss / 2**20:.0f}",
-                    ]
-                )
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with served() as (url, process):
+        _phase(url, 1, 4, max_tokens)  # warm-up
+        single = _phase(url, 1, requests, max_tokens)
+        rss = lambda: f"{process.memory_info().rss / 2**20:.0f}"  # noqa: E731
+        rows = [["1 client", requests, single[2], single[1], f"{single[0]:.0f}", rss()]]
+        ratios = []
+        for round_ in range(rounds):
+            many = _phase(url, 16, requests, max_tokens)
+            ratios.append(many[0] / single[0])
+            rows.append(
+                [f"16 clients, round {round_ + 1}", requests, many[2], many[1], f"{many[0]:.0f}", rss()]
+            )
     head = ["phase", "requests", "failed", "completion tokens", "aggregate tokens/s", "server RSS after, MiB"]
     return (
         table(head, rows)
@@ -141,8 +95,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--scenario", choices=["throughput", "burst"], default="throughput")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="concurrent rounds (memory must level off)")
     args = parser.parse_args()
-    print(run(args.requests, args.max_tokens, args.rounds))
+    if args.scenario == "burst":
+        import serve_burst
+
+        print(serve_burst.run(burst=8, images=8, budget_mpixels=256, settle=5.0))
+    else:
+        print(run(args.requests, args.max_tokens, args.rounds))

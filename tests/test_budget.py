@@ -39,3 +39,105 @@ def test_no_room_in_time_is_a_429(max_waiting, timeout):
         assert budget.used == 100 and budget.waiting == 0
 
     asyncio.run(scenario())
+
+
+# --- the image stage: admitted by pixel budget before anything is decoded -------------------
+
+
+def _png_url(width: int, height: int) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 60)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class _Recorder:
+    """Stands in for `decode_images`: records the pixels being decoded at once (the peak) and how
+    many decodes ran; each image over 100 pixels takes `seconds`."""
+
+    def __init__(self, seconds: float):
+        import threading
+
+        self.seconds, self.now, self.peak, self.calls = seconds, 0, 0, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, opened, limits):
+        import time
+
+        from fovea.infer.requests import decode_images
+
+        pixels = sum(image.width * image.height for _, image in opened)
+        with self._lock:
+            self.now += pixels
+            self.peak, self.calls = max(self.peak, self.now), self.calls + 1
+        time.sleep(self.seconds if pixels > 100 else 0)
+        try:
+            return decode_images(opened, limits)
+        finally:
+            with self._lock:
+                self.now -= pixels
+
+
+def _stage(monkeypatch, budget: int, small: int, seconds: float = 0.05):
+    import fovea.infer.images as images
+    from fovea.infer.requests import Limits
+
+    recorder = _Recorder(seconds)
+    monkeypatch.setattr(images, "decode_images", recorder)
+    return images.ImageStage(
+        lambda decoded: decoded, Limits(), budget, workers=4, small_pixels=small
+    ), recorder
+
+
+def test_decoded_pixels_never_pass_the_budget(monkeypatch):
+    """Six requests of two 20x20 images (800 pixels each) against a budget of 2,000: at most two
+    requests decode at once, whatever the four decode threads could take."""
+    stage, recorder = _stage(monkeypatch, budget=2000, small=0)
+    sources = [(_png_url(20, 20), f"image{i}") for i in range(2)]
+
+    async def scenario():
+        return await asyncio.gather(*(stage.prepare(sources) for _ in range(6)))
+
+    results = asyncio.run(scenario())
+    stage.close()
+    assert [len(r) for r in results] == [2] * 6 and recorder.calls == 12
+    assert recorder.peak == 1600 and stage.budget.used == 0
+
+
+def test_a_small_image_passes_while_big_ones_hold_the_budget(monkeypatch):
+    """Big requests may fill the budget up to its reserve for small ones: a 10x10 request goes
+    through at once, while the next big one waits."""
+    stage, recorder = _stage(monkeypatch, budget=1000, small=100, seconds=1.0)
+    big, small = [(_png_url(30, 30), "big")], [(_png_url(10, 10), "small")]
+
+    async def scenario():
+        first = asyncio.create_task(stage.prepare(big))
+        await asyncio.sleep(0.3)  # it holds 900 of 1000 pixels, decoding for a second
+        second = asyncio.create_task(stage.prepare(big))
+        await asyncio.wait_for(stage.prepare(small), 0.6)  # no wait for the big ones
+        assert not first.done() and stage.budget.waiting == 1
+        await asyncio.gather(first, second)
+
+    asyncio.run(scenario())
+    stage.close()
+    assert stage.budget.used == 0 and recorder.calls == 3
+
+
+def test_a_cancelled_request_gives_its_pixels_back_once_its_decode_ends(monkeypatch):
+    stage, recorder = _stage(monkeypatch, budget=1000, small=0, seconds=0.5)
+
+    async def scenario():
+        task = asyncio.create_task(stage.prepare([(_png_url(20, 20), "image")]))
+        await asyncio.sleep(0.2)
+        task.cancel()  # the client left while its image was decoding
+        await asyncio.sleep(0.05)
+        assert stage.budget.used == 400  # still decoding in its thread: still counted
+        await asyncio.sleep(0.6)
+        assert stage.budget.used == 0 and recorder.now == 0
+
+    asyncio.run(scenario())
+    stage.close()

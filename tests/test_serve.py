@@ -261,6 +261,8 @@ def test_sigterm_finishes_in_flight_requests(tmp_path):
         (["--max-body-mb", "nan"], "--max-body-mb nan: expected a positive number"),
         (["--max-body-mb", "inf"], "--max-body-mb inf: expected a positive number"),
         (["--max-batch", "0"], "--max-batch 0: expected a positive number"),
+        (["--max-inflight-mpixels", "-1"], "--max-inflight-mpixels -1.0: expected a positive number"),
+        (["--image-workers", "0"], "--image-workers 0: expected a positive number"),
         (["--image-dir", "/nonexistent"], "--image-dir /nonexistent: no such directory"),
         (["--image-dir", __file__], f"--image-dir {__file__}: not a directory"),
     ],
@@ -511,7 +513,7 @@ def test_bad_image_paths_are_4xx_never_500(server, path):
 
 
 def test_health_answers_while_a_request_is_parsing(server, monkeypatch):
-    import fovea.infer.server as serve
+    import fovea.infer.images as serve
 
     url, _, _ = server
     started, real = threading.Event(), serve.decode_images
@@ -622,6 +624,6 @@ def test_every_request_gives_its_pixels_back(server):
         _post(url, {**_msg(_content("x", images)), "max_tokens": 64, "template": "nope"}).status_code == 400
     )
     deadline = time.monotonic() + 10
-    while app.state.budget.used and time.monotonic() < deadline:
+    while app.state.images.budget.used and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert app.state.budget.used == 0
+    assert app.state.images.budget.used == 0

@@ -241,6 +241,19 @@ def _add_serve(sub) -> None:
         "--max-body-mb", type=float, default=32, help="largest request body (default: %(default)s)"
     )
     p.add_argument(
+        "--max-inflight-mpixels",
+        type=float,
+        default=256,
+        help="megapixels of decoded images held by all requests together; one that does not fit waits "
+        "its turn, and a full queue is a 429 (default: %(default)s: about 1 GiB, as Pillow holds 4 bytes a pixel)",
+    )
+    p.add_argument(
+        "--image-workers",
+        type=int,
+        default=2,
+        help="threads that fetch, decode and tile images, apart from text requests (default: %(default)s)",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -282,6 +295,8 @@ def _run_serve(args) -> int:
         limits=limits,
         max_batch=args.max_batch,
         template=template,
+        max_inflight_pixels=int(args.max_inflight_mpixels * 1e6),
+        image_workers=args.image_workers,
     )
     print(f"serving {config.name!r} on http://{args.host}:{args.port}/v1 (Ctrl-C to stop)")
     import logging
@@ -308,6 +323,8 @@ def _check_serve_args(args) -> None:
         "max_batch",
         "max_tokens_default",
         "drain_timeout",
+        "max_inflight_mpixels",
+        "image_workers",
     )
     for flag in flags:
         value = getattr(args, flag)

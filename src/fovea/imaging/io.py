@@ -40,16 +40,22 @@ def describe(source: ImageSource) -> str:
     return getattr(source, "filename", "") or "<PIL image>"
 
 
+def open_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """`source` opened and checked without decoding: its size and format are known (from the
+    header), its pixels not yet read, so what it will cost is known before paying it. `load_image`
+    decodes it. Raises ImageError naming it."""
+    name = describe(source)
+    image = source if isinstance(source, Image.Image) else _open(source, name)
+    _check_pixels(image, name, max_pixels)
+    return image
+
+
 def load_image(
     source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, alpha: AlphaRule = "drop"
 ) -> Image.Image:
     """Open, check and decode `source` into an RGB PIL image; raise ImageError naming it."""
     name = describe(source)
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        image = _open(source, name)
-    _check_pixels(image, name, max_pixels)
+    image = open_image(source, max_pixels=max_pixels)
     try:
         with _strict_decoding():
             image.load()

@@ -114,6 +114,14 @@ class ProcessedImages:
     """(V, 3, S, S) float32: for each image, its views in order (AnyRes: base view first)."""
     layouts: list[ImageLayout]
 
+    def __len__(self) -> int:
+        """How many images (not views)."""
+        return len(self.layouts)
+
+
+_PARALLEL_PIXELS = 1_000_000
+"""One image of at least this many pixels has its AnyRes resizes done in parallel."""
+
 
 class ImageProcessor:
     """Turns images into tower-ready tiles according to an `ImageConfig`."""
@@ -135,8 +143,8 @@ class ImageProcessor:
         mode = self.config.mode_for(len(pil))
         if len(pil) > 1:  # one image per worker; each worker does its image's resizes in turn
             done = list(_pool().map(lambda im: self._views(im, mode, parallel=False), pil))
-        else:
-            done = [self._views(im, mode, parallel=True) for im in pil]
+        else:  # a small image's resizes are quicker done than handed to a busy pool
+            done = [self._views(im, mode, parallel=im.width * im.height >= _PARALLEL_PIXELS) for im in pil]
         views = [v for v, _ in done]
         layouts = [layout for _, layout in done]
         size = self.config.size

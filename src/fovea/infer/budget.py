@@ -5,7 +5,8 @@ answer is done. A request takes its pixels from the budget before it is queued a
 back when it ends, however it ends. One that does not fit waits its turn, in arrival order; when
 `max_waiting` requests already wait, or the wait passes `timeout` seconds, it gets a 429 — a
 bounded queue, never unbounded memory. A request larger than the whole budget waits until it is
-alone, so a big image is slow rather than refused.
+alone, so a big image is slow rather than refused. The last `reserve` pixels are for small requests
+(at most `reserve` each): a burst of big images never leaves a thumbnail without room.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from .requests import ApiError
 
 
 class PixelBudget:
-    def __init__(self, limit: int, max_waiting: int = 64, timeout: float = 30.0):
-        self.limit, self.max_waiting, self.timeout = limit, max_waiting, timeout
+    def __init__(self, limit: int, max_waiting: int = 64, timeout: float = 30.0, reserve: int = 0):
+        self.limit, self.max_waiting, self.timeout, self.reserve = limit, max_waiting, timeout, reserve
         self.used = 0
         self.waiting = 0
         self._changed = asyncio.Condition()
 
     def _fits(self, pixels: int) -> bool:
-        return self.used == 0 or self.used + pixels <= self.limit
+        room = self.limit if pixels <= self.reserve else self.limit - self.reserve
+        return self.used == 0 or self.used + pixels <= room
 
     async def acquire(self, pixels: int) -> None:
         """Take `pixels` (waiting in turn); ApiError(429) when the queue is full or the wait too long."""

@@ -3,8 +3,10 @@ can be wrong. The other fields of the request are checked in `request_fields`.
 
 Errors are `ApiError`s carrying the HTTP status and OpenAI's error body
 (``{"error": {"message", "type", "param", "code"}}``), so the server answers every bad request
-with the right 4xx and keeps serving. `parse_messages` decodes images and may fetch remote ones:
-it blocks, so the server runs it in a worker thread.
+with the right 4xx and keeps serving. Three stages, so the server can put each where it belongs:
+`check_messages` (cheap, no image touched), `open_images` (bytes read or fetched, headers read and
+checked: blocking, but no pixel decoded) and `decode_images` (the costly part). `parse_messages`
+runs all three.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ImageError
-from ..imaging.io import load_image
+from ..imaging.io import load_image, open_image
 
 
 class ApiError(Exception):
@@ -77,7 +79,7 @@ class _Parse:
 def parse_messages(raw: object, limits: Limits) -> tuple[list[dict], list]:
     """OpenAI messages -> (fovea messages with <image> tags, decoded images in order)."""
     messages, sources = check_messages(raw, limits)
-    return messages, decode_images(sources, limits)
+    return messages, decode_images(open_images(sources, limits), limits)
 
 
 def check_messages(raw: object, limits: Limits) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -91,11 +93,17 @@ def check_messages(raw: object, limits: Limits) -> tuple[list[dict], list[tuple[
     return messages, parse.images
 
 
-def decode_images(sources: list[tuple[str, str]], limits: Limits) -> list:
-    """Each image of `check_messages` decoded (data URLs, files, remote fetches under one
-    deadline for the request, from now): blocking work, for a worker thread."""
+def open_images(sources: list[tuple[str, str]], limits: Limits) -> list[tuple[str, object]]:
+    """Each image of `check_messages` as (where, a PIL image opened but not decoded): data URLs
+    and files read, remote images fetched under one deadline for the request (from now), every
+    header checked against the pixel limit. Blocking, for a worker thread; nothing is decoded."""
     parse = _Parse(limits, time.monotonic() + limits.fetch_seconds)
-    return [_image(url, where, parse) for url, where in sources]
+    return [(where, _open(url, where, parse)) for url, where in sources]
+
+
+def decode_images(opened: list[tuple[str, object]], limits: Limits) -> list:
+    """The images of `open_images`, decoded to RGB: the costly part, for a worker thread."""
+    return [_decoded(image, where, limits) for where, image in opened]
 
 
 def _message(message: object, where: str, parse: _Parse) -> dict:
@@ -151,10 +159,17 @@ def _part(part: object, where: str, parse: _Parse) -> str:
     raise ApiError(400, f"{where}: unsupported content part (text or image_url)", where)
 
 
-def _image(url: str, where: str, parse: _Parse):
+def _open(url: str, where: str, parse: _Parse):
     data = _image_bytes(url, where, parse)
     try:
-        return load_image(data, max_pixels=parse.limits.max_pixels)
+        return open_image(data, max_pixels=parse.limits.max_pixels)
+    except ImageError as err:
+        raise ApiError(400, f"{where}: {err}", where, "invalid_image") from None
+
+
+def _decoded(image, where: str, limits: Limits):
+    try:
+        return load_image(image, max_pixels=limits.max_pixels)
     except ImageError as err:
         raise ApiError(400, f"{where}: {err}", where, "invalid_image") from None
 

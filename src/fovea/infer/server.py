@@ -8,10 +8,11 @@ server keeps serving. It binds to 127.0.0.1 unless told otherwise; on SIGTERM or
 left ends with a clean error and the engine stops.
 
 Only JSON bodies are read (415 otherwise): a web page can post a form to a local server without
-a CORS preflight, but not JSON. Messages are checked on the event loop (cheap) and images are
-decoded in a pool of their own, so `/health`, text-only requests and refusals never wait behind
-others' images. A client that goes away, streaming or not, cancels
-its request: the engine drops the sequence at its next step instead of decoding for nobody. A
+a CORS preflight, but not JSON. Messages are checked on the event loop (cheap); images are read,
+admitted by pixel budget, decoded and tiled in pools of their own (`infer.images`), so `/health`,
+text-only requests, thumbnails and refusals never wait behind others' big images. A client that
+goes away, streaming or not, cancels its request at whatever stage it is in: the engine drops the
+sequence at its next step instead of decoding for nobody. A
 request without max_tokens gets what the context leaves (capped), as vLLM does. Every request ends
 with one log line. There is no /docs page (it loads scripts from a CDN); the schema is behind the
 API key.
@@ -26,7 +27,6 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -35,10 +35,10 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import ContextLengthError, FoveaError
-from .budget import PixelBudget
 from .engine import Engine, Request
+from .images import ImageStage
 from .request_fields import Options, request_options
-from .requests import ApiError, Limits, check_messages, decode_images
+from .requests import ApiError, Limits, check_messages
 
 logger = logging.getLogger(__name__)
 
@@ -57,27 +57,34 @@ class ServeConfig:
     template: str | None = "default"
     """Chat template for every request (``"default"``: the model's own, see ``model.chat_format``)."""
     max_inflight_pixels: int = 256_000_000
-    """Image pixels held by all requests in flight together (see `PixelBudget`)."""
+    """Decoded image pixels held by all requests together (see `infer.images`)."""
     image_workers: int = 2
-    """Threads that decode (and fetch) images, apart from everything else: a request's images queue
-    there, and text-only or malformed requests never wait behind them."""
+    """Threads that decode big images, apart from everything else (text-only and malformed requests
+    never wait behind images; small images have a lane of their own)."""
+    small_image_pixels: int = 4_000_000
+    """A request with at most this many image pixels in all is small: decoded in its own lane."""
 
 
 def create_app(model, config: ServeConfig) -> FastAPI:
     default = config.limits.default_max_tokens or config.limits.max_tokens
     engine = Engine(model, max_batch=config.max_batch, max_wait=config.max_wait, default_max_tokens=default)
-    budget = PixelBudget(config.max_inflight_pixels)
-    images = ThreadPoolExecutor(config.image_workers, thread_name_prefix="fovea-images")
+    stage = ImageStage(
+        model.processor,
+        config.limits,
+        config.max_inflight_pixels,
+        config.image_workers,
+        config.small_image_pixels,
+    )
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
-        images.shutdown(wait=False, cancel_futures=True)
+        stage.close()
 
     # no /docs or /redoc: their pages load scripts from a CDN; the schema is behind the API key
     app = FastAPI(title="fovea", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine, app.state.budget = engine, budget
+    app.state.engine, app.state.images = engine, stage
 
     def fail(err: ApiError) -> JSONResponse:
         return JSONResponse(err.body(), status_code=err.status)
@@ -109,7 +116,7 @@ def create_app(model, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def completions(http_request: HttpRequest):
-        return await _chat_completion(http_request, config, engine, budget, images)
+        return await _chat_completion(http_request, config, engine, stage)
 
     return app
 
@@ -128,11 +135,31 @@ def make_server(model, config: ServeConfig, host: str, port: int, drain_timeout:
     """uvicorn's server for `create_app`, draining on SIGTERM or Ctrl-C (see `DrainingServer`)."""
     import uvicorn
 
+    give_big_blocks_back()
     app = create_app(model, config)
     settings = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=drain_timeout + 5
     )
     return _draining_server_class()(settings, app.state.engine, drain_timeout)
+
+
+BIG_BLOCK = 4 * 2**20
+
+
+def give_big_blocks_back() -> bool:
+    """Have glibc map every allocation of `BIG_BLOCK` bytes or more on its own, so a freed image (Pillow
+    holds one in 16 MiB blocks) goes back to the system at once. By default glibc raises that
+    threshold after the first such free and keeps later ones in its heaps: after a burst of big
+    images the server then held 200 MiB more than before, for good (benchmarks/serve_burst.py).
+    False where the C library has no mallopt (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, BIG_BLOCK))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def _draining_server_class():
@@ -159,22 +186,25 @@ def _draining_server_class():
     return DrainingServer
 
 
-async def _chat_completion(http_request, config: ServeConfig, engine: Engine, budget: PixelBudget, pool):
-    """One /v1/chat/completions request: check it, queue it, answer (JSON or an SSE stream)."""
+async def _chat_completion(http_request, config: ServeConfig, engine: Engine, stage: ImageStage):
+    """One /v1/chat/completions request: check it, bring its images in, queue it, answer (JSON or an
+    SSE stream). From the body's end on, a client that goes away cancels whatever stage it is in."""
     rid, first_text, start = f"chatcmpl-{uuid.uuid4().hex[:24]}", [], time.monotonic()
+    gone = None
     try:
-        messages, images, options = await _checked(http_request, config, pool)
-        pixels = sum(image.width * image.height for image in images)
-        await budget.acquire(pixels)  # given back when the engine ends the request, however it ends
-    except ApiError as err:
-        logger.info(
-            "request id=%s status=%d refused=%s total_s=%.3f",
-            rid,
-            err.status,
-            err.code,
-            time.monotonic() - start,
-        )
+        messages, sources, options = await _checked(http_request, config)
+        gone = asyncio.create_task(_disconnected(http_request))  # the body is read: only this can come
+        images = await _unless_gone(gone, stage.prepare(sources)) if sources else []
+    except Exception as err:  # an ApiError, or the images' tiling failed: this request alone
+        if gone is not None:
+            gone.cancel()
+        if not isinstance(err, (ApiError, FoveaError)):
+            logger.exception("request %s: preparing its images failed", rid)
+        err = _as_api_error(err)
+        _log_refusal(rid, err, start)
         return JSONResponse(err.body(), status_code=err.status)
+    except _ClientGone:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
@@ -182,14 +212,12 @@ async def _chat_completion(http_request, config: ServeConfig, engine: Engine, bu
         if kind == "text" and not first_text:
             first_text.append(time.monotonic())
         if kind in ("done", "error", "cancelled"):
-            loop.call_soon_threadsafe(lambda: loop.create_task(budget.release(pixels)))
             _log_request(rid, request, kind, value, len(images), first_text)
         loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
     request = Request(messages, images, **options.sampling, template=config.template, emit=emit)
     engine.submit(request)
-    # until the reply starts, a client that goes away cancels its request at the next decode step
-    watcher = asyncio.create_task(_cancel_on_disconnect(http_request, request))
+    gone.add_done_callback(lambda task: task.cancelled() or request.cancelled.set())
     try:
         first = await _next_event(events, http_request, request)  # decides between a 4xx and a reply
         if first[0] == "error":
@@ -197,14 +225,30 @@ async def _chat_completion(http_request, config: ServeConfig, engine: Engine, bu
             return JSONResponse(err.body(), status_code=err.status)
         meta = {"id": rid, "created": int(time.time()), "model": config.name}
         if options.stream:  # Starlette watches a stream's client itself (see `_sse`)
-            watcher.cancel()
+            gone.cancel()
             stream = _sse(first, events, meta, request, options.include_usage)
             return StreamingResponse(stream, media_type="text/event-stream")
         return await _complete(first, events, meta, http_request, request)
     except _ClientGone:
-        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        return Response(status_code=499)
     finally:
-        watcher.cancel()
+        gone.cancel()
+
+
+async def _unless_gone(gone: asyncio.Task, work):
+    """`work`'s result, or _ClientGone (with `work` cancelled) if the client leaves first."""
+    task = asyncio.ensure_future(work)
+    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise _ClientGone
+
+
+def _log_refusal(rid: str, err: ApiError, start: float) -> None:
+    logger.info(
+        "request id=%s status=%d refused=%s total_s=%.3f", rid, err.status, err.code, time.monotonic() - start
+    )
 
 
 def _log_request(rid: str, request: Request, kind: str, value, images: int, first_text: list) -> None:
@@ -221,18 +265,15 @@ def _log_request(rid: str, request: Request, kind: str, value, images: int, firs
     )  # fmt: skip
 
 
-async def _cancel_on_disconnect(http_request, request: Request) -> None:
-    """Wait for the client's disconnect (the body is read, so nothing else arrives before it) and
-    cancel its request: the engine drops the sequence at its next step."""
-    while True:
-        message = await http_request.receive()
-        if message["type"] == "http.disconnect":
-            request.cancelled.set()
-            return
+async def _disconnected(http_request) -> None:
+    """Return when the client disconnects (once the body is read, nothing else arrives before it)."""
+    while (await http_request.receive())["type"] != "http.disconnect":
+        pass
 
 
-async def _checked(http_request, config: ServeConfig, pool) -> tuple[list[dict], list, Options]:
-    """Everything about a request that can be wrong, cheapest check first."""
+async def _checked(http_request, config: ServeConfig) -> tuple[list[dict], list, Options]:
+    """Everything about a request that can be wrong before its images are read, cheapest check
+    first; on the event loop (no image is touched)."""
     _authorise(http_request, config)
     body = await _json_body(http_request, config.max_body_bytes)
     model = body.get("model")
@@ -243,12 +284,8 @@ async def _checked(http_request, config: ServeConfig, pool) -> tuple[list[dict],
             404, f"model {model!r} not found; this server has {config.name!r}", "model", "model_not_found"
         )
     options = request_options(body, config.limits)
-    messages, sources = check_messages(body.get("messages"), config.limits)  # cheap: on the loop
-    # decoding images (and fetching remote ones) blocks: in the image pool, apart from everything else
-    if not sources:
-        return messages, [], options
-    images = await asyncio.get_running_loop().run_in_executor(pool, decode_images, sources, config.limits)
-    return messages, images, options
+    messages, sources = check_messages(body.get("messages"), config.limits)
+    return messages, sources, options
 
 
 def _authorise(request, config: ServeConfig) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..imaging.io import ImageSource
+from ..imaging.processor import ProcessedImages
 from .checkpoint_template import JinjaTemplate
 from .decoding import Sampling, Sequence
 from .inputs import ModelInputs
@@ -167,11 +168,12 @@ class PromptMixin:
     def prepare_chat(
         self: VisionLanguageModel,
         messages: list[dict],
-        images: list[ImageSource] = (),
+        images: list[ImageSource] | ProcessedImages = (),
         template: str | None = "default",
     ) -> ModelInputs:
         """Model inputs for a whole conversation (``[{"role", "content"}, ...]``), ready for the
-        assistant's next turn. Images without tags go before the first user turn's text."""
+        assistant's next turn. Images without tags go before the first user turn's text. `images`
+        may come already through `self.processor` (the server tiles them in a pool of its own)."""
         fmt = self.chat_format(template)
         if fmt is None:
             raise ConfigError(
@@ -191,7 +193,7 @@ class PromptMixin:
         elif found != len(images):
             raise ConfigError(f"the conversation has {found} {tag} tags but {len(images)} images were given")
         text = fmt.render(messages, True, self.tokenizer.bos_token).text
-        processed = self.processor(list(images))
+        processed = images if isinstance(images, ProcessedImages) else self.processor(list(images))
         ids = self._tokenize(text, add_special_tokens=fmt.add_special_tokens(text))
         ids = self._expand_placeholders(ids, processed.layouts)
         input_ids, attention_mask = self._pad_left([ids])
