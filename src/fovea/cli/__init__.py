@@ -14,6 +14,7 @@ EXIT_USER_ERROR = 2
 _EXTRAS = {
     "fastapi": "serve",
     "uvicorn": "serve",
+    "prometheus_client": "serve",
     "peft": "train",
     "tensorboard": "train",
     "wandb": "wandb",

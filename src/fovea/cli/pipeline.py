@@ -202,7 +202,7 @@ def _stdin_prompt() -> str:
 def _add_serve(sub) -> None:
     p = sub.add_parser(
         "serve",
-        help="OpenAI-compatible chat server (/v1/chat/completions, /v1/models, /health)",
+        help="OpenAI-compatible chat server (/v1/chat/completions, /v1/models, /health, /metrics)",
         description=(
             "Serve a model over OpenAI's chat API: images as data: URLs in image_url parts (remote URLs and "
             "local files only when enabled), streaming by SSE, concurrent requests batched together. Binds "
@@ -270,7 +270,8 @@ def _add_serve(sub) -> None:
 def _run_serve(args) -> int:
     from pathlib import Path
 
-    import uvicorn  # noqa: F401  (the [serve] extra, asked for before the model loads)
+    import prometheus_client  # noqa: F401  (the [serve] extra, asked for before the model loads)
+    import uvicorn  # noqa: F401
 
     from ..checkpoints import load
     from ..infer.requests import Limits

@@ -72,6 +72,17 @@ class Request:
         )
 
 
+@dataclass(frozen=True)
+class Load:
+    """What the engine holds, as of its last turn (read by /metrics from other threads)."""
+
+    running: int = 0
+    kv_tokens: int = 0
+    """Tokens in the KV cache (left padding not counted)."""
+    kv_bytes: int = 0
+    """Bytes of KV cache allocated, padding included."""
+
+
 class Engine:
     def __init__(
         self,
@@ -97,6 +108,8 @@ class Engine:
         self.refusal: Exception | None = None
         """Set by `drain`: what a request submitted from then on is answered with."""
         self._abort: Exception | None = None
+        self.load = Load()
+        self._kv_bytes_per_slot = _kv_bytes_per_slot(model)
         self._worker = threading.Thread(target=self._loop, name="fovea-engine", daemon=True)
         self._worker.start()
 
@@ -134,8 +147,18 @@ class Engine:
                 for seq in self.running.sequences if self.running else []:
                     seq.owner.emit("error", err)
                 self.running = None
+            self._measure()
             if self.running is None and self.queue.empty():
                 self.busy.clear()
+
+    def _measure(self) -> None:
+        batch = self.running
+        if batch is None:
+            self.load = Load()
+            return
+        slots = batch.mask.numel()
+        tokens = int(batch.mask.sum())
+        self.load = Load(len(batch.sequences), tokens, slots * self._kv_bytes_per_slot)
 
     def _turn(self) -> None:
         if self._abort is not None:
@@ -279,6 +302,15 @@ def _prefill_groups(model, ready: list[tuple]) -> list[RunningBatch]:
         except Exception as err:
             request.emit("error", err)
     return groups
+
+
+def _kv_bytes_per_slot(model) -> int:
+    """Bytes one token takes in the LM's KV cache: keys and values, every layer, every KV head."""
+    config = model.lm.config.get_text_config()
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    size = next(model.lm.parameters()).element_size()
+    return 2 * config.num_hidden_layers * heads * head_dim * size
 
 
 def _context_length(model) -> int:

@@ -1,5 +1,5 @@
 """`fovea serve`: an OpenAI-compatible chat server (``/v1/chat/completions``, ``/v1/models``,
-``/health``) in front of the batching `Engine`.
+``/health``, ``/metrics``) in front of the batching `Engine`.
 
 Concurrent requests are batched together by the engine; streaming answers are Server-Sent
 Events in OpenAI's chunk format. Every bad request gets a 4xx with OpenAI's error body and the
@@ -14,7 +14,7 @@ text-only requests, thumbnails and refusals never wait behind others' big images
 goes away, streaming or not, cancels its request at whatever stage it is in: the engine drops the
 sequence at its next step instead of decoding for nobody. A
 request without max_tokens gets what the context leaves (capped), as vLLM does. Every request ends
-with one log line. There is no /docs page (it loads scripts from a CDN); the schema is behind the
+with one log line and is counted at ``/metrics`` (Prometheus). There is no /docs page (it loads scripts from a CDN); the schema is behind the
 API key.
 """
 
@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ..errors import ContextLengthError, FoveaError
 from .engine import Engine, Request
 from .images import ImageStage
+from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from .request_fields import Options, request_options
 from .requests import ApiError, Limits, check_messages
 
@@ -84,7 +85,8 @@ def create_app(model, config: ServeConfig) -> FastAPI:
 
     # no /docs or /redoc: their pages load scripts from a CDN; the schema is behind the API key
     app = FastAPI(title="fovea", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine, app.state.images = engine, stage
+    metrics = ServerMetrics(engine, stage)
+    app.state.engine, app.state.images, app.state.metrics = engine, stage, metrics
 
     def fail(err: ApiError) -> JSONResponse:
         return JSONResponse(err.body(), status_code=err.status)
@@ -113,10 +115,12 @@ def create_app(model, config: ServeConfig) -> FastAPI:
         "data": [{"id": config.name, "object": "model", "created": 0, "owned_by": "fovea"}],
     }
     app.add_api_route("/v1/models", keyed(lambda: models), methods=["GET"])
+    scrape = lambda: Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)  # noqa: E731
+    app.add_api_route("/metrics", keyed(scrape), methods=["GET"], include_in_schema=False)
 
     @app.post("/v1/chat/completions")
     async def completions(http_request: HttpRequest):
-        return await _chat_completion(http_request, config, engine, stage)
+        return await _chat_completion(http_request, config, engine, stage, metrics)
 
     return app
 
@@ -186,33 +190,34 @@ def _draining_server_class():
     return DrainingServer
 
 
-async def _chat_completion(http_request, config: ServeConfig, engine: Engine, stage: ImageStage):
+async def _chat_completion(http_request, config: ServeConfig, engine: Engine, stage: ImageStage, metrics):
     """One /v1/chat/completions request: check it, bring its images in, queue it, answer (JSON or an
     SSE stream). From the body's end on, a client that goes away cancels whatever stage it is in."""
-    rid, first_text, start = f"chatcmpl-{uuid.uuid4().hex[:24]}", [], time.monotonic()
+    log = _Ending(f"chatcmpl-{uuid.uuid4().hex[:24]}", metrics)
     gone = None
     try:
         messages, sources, options = await _checked(http_request, config)
         gone = asyncio.create_task(_disconnected(http_request))  # the body is read: only this can come
         images = await _unless_gone(gone, stage.prepare(sources)) if sources else []
+    except _ClientGone:
+        log.ended(499, refused="client_gone")
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     except Exception as err:  # an ApiError, or the images' tiling failed: this request alone
         if gone is not None:
             gone.cancel()
         if not isinstance(err, (ApiError, FoveaError)):
-            logger.exception("request %s: preparing its images failed", rid)
+            logger.exception("request %s: preparing its images failed", log.rid)
         err = _as_api_error(err)
-        _log_refusal(rid, err, start)
+        log.ended(err.status, refused=err.code)
         return JSONResponse(err.body(), status_code=err.status)
-    except _ClientGone:
-        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     events: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
     def emit(kind: str, value) -> None:  # called from the engine's thread
-        if kind == "text" and not first_text:
-            first_text.append(time.monotonic())
+        if kind == "text" and log.first_text is None:
+            log.first_text = time.monotonic()
         if kind in ("done", "error", "cancelled"):
-            _log_request(rid, request, kind, value, len(images), first_text)
+            log.engine_ended(request, kind, value)
         loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
     request = Request(messages, images, **options.sampling, template=config.template, emit=emit)
@@ -223,7 +228,7 @@ async def _chat_completion(http_request, config: ServeConfig, engine: Engine, st
         if first[0] == "error":
             err = _as_api_error(first[1])
             return JSONResponse(err.body(), status_code=err.status)
-        meta = {"id": rid, "created": int(time.time()), "model": config.name}
+        meta = {"id": log.rid, "created": int(time.time()), "model": config.name}
         if options.stream:  # Starlette watches a stream's client itself (see `_sse`)
             gone.cancel()
             stream = _sse(first, events, meta, request, options.include_usage)
@@ -245,24 +250,41 @@ async def _unless_gone(gone: asyncio.Task, work):
     raise _ClientGone
 
 
-def _log_refusal(rid: str, err: ApiError, start: float) -> None:
-    logger.info(
-        "request id=%s status=%d refused=%s total_s=%.3f", rid, err.status, err.code, time.monotonic() - start
-    )
+class _Ending:
+    """How one request ended, told once: a log line (id, status, tokens, images, queue time, time
+    to first token, total) and the /metrics counts. Times run from the request's arrival."""
+
+    def __init__(self, rid: str, metrics: ServerMetrics):
+        self.rid, self.metrics, self.start = rid, metrics, time.monotonic()
+        self.first_text: float | None = None
+
+    def engine_ended(self, request: Request, kind: str, value) -> None:
+        status = {"done": 200, "cancelled": 499}.get(kind) or _as_api_error(value).status
+        done = kind == "done"
+        queue = request.started - request.submitted if request.started else None
+        self.ended(
+            status,
+            prompt=value.prompt_tokens if done else 0,
+            output=value.completion_tokens if done else 0,
+            images=len(request.images),
+            queue=queue,
+        )
+
+    def ended(self, status: int, prompt=0, output=0, images=0, queue=None, refused=None) -> None:
+        total = time.monotonic() - self.start
+        first = self.first_text - self.start if self.first_text is not None else None
+        self.metrics.ended(status, prompt, output, queue, first, total)
+        if refused is not None:
+            logger.info("request id=%s status=%d refused=%s total_s=%.3f", self.rid, status, refused, total)
+            return
+        logger.info(
+            "request id=%s status=%d prompt_tokens=%d output_tokens=%d images=%d queue_s=%s ttft_s=%s total_s=%.3f",
+            self.rid, status, prompt, output, images, _seconds(queue), _seconds(first), total,
+        )  # fmt: skip
 
 
-def _log_request(rid: str, request: Request, kind: str, value, images: int, first_text: list) -> None:
-    """One line per request: id, status, tokens, images, queue time, time to first token, total."""
-    now, start = time.monotonic(), request.submitted
-    status = {"done": 200, "cancelled": 499}.get(kind) or _as_api_error(value).status
-    prompt = value.prompt_tokens if kind == "done" else 0
-    output = value.completion_tokens if kind == "done" else 0
-    queue = f"{request.started - start:.3f}" if request.started else "-"
-    ttft = f"{first_text[0] - start:.3f}" if first_text else "-"
-    logger.info(
-        "request id=%s status=%d prompt_tokens=%d output_tokens=%d images=%d queue_s=%s ttft_s=%s total_s=%.3f",
-        rid, status, prompt, output, images, queue, ttft, now - start,
-    )  # fmt: skip
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 async def _disconnected(http_request) -> None:
