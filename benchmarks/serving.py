@@ -29,13 +29,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(*flags: str, log: Path | None = None):
+def served(*flags: str, log: Path | None = None, prepare=None):
     """(base url, the server's psutil.Process) of `fovea serve` on a tiny random model, with `flags`;
-    its stderr (the per-request log lines) goes to `log`."""
+    `prepare(model)` may change the model before it is saved; the server's stderr (the per-request
+    log lines) goes to `log`."""
     from fovea.tiny import tiny_vlm
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = tiny_vlm().save_pretrained(Path(tmp) / "tiny")
+        model = tiny_vlm()
+        if prepare is not None:
+            prepare(model)
+        checkpoint = model.save_pretrained(Path(tmp) / "tiny")
         port = free_port()
         command = [
             sys.executable,

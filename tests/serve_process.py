@@ -44,3 +44,22 @@ def serve_process(checkpoint, *args: str):
         if server.poll() is None:
             server.kill()
             server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, log_level: str = "critical"):
+    """Run the ASGI `app` with uvicorn in a thread on a free loopback port; yield the port."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -22,25 +22,19 @@ from fovea.infer.requests import Limits
 from fovea.infer.server import ServeConfig, create_app
 from fovea.tiny import tiny_vlm
 
+from serve_process import serve_in_thread
+
 LONG = 3000  # tokens: seconds of decoding for the tiny model, unless cancelled
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     model = fovea.load(tiny_vlm().save_pretrained(tmp_path_factory.mktemp("faults") / "model"))
     model.config.max_length = 3200
     limits = Limits(max_tokens=LONG, default_max_tokens=40)
     app = create_app(model, ServeConfig(name="tiny", limits=limits))
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.02)
-    yield uv.servers[0].sockets[0].getsockname()[1], model, app.state.engine
-    uv.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(app) as port:
+        yield port, model, app.state.engine
 
 
 def _body(**fields) -> bytes:
@@ -156,16 +150,19 @@ def test_a_request_without_max_tokens_gets_what_the_context_leaves(server, monke
     connection.close()
 
 
-def test_health_answers_head_and_nothing_needs_the_internet_or_skips_the_key(tmp_path):
-    from fastapi.testclient import TestClient
+def test_health_answers_head_and_nothing_needs_the_internet_or_skips_the_key():
+    def call(connection, method: str, path: str, key: str | None = None) -> tuple[int, bytes]:
+        connection.request(method, path, headers={"Authorization": f"Bearer {key}"} if key else {})
+        response = connection.getresponse()
+        return response.status, response.read()
 
-    model = tiny_vlm()
-    with TestClient(create_app(model, ServeConfig(name="tiny", api_key="k"))) as client:
-        assert client.head("/health").status_code == 200
-        assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
-        assert client.get("/openapi.json").status_code == 401
-        schema = client.get("/openapi.json", headers={"Authorization": "Bearer k"})
-        assert schema.status_code == 200 and "/v1/chat/completions" in schema.json()["paths"]
+    with serve_in_thread(create_app(tiny_vlm(), ServeConfig(name="tiny", api_key="k"))) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        assert call(connection, "HEAD", "/health") == (200, b"")
+        assert call(connection, "GET", "/docs")[0] == 404 and call(connection, "GET", "/redoc")[0] == 404
+        assert call(connection, "GET", "/openapi.json")[0] == 401
+        status, schema = call(connection, "GET", "/openapi.json", key="k")
+        assert status == 200 and "/v1/chat/completions" in json.loads(schema)["paths"]
 
 
 def test_one_log_line_per_request(server, caplog):
@@ -297,3 +294,32 @@ def test_big_blocks_go_back_to_the_system_under_glibc():
     from fovea.infer.server import give_big_blocks_back
 
     assert give_big_blocks_back() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_readme_serving_example_runs_as_written_against_the_demo_model(tmp_path):
+    """The README's Python block under "## Serving", with only its address and image filled in,
+    against the demo recipe's model (its context is 256 tokens: a default max_tokens of 256 would
+    refuse every prompt) served as the README's command serves it."""
+    import base64
+    import re
+    from pathlib import Path
+
+    from fovea.train.build import build_model
+    from fovea.train.recipe import load_recipe
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"## Serving\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    recipe = load_recipe(Path(fovea.__file__).parent / "recipes" / "demo.yaml")
+    model = build_model(recipe.model)
+    model.save_pretrained(tmp_path / "final")  # as `fovea serve --model .../final` names it
+    model = fovea.load(tmp_path / "final")
+    png = (Path(__file__).parents[1] / "examples" / "images" / "shapes.png").read_bytes()
+    scope: dict = {}
+    with serve_in_thread(create_app(model, ServeConfig(name="final", api_key="secret"))) as port:
+        code = block.replace("http://127.0.0.1:8000/v1", f"http://127.0.0.1:{port}/v1").replace(
+            "data:image/png;base64,...", "data:image/png;base64," + base64.b64encode(png).decode()
+        )
+        exec(compile(code, "README.md", "exec"), scope)  # as a user pastes it
+    reply = scope["reply"]
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.prompt_tokens > 0
+    assert reply.usage.prompt_tokens + reply.usage.completion_tokens <= 256

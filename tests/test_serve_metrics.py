@@ -18,23 +18,17 @@ from fovea.infer.requests import Limits
 from fovea.infer.server import ServeConfig, create_app
 from fovea.tiny import tiny_vlm
 
+from serve_process import serve_in_thread
+
 KEY = "metrics-key"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     model = fovea.load(tiny_vlm().save_pretrained(tmp_path_factory.mktemp("metrics") / "model"))
     app = create_app(model, ServeConfig(name="tiny", api_key=KEY, limits=Limits(max_tokens=64)))
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{uv.servers[0].sockets[0].getsockname()[1]}", model
-    uv.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(app, log_level="warning") as port:
+        yield f"http://127.0.0.1:{port}", model
 
 
 def _call(url: str, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, bytes, str]:
