@@ -11,8 +11,8 @@ after 0.3 s). Reported:
 * 5xx answers, from the clients' side and from the server's own count at /metrics;
 * the server's RSS after each tenth of the soak (after warm-up it must stay flat);
 * abandoned cost: long answers (`--long` tokens) whose client leaves after `--leave-after` s, each
-  alone, streamed and not: the server's CPU from sending to idle, against the same answer read to
-  the end.
+  alone, streamed and not: the server's CPU from sending to idle, and the part of it after the
+  client left (the waste), against the same answer read to the end.
 
 So that long answers really run long, the model's end-of-text and template stop tokens are given
 zero output weights (a random model would otherwise end within ~150 tokens).
@@ -79,16 +79,17 @@ def _answer(url: str, body: dict) -> tuple[int, str]:
     return 200, "".join(parts).strip()
 
 
-def _leave(url: str, body: dict, after: float) -> int:
-    """Send `body` and go away: a stream after its first chunk, a plain request after `after` s."""
+def _leave(url: str, body: dict, after: float, leaving=lambda: None) -> None:
+    """Send `body` and go away: a stream after its first chunk, a plain request after `after` s;
+    `leaving()` is called just before."""
     connection = _send(url, body)
     if body.get("stream"):
         response = connection.getresponse()
         response.fp.readline()
     else:
         time.sleep(after)
+    leaving()
     connection.sock.close()
-    return 0
 
 
 def _good(rng: random.Random, image: str) -> dict:
@@ -199,17 +200,28 @@ def _cpu_of(url: str, process, action) -> float:
     return _cpu(process) - start
 
 
+def _abandoned(url: str, process, body: dict, after: float) -> tuple[float, float]:
+    """(server CPU seconds in all, of which after the client left) of one abandoned answer."""
+    at_leaving = []
+    total = _cpu_of(url, process, lambda: _leave(url, body, after, lambda: at_leaving.append(_cpu(process))))
+    return total, _cpu(process) - at_leaving[0]
+
+
 def abandoned_cost(url: str, process, tokens: int, after: float, repeats: int) -> list[list]:
     rows = []
     for stream in (False, True):
         body = {**chat("Tell a long story.", max_tokens=tokens), "stream": stream}
-        full, left = [], []
+        full, left, wasted = [], [], []
         for _ in range(repeats):
             full.append(_cpu_of(url, process, lambda: _answer(url, body)))  # noqa: B023 (called at once)
-            left.append(_cpu_of(url, process, lambda: _leave(url, body, after)))  # noqa: B023
-        full_cpu, left_cpu = statistics.median(full), statistics.median(left)
-        kind = "streamed" if stream else "plain"
-        rows.append([kind, f"{full_cpu:.2f}", f"{left_cpu:.2f}", f"{left_cpu / full_cpu:.1%}"])
+            total, after_leaving = _abandoned(url, process, body, after)
+            left.append(total)
+            wasted.append(after_leaving)
+        full_cpu, left_cpu, wasted_cpu = (statistics.median(x) for x in (full, left, wasted))
+        rows.append([
+            "streamed" if stream else "plain", f"{full_cpu:.2f}", f"{left_cpu:.2f} ({left_cpu / full_cpu:.1%})",
+            f"{wasted_cpu:.3f} ({wasted_cpu / full_cpu:.1%})",
+        ])  # fmt: skip
     return rows
 
 
@@ -240,7 +252,7 @@ def run(count: int, seed: int, tokens: int, after: float, repeats: int) -> str:
         f"Abandoned answers ({tokens} tokens; the client leaves after {after:g} s or the first chunk), "
         f"server CPU seconds, median of {repeats}:",
         "",
-        table(["answer", "read to the end", "abandoned", "abandoned / full"], cost),
+        table(["answer", "read to the end", "abandoned: in all", "of which after the client left"], cost),
     ])  # fmt: skip
 
 
