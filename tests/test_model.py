@@ -112,3 +112,57 @@ def test_templates_prompt_and_spans(name):
     assert answers == ["A1", "A2"]
     closes = [rendered.text[t.end : t.close] for t in rendered.turns if t.role == "assistant"]
     assert all(c.strip() == template.stop[0].strip() for c in closes)
+
+
+@pytest.mark.parametrize("pool", ["bilinear", "average", "max"])
+@pytest.mark.parametrize("position", ["grid", "frame", "one_token", "no_token", None])
+@pytest.mark.parametrize("learned", [True, False])
+def test_frames_count_equals_packed_length(pool, position, learned):
+    from fovea.model.packing import FramesConfig
+
+    config = FramesConfig(pool=pool, newline=position)
+    newline = torch.zeros(4) if learned else None
+    for side, frames in [((24, 24), 3), ((27, 27), 1), ((7, 5), 9), ((1, 1), 2)]:
+        layout = ImageLayout(size=(100, 80), mode="pad", frames=frames)
+        views = torch.randn(frames, side[0] * side[1], 4)
+        if pool != "bilinear" and min(side) < 2:
+            with pytest.raises(ValueError, match="needs frames of at least 2x2 tokens"):
+                count_tokens(layout, side, 0, "spatial_unpad", learned, config)
+            continue
+        if not learned and position in ("grid", "frame"):
+            with pytest.raises(ValueError, match="learned image_newline"):
+                pack_image(views, layout, side, "spatial_unpad", newline, config)
+            continue
+        packed = pack_image(views, layout, side, "spatial_unpad", newline, config)
+        assert packed.shape[0] == count_tokens(layout, side, 0, "spatial_unpad", learned, config), (
+            side,
+            frames,
+        )
+
+
+def test_frames_token_counts_are_the_published_ones():
+    """MLCD-L-336 (24x24) pools to 12x12 = 144 per frame, 156 with grid newlines; SigLIP-384 (27x27)
+    to 14x14 = 196, 210 with grid newlines (next-capabilities.md §3)."""
+    from fovea.model.packing import FramesConfig
+
+    one = ImageLayout(size=(336, 336), mode="pad", frames=1)
+    for side, pooled, grid in [((24, 24), 144, 156), ((27, 27), 196, 210)]:
+        assert count_tokens(one, side, 0, "spatial_unpad", True, FramesConfig(newline="no_token")) == pooled
+        assert count_tokens(one, side, 0, "spatial_unpad", True, FramesConfig()) == grid
+    video = ImageLayout(size=(336, 336), mode="square", frames=32)
+    assert (
+        count_tokens(video, (24, 24), 0, "spatial_unpad", True, FramesConfig(newline="one_token"))
+        == 32 * 144 + 1
+    )
+
+
+def test_bilinear_pooling_by_two_is_the_mean_of_each_2x2_block():
+    """On an even grid, bilinear resizing to half (align_corners off) averages each 2x2 block:
+    the pooled frame is what avg_pool2d gives, a check that the layout (rows, cols) is right."""
+    from fovea.model.packing import FramesConfig
+
+    views = torch.randn(2, 36, 3)
+    layout = ImageLayout(size=(6, 6), mode="pad", frames=2)
+    got = pack_image(views, layout, (6, 6), "spatial_unpad", None, FramesConfig(newline="no_token"))
+    expected = torch.nn.functional.avg_pool2d(views.view(2, 6, 6, 3).permute(0, 3, 1, 2), 2)
+    assert torch.allclose(got, expected.permute(0, 2, 3, 1).reshape(-1, 3), atol=1e-6)

@@ -37,6 +37,25 @@ def test_count_tokens_equals_what_the_model_emits(tower, mode):
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == sum(t.shape[0] for t in packed)
 
 
+@pytest.mark.parametrize("tower", _one_tiny_per_family())
+def test_frames_count_equals_what_the_model_emits(tower):
+    """Nine images (more than frames_above, 8) become padded, pooled one-frame videos, and a video
+    of four frames sits beside them: counts equal what every tower family emits."""
+    model = tiny_vlm(tower, mode="anyres")
+    images = (_images() * 3)[:9]
+    frames = _images()[:2] * 2
+    inputs = model.prepare("<image>" * 10 + "\nWhat changed?", images=[*images, frames])
+    layouts = inputs["image_layouts"]
+    assert [layout.frames for layout in layouts] == [1] * 9 + [4]
+    assert {layout.mode for layout in layouts[:9]} == {"pad"} and layouts[9].mode == "square"
+    with torch.no_grad():
+        packed = model.encode_images(inputs.images)
+    for layout, tokens in zip(layouts, packed):
+        assert tokens.shape[0] == model.num_image_tokens(layout)
+    single = model.num_image_tokens(model.processor.layout((50, 50), "pad"))
+    assert model.num_image_tokens(layouts[0]) < single  # pooled
+
+
 @pytest.mark.parametrize("side", [768, 1024, 1536])
 def test_a_five_stage_convnext_gives_r_over_64_squared_tokens(side):
     from accelerate import init_empty_weights

@@ -30,6 +30,7 @@ from ..errors import CheckpointError, ConfigError
 from ..hub import resolve_directory
 from ..imaging.processor import ImageConfig
 from ..model.lm_config import lm_fields
+from ..model.packing import FramesConfig
 from ..tensor_files import KeyMap, Source, weight_files
 from ..towers.base import TowerConfig, family_of, levels_of
 from ..towers.presets import resolve_tower
@@ -166,6 +167,22 @@ def image_spec(raw: dict, defaults: dict, where: Path) -> tuple[ImageConfig, str
     return image, merge
 
 
+def frames_spec(raw: dict, merge: str, where: Path) -> FramesConfig:
+    """How the original pools and separates frames: ``mm_spatial_pool_mode`` (the train default,
+    bilinear, when absent) and ``mm_newline_position`` (the model code's default, one_token, when
+    absent; a ``flat`` merge adds no newline at all). The stride is 2 whatever
+    ``mm_spatial_pool_stride`` says: LLaVA-NeXT's forward calls ``get_2dPool`` with its default."""
+    position = raw.get("mm_newline_position") or "one_token"
+    try:
+        return FramesConfig(
+            pool=raw.get("mm_spatial_pool_mode") or "bilinear",
+            newline="no_token" if merge == "flat" else position,
+        )
+    except ValueError as err:
+        field = "mm_spatial_pool_mode" if str(err).startswith("pool") else "mm_newline_position"
+        raise CheckpointError(f"{where}: {field}: {str(err).split(': ', 1)[1]}") from None
+
+
 def read_config(
     directory: Path, raw: dict, tokenizer, tower_override: str | None = None, lm: dict | None = None
 ):
@@ -198,6 +215,7 @@ def read_config(
         image_token_id=token_id,
         merge=merge,
         newline=merge == "spatial_unpad",
+        frames=frames_spec(raw, merge, where),
         max_length=raw.get("tokenizer_model_max_length"),
     )
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ImageError
 from . import anyres
 from .io import DEFAULT_MAX_PIXELS, ImageSource, load_image, to_rgb
 
@@ -60,6 +60,9 @@ class ImageConfig:
     """AnyRes resolutions as ``[height, width]`` pairs, or a range string ``"(1x1),...,(3x3)"``."""
     multi_image_mode: str | None = None
     """Mode for samples with several images (LLaVA-NeXT uses ``pad``); None: same as `mode`."""
+    frames_above: int | None = 8
+    """A sample with more images than this runs them as frames: each padded, pooled and separated
+    as a one-frame video (MLCD-Embodied's train.py and evaluation; None: never)."""
     alpha: Literal["drop", "white"] = "drop"
     """Transparency rule: ``drop`` = PIL convert('RGB') (LLaVA-NeXT); ``white`` (transformers)."""
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -76,6 +79,8 @@ class ImageConfig:
             raise ValueError(f"image mode {self.mode!r} needs grid_pinpoints")
         if self.grid_pinpoints is not None:
             anyres.parse_pinpoints(self.grid_pinpoints, self.size)
+        if self.frames_above is not None and self.frames_above < 0:
+            raise ValueError(f"frames_above: expected a count of images or null, got {self.frames_above}")
 
     @property
     def uses_anyres(self) -> bool:
@@ -100,9 +105,14 @@ class ImageLayout:
     mode: str
     grid: anyres.Size | None = None
     """(rows, cols) of AnyRes tiles; None for a single square view."""
+    frames: int = 0
+    """Frames of a video (each a single view, pooled when packed); 0 for an image. An image of a
+    sample with more than `ImageConfig.frames_above` images is a video of one frame."""
 
     @property
     def num_views(self) -> int:
+        if self.frames:
+            return self.frames
         return 1 if self.grid is None else 1 + self.grid[0] * self.grid[1]
 
 
@@ -138,18 +148,43 @@ class ImageProcessor:
     def load(self, source: ImageSource) -> Image.Image:
         return load_image(source, max_pixels=self.config.max_pixels, alpha=self.config.alpha)
 
-    def __call__(self, images: list[ImageSource]) -> ProcessedImages:
-        pil = [self.load(img) for img in images]
-        mode = self.config.mode_for(len(pil))
-        if len(pil) > 1:  # one image per worker; each worker does its image's resizes in turn
-            done = list(_pool().map(lambda im: self._views(im, mode, parallel=False), pil))
+    def __call__(self, images: list[ImageSource | list[ImageSource]]) -> ProcessedImages:
+        """Every item's views, in order. An item that is a list is a video: its frames, each one
+        square view. When a sample has more than `frames_above` images, each image is a padded
+        one-frame video (MLCD-Embodied's rule for many images)."""
+        still = [not isinstance(item, (list, tuple)) for item in images]
+        as_frames = self.config.frames_above is not None and sum(still) > self.config.frames_above
+        mode = "pad" if as_frames else self.config.mode_for(sum(still))
+        items = [
+            [self.load(item)] if one else [self.load(frame) for frame in item]
+            for one, item in zip(still, images)
+        ]
+        frames = [not one or as_frames for one in still]
+
+        def views(i: int, parallel: bool) -> tuple[torch.Tensor, ImageLayout]:
+            if frames[i]:
+                return self._frames(items[i], mode if still[i] else "square")
+            return self._views(items[i][0], mode, parallel)
+
+        if len(items) > 1:  # one item per worker; each worker does its item's resizes in turn
+            done = list(_pool().map(lambda i: views(i, parallel=False), range(len(items))))
         else:  # a small image's resizes are quicker done than handed to a busy pool
-            done = [self._views(im, mode, parallel=im.width * im.height >= _PARALLEL_PIXELS) for im in pil]
-        views = [v for v, _ in done]
-        layouts = [layout for _, layout in done]
+            done = (
+                [views(0, parallel=items[0][0].width * items[0][0].height >= _PARALLEL_PIXELS)]
+                if items
+                else []
+            )
         size = self.config.size
-        pixels = torch.cat(views) if views else torch.empty(0, 3, size, size)
-        return ProcessedImages(pixels=pixels, layouts=layouts)
+        pixels = torch.cat([v for v, _ in done]) if done else torch.empty(0, 3, size, size)
+        return ProcessedImages(pixels=pixels, layouts=[layout for _, layout in done])
+
+    def _frames(self, frames: list[Image.Image], mode: str) -> tuple[torch.Tensor, ImageLayout]:
+        """One square view per frame (``pad``: each expanded to a square with the mean colour first)."""
+        if not frames:
+            raise ImageError("a video with no frames")
+        square = [self._expand_to_square(f) if mode == "pad" else f for f in frames]
+        views = torch.stack([self._normalise(self._square(f)) for f in square])
+        return views, ImageLayout(size=(frames[0].height, frames[0].width), mode=mode, frames=len(frames))
 
     def layout(self, size: anyres.Size, mode: str) -> ImageLayout:
         """The layout an image of `size` gets, without touching pixels (for token counting)."""

@@ -10,7 +10,7 @@ from ..connectors.connector import ConnectorConfig
 from ..imaging.processor import ImageConfig
 from ..towers.base import TowerConfig
 from .lm_config import build_lm_config
-from .packing import MergeKind
+from .packing import FramesConfig, MergeKind
 from .templates import TEMPLATES
 
 
@@ -29,6 +29,8 @@ class VLMConfig:
     merge: MergeKind = "spatial_unpad"
     newline: bool = True
     """Learned ``image_newline`` vector after every feature row (LLaVA-NeXT ``spatial_unpad``)."""
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    """How the frames of a video (or of a sample with many images) are pooled and separated."""
     template: str | None = None
     """Default chat template for ``generate``/``chat`` (None: the checkpoint's own `chat_template`
     if it has one, else text is used as given)."""

@@ -72,8 +72,14 @@ class VisionLanguageModel(PromptMixin, nn.Module):
 
     def num_image_tokens(self, layout: ImageLayout) -> int:
         """Visual tokens an image with this layout becomes (known before running anything)."""
+        config = self.config
         return count_tokens(
-            layout, self.token_grid(), self.connector.extra_tokens(), self.config.merge, self.config.newline
+            layout,
+            self.token_grid(),
+            self.connector.extra_tokens(),
+            config.merge,
+            config.newline,
+            config.frames,
         )
 
     # -- forward -------------------------------------------------------------------------------
@@ -91,7 +97,9 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         packed, start = [], 0
         for layout in images.layouts:
             chunk = views[start : start + layout.num_views]
-            packed.append(pack_image(chunk, layout, side, self.config.merge, self.image_newline))
+            packed.append(
+                pack_image(chunk, layout, side, self.config.merge, self.image_newline, self.config.frames)
+            )
             start += layout.num_views
         return packed
 
