@@ -26,6 +26,7 @@ _EXTRAS = {
     "tfrecord": "eval",
     "faiss": "pretrain",
     "sklearn": "pretrain",
+    "av": "video",
 }
 
 

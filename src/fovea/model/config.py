@@ -8,6 +8,7 @@ from transformers import PretrainedConfig
 
 from ..connectors.connector import ConnectorConfig
 from ..imaging.processor import ImageConfig
+from ..imaging.video import VideoSampling
 from ..towers.base import TowerConfig
 from .lm_config import build_lm_config
 from .packing import FramesConfig, MergeKind
@@ -31,6 +32,8 @@ class VLMConfig:
     """Learned ``image_newline`` vector after every feature row (LLaVA-NeXT ``spatial_unpad``)."""
     frames: FramesConfig = field(default_factory=FramesConfig)
     """How the frames of a video (or of a sample with many images) are pooled and separated."""
+    video: VideoSampling = field(default_factory=VideoSampling)
+    """Which frames of a video file the model sees (LLaVA-NeXT's sampling rule)."""
     template: str | None = None
     """Default chat template for ``generate``/``chat`` (None: the checkpoint's own `chat_template`
     if it has one, else text is used as given)."""

@@ -22,6 +22,7 @@ from .inputs import ModelInputs
 from .running_batch import RunningBatch, decode, run_to_end
 from .templates import CHECKPOINT_TEMPLATE, TEMPLATES, Template
 from .tokenize import expand_images, tokenize
+from .visuals import arrange
 
 if TYPE_CHECKING:
     from .vlm import VisionLanguageModel
@@ -90,8 +91,11 @@ class PromptMixin:
         text: str | list[str],
         images: list[ImageSource] | list[list[ImageSource]] | None = None,
         template: str | None = None,
+        videos: list | None = None,
     ) -> ModelInputs:
         """Model inputs for one prompt (images: a list) or a batch (images: a list per prompt).
+        `videos` likewise: each a list of frames, a file path or bytes, placed by ``<video>`` tags
+        (model/visuals.py) and pooled as frames.
 
         ``template=None`` uses the text as given (tokenizer special tokens added as the
         tokenizer does by default); a template name (see `chat_format`) wraps it as one user turn.
@@ -101,7 +105,7 @@ class PromptMixin:
         """
         if self.tokenizer is None:
             raise ConfigError("this model has no tokenizer; load it with fovea.load or pass one")
-        batch, per_prompt = _per_prompt(text, images)
+        batch, per_prompt = _per_prompt(self, text, images, videos)
         rows, all_pixels, layouts, samples = [], [], [], []
         fmt = self.chat_format(template)
         for prompt, imgs in zip(batch, per_prompt):
@@ -170,6 +174,7 @@ class PromptMixin:
         messages: list[dict],
         images: list[ImageSource] | ProcessedImages = (),
         template: str | None = "default",
+        videos: list = (),
     ) -> ModelInputs:
         """Model inputs for a whole conversation (``[{"role", "content"}, ...]``), ready for the
         assistant's next turn. Images without tags go before the first user turn's text. `images`
@@ -180,6 +185,17 @@ class PromptMixin:
                 f"chat needs a template and this model has none: pass template=NAME "
                 f"(one of {', '.join(self.template_choices())})"
             )
+        if videos:  # every video tag becomes an image tag; the items in tag order (model/visuals.py)
+            first = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
+            contents, images = arrange(
+                [m["content"] for m in messages],
+                images,
+                videos,
+                self.config.image_token,
+                self.config.video,
+                first,
+            )
+            messages = [{**m, "content": c} for m, c in zip(messages, contents)]
         tag, found = (
             self.config.image_token,
             sum(m["content"].count(self.config.image_token) for m in messages),
@@ -246,12 +262,13 @@ class PromptMixin:
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int | None = None,
+        videos: list = (),
     ):
         """The assistant's reply to a conversation; with ``stream=True`` an iterator of text pieces.
         Decoded by fovea's decoder (`model.decoding`), as the chat session and the server do."""
         sampling = self.sampling(max_new_tokens, do_sample, temperature, top_p, top_k, seed)
         with torch.inference_mode():
-            prepared = self.prepare_chat(messages, images, template)
+            prepared = self.prepare_chat(messages, images, template, videos)
             pieces: list[str] = []
             seq = self.sequence(prepared, sampling, template, pieces.append)
             batch = RunningBatch.prefill(self, [seq], [prepared])  # errors raise here, not mid-stream
@@ -273,26 +290,34 @@ class PromptMixin:
         top_k: int = 0,
         seed: int | None = None,
         stop: tuple[str, ...] | list[str] = (),
+        videos: list | None = None,
     ) -> str | list[str]:
         """Answer a prompt (or a batch, decoded together); greedy unless `do_sample`, each answer
         seeded by `seed`. ``template="default"`` uses the model's own template (see `chat_format`);
         None uses the text as given. `stop`: strings that end an answer (not part of it)."""
-        batch, per_prompt = _per_prompt(text, images)
+        batch, per_prompt = _per_prompt(self, text, images, videos)
         sampling = self.sampling(max_new_tokens, do_sample, temperature, top_p, top_k, seed, stop)
         with torch.inference_mode():
-            prepared = [self.prepare(p, imgs, template) for p, imgs in zip(batch, per_prompt)]
+            prepared = [self.prepare(p, items, template) for p, items in zip(batch, per_prompt)]
             results = run_to_end(self, prepared, [self.sequence(p, sampling, template) for p in prepared])
         answers = [r.text for r in results]
         return answers[0] if isinstance(text, str) else answers
 
 
-def _per_prompt(text, images) -> tuple[list[str], list[list]]:
-    """(prompts, an image list per prompt) for one prompt with a list of images, or a batch."""
+def _per_prompt(model, text, images, videos=None) -> tuple[list[str], list[list]]:
+    """(prompts, the visual items of each, in tag order) for one prompt with a list of images and
+    one of videos, or a batch with a list of each per prompt."""
     batch = [text] if isinstance(text, str) else list(text)
     per_prompt = [images or []] if isinstance(text, str) else list(images or [[] for _ in batch])
-    if len(per_prompt) != len(batch):
-        raise ConfigError(f"{len(batch)} prompts but {len(per_prompt)} image lists")
-    return batch, per_prompt
+    per_video = [videos or []] if isinstance(text, str) else list(videos or [[] for _ in batch])
+    for name, lists in (("image", per_prompt), ("video", per_video)):
+        if len(lists) != len(batch):
+            raise ConfigError(f"{len(batch)} prompts but {len(lists)} {name} lists")
+    tag, sampling = model.config.image_token, model.config.video
+    arranged = [
+        arrange([p], imgs, vids, tag, sampling) for p, imgs, vids in zip(batch, per_prompt, per_video)
+    ]
+    return [contents[0] for contents, _ in arranged], [items for _, items in arranged]
 
 
 def _streamed(model, batch, seq, pieces: list[str]) -> Iterator[str]:
