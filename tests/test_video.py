@@ -36,7 +36,13 @@ def make_video(frames: int = 30, fps: int = 10, size=(64, 48)) -> bytes:
     ("total", "native", "sampling", "indices", "times"),
     [
         (30, 10.0, VideoSampling(), [0, 10, 20], [0.0, 1.0, 2.0]),  # 1 fps: every 10th frame
-        (30, 10.0, VideoSampling(fps=2), [0, 5, 10, 15, 20, 25], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]),  # index/step
+        (
+            30,
+            10.0,
+            VideoSampling(fps=2),
+            [0, 5, 10, 15, 20, 25],
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        ),  # index/step
         (30, 10.0, VideoSampling(max_frames=2), [0, 29], [0.0, 2.9]),  # over the bound: spread evenly
         (30, 10.0, VideoSampling(max_frames=4, force_sample=True), [0, 9, 19, 29], [0.0, 0.9, 1.9, 2.9]),
         (5, 30.0, VideoSampling(fps=60), [0, 1, 2, 3, 4], [0.0, 1.0, 2.0, 3.0, 4.0]),  # step at least 1
@@ -75,7 +81,9 @@ def test_a_bad_video_is_one_error_naming_it(tmp_path, source, message):
         source.write_bytes(data[: len(data) // 2])
     with pytest.raises(VideoError, match=message) as err:
         load_video(source, VideoSampling())
-    assert "\n" not in str(err.value) and (not isinstance(source, type(tmp_path)) or str(source) in str(err.value))
+    assert "\n" not in str(err.value) and (
+        not isinstance(source, type(tmp_path)) or str(source) in str(err.value)
+    )
 
 
 def _frames(count: int) -> list[Image.Image]:
@@ -104,7 +112,9 @@ def test_videos_in_generate_and_chat_agree_and_a_file_decodes(tmp_path):
     decoded = load_video(path, model.config.video).images
     by_file = model.generate("<video>\nWhat happens?", videos=[path], max_new_tokens=6)
     by_frames = model.generate("<video>\nWhat happens?", videos=[decoded], max_new_tokens=6)
-    chat = model.chat([{"role": "user", "content": "<video>\nWhat happens?"}], videos=[path], max_new_tokens=6)
+    chat = model.chat(
+        [{"role": "user", "content": "<video>\nWhat happens?"}], videos=[path], max_new_tokens=6
+    )
     assert by_file == by_frames == chat
     untagged = model.prepare("What happens?", videos=[decoded], template="default")
     assert untagged["image_layouts"][0].frames == len(decoded)
