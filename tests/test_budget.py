@@ -97,7 +97,7 @@ def test_decoded_pixels_never_pass_the_budget(monkeypatch):
     """Six requests of two 20x20 images (800 pixels each) against a budget of 2,000: at most two
     requests decode at once, whatever the four decode threads could take."""
     stage, recorder = _stage(monkeypatch, budget=2000, small=0)
-    sources = [(_png_url(20, 20), f"image{i}") for i in range(2)]
+    sources = [(_png_url(20, 20), f"image{i}", "image") for i in range(2)]
 
     async def scenario():
         return await asyncio.gather(*(stage.prepare(sources) for _ in range(6)))
@@ -112,7 +112,7 @@ def test_a_small_image_passes_while_big_ones_hold_the_budget(monkeypatch):
     """Big requests may fill the budget up to its reserve for small ones: a 10x10 request goes
     through at once, while the next big one waits."""
     stage, recorder = _stage(monkeypatch, budget=1000, small=100, seconds=1.0)
-    big, small = [(_png_url(30, 30), "big")], [(_png_url(10, 10), "small")]
+    big, small = [(_png_url(30, 30), "big", "image")], [(_png_url(10, 10), "small", "image")]
 
     async def scenario():
         first = asyncio.create_task(stage.prepare(big))
@@ -131,7 +131,7 @@ def test_a_cancelled_request_gives_its_pixels_back_once_its_decode_ends(monkeypa
     stage, recorder = _stage(monkeypatch, budget=1000, small=0, seconds=0.5)
 
     async def scenario():
-        task = asyncio.create_task(stage.prepare([(_png_url(20, 20), "image")]))
+        task = asyncio.create_task(stage.prepare([(_png_url(20, 20), "image", "image")]))
         await asyncio.sleep(0.2)
         task.cancel()  # the client left while its image was decoding
         await asyncio.sleep(0.05)

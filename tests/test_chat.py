@@ -126,3 +126,24 @@ def test_session_keeps_the_cache_between_turns():
     first, *later = session.prefilled
     assert all(n < first for n in later)  # the image and the earlier turns were not re-encoded
     assert len(session.messages) == 6
+
+
+def test_one_shot_with_a_video_matches_the_api(checkpoint, tmp_path):
+    """`fovea chat --video clip.mp4 --prompt ...`: the frames the model's sampling picks, pooled,
+    the same answer as `model.chat(..., videos=[path])`; a missing video is one line, exit 2."""
+    import fovea
+    from test_video import make_video
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(make_video())
+    flags = ["--model", str(checkpoint), "--temperature", "0", "--max-new-tokens", "6"]
+    proc = _chat([*flags, "--video", str(video), "--prompt", "What happens?"], "")
+    assert proc.returncode == 0, proc.stderr
+    model = fovea.load(checkpoint)
+    expected = model.chat([{"role": "user", "content": "What happens?"}], videos=[video], max_new_tokens=6)
+    assert proc.stdout.strip() == expected
+    missing = _chat([*flags, "--video", str(tmp_path / "nope.mp4"), "--prompt", "Hm?"], "")
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip() == f"fovea: error: --video {tmp_path / 'nope.mp4'}: no such video file"
+    )

@@ -172,3 +172,18 @@ def test_truncated_images_fail_even_when_pil_is_told_to_allow_them(tmp_path, mon
     with pytest.raises(ImageError, match="cannot decode"):
         load_image(truncated)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+
+
+def test_many_images_are_frames_only_as_one_sample():
+    """`processor(images)` is a batch (feature extraction, pretraining): never frames. A sample
+    (`processor.sample`) of more than frames_above images runs each as a padded one-frame video."""
+    from fovea.imaging.processor import ImageConfig, ImageProcessor
+
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray((rng.random((20, 30, 3)) * 255).astype("uint8")) for _ in range(9)]
+    processor = ImageProcessor(ImageConfig(size=14, mode="square", frames_above=8))
+    assert [layout.frames for layout in processor(images).layouts] == [0] * 9
+    assert [(lay.frames, lay.mode) for lay in processor.sample(images).layouts] == [(1, "pad")] * 9
+    assert [layout.frames for layout in processor.sample(images[:8]).layouts] == [0] * 8
+    never = ImageProcessor(ImageConfig(size=14, mode="square", frames_above=None))
+    assert [layout.frames for layout in never.sample(images).layouts] == [0] * 9

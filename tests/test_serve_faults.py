@@ -323,3 +323,40 @@ def test_the_readme_serving_example_runs_as_written_against_the_demo_model(tmp_p
     reply = scope["reply"]
     assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.prompt_tokens > 0
     assert reply.usage.prompt_tokens + reply.usage.completion_tokens <= 256
+
+
+def test_a_video_url_part_is_answered_as_model_chat_answers_it(server):
+    """vLLM's ``video_url`` part, as a data URL: the frames the model's sampling picks (at most
+    the server's max_video_frames), pooled; the same text as `model.chat(..., videos=[...])`.
+    A second video, a broken one and a bad URL type are 400s naming the part."""
+    import base64
+
+    from test_video import make_video
+
+    port, model, _ = server
+    video = make_video()
+    url = "data:video/mp4;base64," + base64.b64encode(video).decode()
+    part = {"type": "video_url", "video_url": {"url": url}}
+    content = [part, {"type": "text", "text": "What happens?"}]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    status, answer = _post(
+        connection, _body(messages=[{"role": "user", "content": content}], max_tokens=6, temperature=0)
+    )
+    assert status == 200, answer
+    expected = model.chat(
+        [{"role": "user", "content": "<video>\nWhat happens?"}], videos=[video], max_new_tokens=6
+    )
+    assert answer["choices"][0]["message"]["content"] == expected
+
+    broken = {
+        "type": "video_url",
+        "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(video[:900]).decode()},
+    }
+    cases = [
+        ([part, part], "too_many_videos", "messages[0].content[1]"),
+        ([broken], "invalid_video", "messages[0].content[0]"),
+        ([{"type": "video_url", "video_url": {"url": 5}}], None, "messages[0].content[0]"),
+    ]
+    for parts, code, param in cases:
+        status, answer = _post(connection, _body(messages=[{"role": "user", "content": parts}], max_tokens=2))
+        assert status == 400 and answer["error"]["param"] == param and answer["error"]["code"] == code, answer

@@ -134,3 +134,40 @@ def test_video_tags_and_videos_must_agree():
         model.prepare("<video><video> hm", videos=[_frames(2)])
     with pytest.raises(ConfigError, match="a video with no frames"):
         model.prepare("<video> hm", videos=[[]])
+
+
+def test_training_records_with_videos_as_llava_next_writes_them(tmp_path):
+    """A `video` record in LLaVA-NeXT's form (its one <image> tag is the video), one with a <video>
+    tag beside an image, a folder of frames, and a broken video: the first three become one pooled
+    item each in tag order, the last is skipped with its file and record named."""
+    import json
+
+    from fovea.data.dataset import Skipped, SupervisedDataset
+    from fovea.data.sources import RecordSource
+
+    (tmp_path / "clip.mp4").write_bytes(make_video())
+    (tmp_path / "broken.mp4").write_bytes(make_video()[:700])
+    (tmp_path / "frames").mkdir()
+    for i, frame in enumerate(_frames(3)):
+        frame.save(tmp_path / "frames" / f"{i:03d}.png")
+    _frames(1)[0].save(tmp_path / "still.png")
+    turns = lambda q: [{"from": "human", "value": q}, {"from": "gpt", "value": "A dog runs."}]  # noqa: E731
+    records = [
+        {"id": "next", "video": "clip.mp4", "conversations": turns("<image>\nWhat happens?")},
+        {
+            "id": "mixed",
+            "video": "clip.mp4",
+            "image": "still.png",
+            "conversations": turns("<image> then <video>?"),
+        },
+        {"id": "folder", "video": "frames", "conversations": turns("<video>\nWhat happens?")},
+        {"id": "bad", "video": "broken.mp4", "conversations": turns("<video>\nWhat happens?")},
+    ]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    model = tiny_vlm()
+    dataset = SupervisedDataset(RecordSource(data), model, template="qwen_1_5")
+    frames = [[layout.frames for layout in dataset[i]["image_layouts"]] for i in range(3)]
+    assert frames == [[3], [0, 3], [3]]
+    bad = dataset[3]
+    assert isinstance(bad, Skipped) and "broken.mp4" in bad.reason and "record bad" in bad.reason

@@ -138,6 +138,12 @@ def _add_chat(sub) -> None:
     )
     p.add_argument("--model", help="checkpoint directory or hub id (default: the demo's model if present)")
     p.add_argument("--image", default="", help="image paths, comma-separated")
+    p.add_argument(
+        "--video",
+        default="",
+        help="video paths, comma-separated: frames sampled as LLaVA-NeXT does (1 per second, at most 32), "
+        "pooled; placed by <video> tags, else before the text (needs fovea[video])",
+    )
     p.add_argument("--prompt", help="answer this once and exit ('-': read from stdin)")
     add_template_option(p)
     p.add_argument(
@@ -153,6 +159,8 @@ def _add_chat(sub) -> None:
 
 
 def _run_chat(args) -> int:
+    from pathlib import Path
+
     import torch
 
     from ..checkpoints import load
@@ -166,6 +174,9 @@ def _run_chat(args) -> int:
             )
         source = str(DEMO_CHECKPOINT)
     prompt = _stdin_prompt() if args.prompt == "-" else args.prompt  # a bad stdin fails before loading
+    for video in split_images(args.video):  # before minutes of loading
+        if not Path(video).is_file():
+            raise _user_error(f"--video {video}: no such video file")
     if args.seed is not None:
         torch.manual_seed(args.seed)
     model = load(source, device=args.device)
@@ -176,11 +187,11 @@ def _run_chat(args) -> int:
         "seed": args.seed,
         "template": _chat_template(model, args.template),
     }
-    images = split_images(args.image)
+    images, videos = split_images(args.image), split_images(args.video)
     if prompt is not None:
-        one_shot(model, prompt, images, options)
+        one_shot(model, prompt, images, options, videos=videos)
     else:
-        repl(model, images, options)
+        repl(model, images, options, videos=videos)
     return 0
 
 
@@ -227,6 +238,15 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-images", type=int, default=8, help="images per request (default: %(default)s)")
     p.add_argument(
         "--max-pixels", type=int, default=16_000_000, help="pixels per image (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-videos", type=int, default=1, help="video_url parts per request (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=32,
+        help="frames taken from a video at most, spread evenly when it has more (default: %(default)s)",
     )
     p.add_argument(
         "--max-tokens", type=int, default=1024, help="largest max_tokens accepted (default: %(default)s)"
@@ -282,6 +302,8 @@ def _run_serve(args) -> int:
     template = _chat_template(model, args.template)  # no template: an error now, not a 400 per request
     limits = Limits(
         max_images=args.max_images,
+        max_videos=args.max_videos,
+        max_video_frames=args.max_video_frames,
         max_pixels=args.max_pixels,
         max_tokens=args.max_tokens,
         default_max_tokens=args.max_tokens_default,
@@ -326,6 +348,8 @@ def _check_serve_args(args) -> None:
         "drain_timeout",
         "max_inflight_mpixels",
         "image_workers",
+        "max_videos",
+        "max_video_frames",
     )
     for flag in flags:
         value = getattr(args, flag)

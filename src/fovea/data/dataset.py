@@ -17,12 +17,25 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ImageError
+from ..imaging.video import VideoError
 from ..model.inputs import ModelInputs
 from ..model.prompting import question_text
 from ..model.templates import TEMPLATES
+from ..model.visuals import arrange
 from .labels import IGNORE, encode
-from .records import BadRecord, normalise, record_id, skip_reason
+from .records import IMAGE_TAG, BadRecord, Sample, normalise, record_id, skip_reason
 from .sources import RecordSource
+
+
+def visual_items(sample: Sample, model) -> tuple[list[dict], list]:
+    """(the sample's messages with each video tag made an image tag, its images and videos in tag
+    order): videos decoded by the model's sampling, as `model.prepare` does (model/visuals.py)."""
+    if not sample.videos:
+        return sample.messages, list(sample.images)
+    first = next((i for i, m in enumerate(sample.messages) if m["role"] == "user"), 0)
+    contents = [m["content"] for m in sample.messages]
+    contents, items = arrange(contents, sample.images, sample.videos, IMAGE_TAG, model.config.video, first)
+    return [{**m, "content": c} for m, c in zip(sample.messages, contents)], items
 
 
 @dataclass
@@ -57,12 +70,13 @@ class SupervisedDataset(Dataset):
         rid = record_id(raw, fallback)
         try:
             sample = normalise(raw, self.image_root or self.source.folder(index), fallback)
-            processed = self.model.processor(sample.images) if sample.images else None
+            messages, items = visual_items(sample, self.model)
+            processed = self.model.processor.sample(items) if items else None
             layouts = processed.layouts if processed else []
             counts = [self.model.num_image_tokens(layout) for layout in layouts]
             enc = encode(
                 rid,
-                sample.messages,
+                messages,
                 self.model.tokenizer,
                 self.template,
                 self.model.config.image_token_id,
@@ -70,7 +84,7 @@ class SupervisedDataset(Dataset):
                 self.max_length,
                 self.quirk,
             )
-        except (BadRecord, ImageError) as err:
+        except (BadRecord, ImageError, VideoError) as err:
             return Skipped(rid, skip_reason(self.source.file(index), rid, err))
         views = sum(layout.num_views for layout in layouts[: enc.num_images])
         return {

@@ -1,8 +1,9 @@
 """LLaVA training records: reading, normalising and checking them.
 
 A record is LLaVA's JSON object: ``{"id": ..., "image": "a.jpg" | [...], "images": [...],
-"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}`` (``role``/``content``
-spellings accepted). `normalise` turns one into a `Sample` (messages with fovea roles, image
+"video": "clip.mp4", "conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}``
+(``role``/``content`` spellings accepted). A video record marks its video with ``<video>``, or, as
+LLaVA-NeXT's data does, with the one ``<image>`` tag of a record without images. `normalise` turns one into a `Sample` (messages with fovea roles, image
 paths resolved against the image root) or raises `BadRecord` naming the record and the problem.
 Anything JSON can hold may turn up (a string or number row, a null field, a line that was never
 JSON); each is a `BadRecord`, never a TypeError. `skip_reason` is the one line a skip is reported
@@ -17,6 +18,7 @@ from pathlib import Path
 from .sources import Unreadable
 
 IMAGE_TAG = "<image>"
+VIDEO_TAG = "<video>"
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -29,6 +31,8 @@ class Sample:
     id: str
     messages: list[dict]
     images: list[Path] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
+    """Video files or folders of frames (`model.visuals` places them by their <video> tags)."""
 
 
 def record_id(record: object, fallback: str) -> str:
@@ -54,6 +58,7 @@ def normalise(record: object, image_root: Path | None, fallback_id: str, check_f
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
         raise BadRecord(f"record {rid}: no assistant answer to learn from")
     images = _image_paths(record, rid, image_root)
+    videos = _video_paths(record, rid, image_root, images, messages)
     tags = sum(m["content"].count(IMAGE_TAG) for m in messages)
     if tags != len(images) and not (tags == 0 and images):
         null = [k for k in ("image", "images") if k in record and record[k] is None]
@@ -68,7 +73,26 @@ def normalise(record: object, image_root: Path | None, fallback_id: str, check_f
         for path in images:
             if not _is_file(path):
                 raise BadRecord(f"record {rid}: image {path} not found")
-    return Sample(rid, messages, images)
+        for path in videos:
+            if not (_is_file(path) or path.is_dir()):
+                raise BadRecord(f"record {rid}: video {path} not found")
+    return Sample(rid, messages, images, videos)
+
+
+def _video_paths(record: dict, rid: str, root: Path | None, images: list, messages: list[dict]) -> list[Path]:
+    """The record's video, its tag made ``<video>`` where LLaVA-NeXT's form marks it ``<image>``."""
+    raw = record.get("video")
+    if raw is None:
+        return []
+    if not isinstance(raw, str) or not raw:
+        raise BadRecord(f"record {rid}: video must be a path")
+    tags = sum(m["content"].count(VIDEO_TAG) for m in messages)
+    if tags == 0 and not images and sum(m["content"].count(IMAGE_TAG) for m in messages) == 1:
+        for m in messages:
+            m["content"] = m["content"].replace(IMAGE_TAG, VIDEO_TAG)
+    elif tags > 1:
+        raise BadRecord(f"record {rid}: {tags} {VIDEO_TAG} tags but one video")
+    return [Path(raw) if root is None or Path(raw).is_absolute() else root / raw]
 
 
 def _json_kind(value: object) -> str:

@@ -148,12 +148,20 @@ class ImageProcessor:
     def load(self, source: ImageSource) -> Image.Image:
         return load_image(source, max_pixels=self.config.max_pixels, alpha=self.config.alpha)
 
-    def __call__(self, images: list[ImageSource | list[ImageSource]]) -> ProcessedImages:
-        """Every item's views, in order. An item that is a list is a video: its frames, each one
-        square view. When a sample has more than `frames_above` images, each image is a padded
-        one-frame video (MLCD-Embodied's rule for many images)."""
+    def sample(self, items: list[ImageSource | list[ImageSource]]) -> ProcessedImages:
+        """The images and videos of one sample (one prompt, one record, one request): when it has
+        more than `frames_above` images, each is a padded one-frame video (MLCD-Embodied's rule)."""
+        stills = sum(not isinstance(item, (list, tuple)) for item in items)
+        limit = self.config.frames_above
+        return self(items, as_frames=limit is not None and stills > limit)
+
+    def __call__(
+        self, images: list[ImageSource | list[ImageSource]], as_frames: bool = False
+    ) -> ProcessedImages:
+        """Every item's views, in order (a batch of images, or a sample's items: see `sample`). An
+        item that is a list is a video: its frames, each one square view. `as_frames`: every
+        image is a padded one-frame video."""
         still = [not isinstance(item, (list, tuple)) for item in images]
-        as_frames = self.config.frames_above is not None and sum(still) > self.config.frames_above
         mode = "pad" if as_frames else self.config.mode_for(sum(still))
         items = [
             [self.load(item)] if one else [self.load(frame) for frame in item]

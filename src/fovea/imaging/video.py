@@ -13,6 +13,7 @@ A file that is not a video, is truncated or has no video stream is one `VideoErr
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,33 +78,86 @@ def chosen_frames(total: int, native_fps: float, sampling: VideoSampling) -> tup
     return indices, times
 
 
+@dataclass
+class Probe:
+    """What a video holds and which of its frames the rule picks, read without decoding a frame."""
+
+    indices: list[int]
+    times: list[float]
+    duration: float
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of the chosen frames, decoded."""
+        return len(self.indices) * self.width * self.height
+
+
+def probe_video(source: VideoSource, sampling: VideoSampling) -> Probe:
+    """The chosen frames of a video file or its bytes, and their size, before any is decoded."""
+    with _opened(source) as (container, stream, name):
+        return _probe(container, stream, sampling, name)
+
+
 def load_video(source: VideoSource, sampling: VideoSampling) -> Frames:
     """Decode the frames `sampling` picks from a video file or its bytes."""
+    with _opened(source) as (container, stream, name):
+        probe = _probe(container, stream, sampling, name)
+        container.seek(0)
+        images = _decode(container, stream, set(probe.indices))
+    if len(images) < len(set(probe.indices)):
+        raise VideoError(
+            f"{name}: truncated video ({len(images)} of {len(set(probe.indices))} chosen frames decoded)"
+        )
+    return Frames([images[i] for i in probe.indices], probe.times, probe.duration)
+
+
+def _probe(container, stream, sampling: VideoSampling, name: str) -> Probe:
+    native_fps = float(stream.average_rate or stream.guessed_rate or 0) or 1.0
+    total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+    if total == 0:
+        raise VideoError(f"{name}: the video has no frames")
+    indices, times = chosen_frames(total, native_fps, sampling)
+    return Probe(indices, times, total / native_fps, stream.codec_context.width, stream.codec_context.height)
+
+
+@contextmanager
+def _opened(source: VideoSource):
+    """(container, its first video stream, the source's name); PyAV's errors become VideoError."""
     import av  # the [video] extra; imported here so image-only use never needs it
 
     name = str(source) if not isinstance(source, (bytes, bytearray)) else f"<{len(source)} bytes of video>"
     if isinstance(source, (str, Path)) and not Path(source).is_file():
         raise VideoError(f"{name}: no such video file")
-    stream_of = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
     try:
-        with av.open(stream_of) as container:
+        with av.open(
+            io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
+        ) as container:
             if not container.streams.video:
                 raise VideoError(f"{name}: no video stream")
-            stream = container.streams.video[0]
-            native_fps = float(stream.average_rate or stream.guessed_rate or 0) or 1.0
-            total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-            container.seek(0)
-            indices, times = chosen_frames(total, native_fps, sampling)
-            images = _decode(container, stream, set(indices))
+            yield container, container.streams.video[0], name
     except av.error.FFmpegError as err:
         raise VideoError(
             f"{name}: cannot decode video ({type(err).__name__}: {err.strerror or err})"
         ) from None
-    if total == 0 or len(images) < len(set(indices)):
-        raise VideoError(
-            f"{name}: truncated video ({len(images)} of {len(set(indices))} chosen frames decoded)"
-        )
-    return Frames([images[i] for i in indices], times, total / native_fps)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def load_frames_folder(folder: Path, sampling: VideoSampling) -> Frames:
+    """A video stored as a folder of frame images (LLaVA-NeXT's frame datasets), in name order:
+    all of them, or `max_frames` spread evenly when there are more (or `force_sample`)."""
+    from .io import load_image
+
+    names = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not names:
+        raise VideoError(f"{folder}: a folder of frames with no images in it")
+    indices = list(range(len(names)))
+    if sampling.max_frames > 0 and (len(names) > sampling.max_frames or sampling.force_sample):
+        indices = np.linspace(0, len(names) - 1, sampling.max_frames, dtype=int).tolist()
+    return Frames([load_image(names[i]) for i in indices], [], 0.0)
 
 
 def _decode(container, stream, wanted: set[int]) -> dict[int, Image.Image]:

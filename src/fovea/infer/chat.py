@@ -20,10 +20,12 @@ def split_images(line: str) -> list[str]:
     return [part.strip() for part in line.split(",") if part.strip()]
 
 
-def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = input, out=None) -> None:
+def repl(
+    model, images: list[str], options: dict, ask: Callable[[str], str] = input, out=None, videos: list = ()
+) -> None:
     """The interactive loop; `ask` reads a line (input() by default), `out` receives the text
     (default: sys.stdout as it is at the call, not at import). Turns reuse the KV cache of the
-    conversation so far (see `ChatSession`)."""
+    conversation so far (see `ChatSession`). `videos` stay through every reset."""
     out = out or sys.stdout
     from ..errors import FoveaError
     from .session import ChatSession
@@ -33,14 +35,14 @@ def repl(model, images: list[str], options: dict, ask: Callable[[str], str] = in
     if note:
         print(note, file=out)
     print(HINT, file=out)
-    session = ChatSession(model, images, template)
-    ask_images = not images  # at the start (unless given) and after every reset
+    session = ChatSession(model, images, template, videos)
+    ask_images = not images and not videos  # at the start (unless given) and after every reset
     while True:
         try:
             if ask_images:
                 paths = _read(ask, "Enter image file paths (comma-separated): ")
                 if paths is not None:
-                    session.reset(split_images(paths))
+                    session.reset(split_images(paths), session.videos)
                     ask_images = False
             text = None if ask_images else _read(ask, "User: ")  # still asking: input ended
         except FoveaError as err:  # a line that is not text: say so, ask again
@@ -88,7 +90,9 @@ def _print_stream(prefix: str, pieces: Iterable[str], out) -> str:
     return "".join(parts).strip()
 
 
-def one_shot(model, prompt: str, images: list[str], options: dict, out=None, err=None) -> None:
+def one_shot(
+    model, prompt: str, images: list[str], options: dict, out=None, err=None, videos: list = ()
+) -> None:
     """One answer on `out`; the inferred template's note, if any, first on `err` (stdout stays
     the answer alone, for scripts)."""
     out, err = out or sys.stdout, err or sys.stderr
@@ -98,5 +102,5 @@ def one_shot(model, prompt: str, images: list[str], options: dict, out=None, err
     note = model.template_note(template)
     if note:
         print(note, file=err)
-    session = ChatSession(model, images, template)
+    session = ChatSession(model, images, template, videos)
     _print_stream("", session.ask(prompt, **options), out)

@@ -21,17 +21,26 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from .budget import PixelBudget
-from .requests import Limits, decode_images, open_images
+from .requests import Limits, decode_images, open_images, pixels_of
 
 READERS = 4
 """Threads that read and fetch images (mostly waiting on the network or the disk)."""
 
 
 class ImageStage:
-    def __init__(self, process, limits: Limits, pixels: int, workers: int = 2, small_pixels: int = 4_000_000):
+    def __init__(
+        self,
+        process,
+        limits: Limits,
+        pixels: int,
+        workers: int = 2,
+        small_pixels: int = 4_000_000,
+        sampling=None,
+    ):
         """`process` tiles decoded images (the model's `ImageProcessor`); `pixels` is the budget of
-        decoded pixels held at once; `workers` threads decode big images."""
-        self.process, self.limits, self.small_pixels = process, limits, small_pixels
+        decoded pixels held at once; `workers` threads decode big images; `sampling` picks a
+        video's frames (the model's `VideoSampling`; a video's pixels are its chosen frames')."""
+        self.process, self.limits, self.small_pixels, self.sampling = process, limits, small_pixels, sampling
         self.budget = PixelBudget(pixels, reserve=small_pixels)
         self.readers = ThreadPoolExecutor(READERS, thread_name_prefix="fovea-image-read")
         self.big = ThreadPoolExecutor(workers, thread_name_prefix="fovea-images")
@@ -42,8 +51,8 @@ class ImageStage:
     async def prepare(self, sources: list[tuple[str, str]]):
         """The request's images (``check_messages``'s sources) as the model's processed tiles."""
         loop = asyncio.get_running_loop()
-        opened = await loop.run_in_executor(self.readers, open_images, sources, self.limits)
-        pixels = sum(image.width * image.height for _, image in opened)
+        opened = await loop.run_in_executor(self.readers, open_images, sources, self.limits, self.sampling)
+        pixels = sum(pixels_of(item) for _, item in opened)
         await self.budget.acquire(pixels)
         self.decoding += 1
         job = asyncio.ensure_future(self._decode_and_tile(opened, pixels))

@@ -21,11 +21,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ImageError
 from ..imaging.io import load_image, open_image
+from ..imaging.video import Probe, VideoError, VideoSampling, load_video, probe_video
 
 
 class ApiError(Exception):
@@ -53,6 +54,11 @@ class Limits:
     """A request without max_tokens gets what the context leaves after its prompt, capped by this
     (None: by `max_tokens`), as vLLM does."""
     max_image_bytes: int = 20 * 1024 * 1024
+    max_videos: int = 1
+    """``video_url`` parts per request (vLLM's default limit too)."""
+    max_video_bytes: int = 32 * 1024 * 1024
+    max_video_frames: int = 32
+    """Frames taken from a video at most (fewer when the model's sampling takes fewer)."""
     allow_remote_images: bool = False
     private_image_hosts: bool = False
     """Fetch remote images from loopback, private, link-local and reserved addresses too. Off by
@@ -77,15 +83,31 @@ class _Parse:
 
 
 def parse_messages(raw: object, limits: Limits) -> tuple[list[dict], list]:
-    """OpenAI messages -> (fovea messages with <image> tags, decoded images in order)."""
+    """OpenAI messages -> (fovea messages with <image> tags, decoded images (and videos' frame
+    lists) in order)."""
     messages, sources = check_messages(raw, limits)
     return messages, decode_images(open_images(sources, limits), limits)
 
 
-def check_messages(raw: object, limits: Limits) -> tuple[list[dict], list[tuple[str, str]]]:
-    """The messages checked without decoding or fetching anything: (fovea messages with <image>
-    tags, each image's (url, where) in order). Cheap, so the server runs it on its event loop and
-    a bad or text-only request never waits behind others' images."""
+@dataclass
+class OpenedVideo:
+    """A request's video, read and probed (its chosen frames and their size known), not decoded."""
+
+    data: bytes
+    probe: Probe
+    sampling: VideoSampling
+
+
+def pixels_of(opened) -> int:
+    """Decoded pixels an opened image or video will take."""
+    return opened.probe.pixels if isinstance(opened, OpenedVideo) else opened.width * opened.height
+
+
+def check_messages(raw: object, limits: Limits) -> tuple[list[dict], list[tuple[str, str, str]]]:
+    """The messages checked without decoding or fetching anything: (fovea messages with an
+    <image> tag per image or video, each one's (url, where, "image" or "video") in order). Cheap,
+    so the server runs it on its event loop and a bad or text-only request never waits behind
+    others' images."""
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
     parse = _Parse(limits, 0.0)
@@ -93,17 +115,23 @@ def check_messages(raw: object, limits: Limits) -> tuple[list[dict], list[tuple[
     return messages, parse.images
 
 
-def open_images(sources: list[tuple[str, str]], limits: Limits) -> list[tuple[str, object]]:
-    """Each image of `check_messages` as (where, a PIL image opened but not decoded): data URLs
-    and files read, remote images fetched under one deadline for the request (from now), every
-    header checked against the pixel limit. Blocking, for a worker thread; nothing is decoded."""
+def open_images(
+    sources: list[tuple[str, str, str]], limits: Limits, sampling: VideoSampling | None = None
+) -> list[tuple[str, object]]:
+    """Each image or video of `check_messages` as (where, a PIL image opened but not decoded, or
+    an `OpenedVideo`): data URLs and files read, remote ones fetched under one deadline for the
+    request (from now), every header checked against the limits. Blocking, for a worker thread;
+    nothing is decoded. Videos are sampled by `sampling`, at most `max_video_frames` frames."""
     parse = _Parse(limits, time.monotonic() + limits.fetch_seconds)
-    return [(where, _open(url, where, parse)) for url, where in sources]
+    bound = min(sampling.max_frames or limits.max_video_frames, limits.max_video_frames) if sampling else 0
+    sampling = replace(sampling or VideoSampling(), max_frames=bound or limits.max_video_frames)
+    return [(where, _open(url, where, parse, kind, sampling)) for url, where, kind in sources]
 
 
 def decode_images(opened: list[tuple[str, object]], limits: Limits) -> list:
-    """The images of `open_images`, decoded to RGB: the costly part, for a worker thread."""
-    return [_decoded(image, where, limits) for where, image in opened]
+    """The images of `open_images`, decoded to RGB (a video: its chosen frames, a list): the costly
+    part, for a worker thread."""
+    return [_decoded(item, where, limits) for where, item in opened]
 
 
 def _message(message: object, where: str, parse: _Parse) -> dict:
@@ -154,28 +182,46 @@ def _part(part: object, where: str, parse: _Parse) -> str:
                 where,
                 "too_many_images",
             )
-        parse.images.append((url, where))  # decoded later, off the event loop (`decode_images`)
+        parse.images.append((url, where, "image"))  # decoded later, off the event loop (`decode_images`)
         return "<image>\n"
-    raise ApiError(400, f"{where}: unsupported content part (text or image_url)", where)
+    if part.get("type") == "video_url":  # vLLM's part: one pooled item, in the image placeholders' order
+        url = part.get("video_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if not isinstance(url, str):
+            raise ApiError(400, f"{where}.video_url.url must be a string", where)
+        if sum(kind == "video" for *_, kind in parse.images) >= parse.limits.max_videos:
+            message = f"too many videos: at most {parse.limits.max_videos} per request"
+            raise ApiError(400, message, where, "too_many_videos")
+        parse.images.append((url, where, "video"))
+        return "<image>\n"
+    raise ApiError(400, f"{where}: unsupported content part (text, image_url or video_url)", where)
 
 
-def _open(url: str, where: str, parse: _Parse):
-    data = _image_bytes(url, where, parse)
+def _open(url: str, where: str, parse: _Parse, kind: str, sampling: VideoSampling):
+    video = kind == "video"
+    data = _image_bytes(url, where, parse, parse.limits.max_video_bytes if video else None)
     try:
+        if video:
+            return OpenedVideo(data, probe_video(data, sampling), sampling)
         return open_image(data, max_pixels=parse.limits.max_pixels)
-    except ImageError as err:
-        raise ApiError(400, f"{where}: {err}", where, "invalid_image") from None
+    except (ImageError, VideoError) as err:
+        raise ApiError(400, f"{where}: {err}", where, f"invalid_{kind}") from None
 
 
-def _decoded(image, where: str, limits: Limits):
+def _decoded(item, where: str, limits: Limits):
     try:
-        return load_image(image, max_pixels=limits.max_pixels)
-    except ImageError as err:
-        raise ApiError(400, f"{where}: {err}", where, "invalid_image") from None
+        if isinstance(item, OpenedVideo):
+            return load_video(item.data, item.sampling).images
+        return load_image(item, max_pixels=limits.max_pixels)
+    except (ImageError, VideoError) as err:
+        kind = "video" if isinstance(item, OpenedVideo) else "image"
+        raise ApiError(400, f"{where}: {err}", where, f"invalid_{kind}") from None
 
 
-def _image_bytes(url: str, where: str, parse: _Parse) -> bytes:
+def _image_bytes(url: str, where: str, parse: _Parse, limit: int | None = None) -> bytes:
+    """An image's (or, with its `limit`, a video's) bytes, from a data URL, a fetch or a file."""
     limits = parse.limits
+    limit = limit or limits.max_image_bytes
     if url.startswith("data:"):
         data = _data_url(url, where)
     elif url.startswith(("http://", "https://")):
@@ -183,13 +229,11 @@ def _image_bytes(url: str, where: str, parse: _Parse) -> bytes:
             raise ApiError(
                 400, f"{where}: remote image URLs are disabled (serve with --allow-remote-images)", where
             )
-        data = _fetch(url, where, parse)
+        data = _fetch(url, where, parse, limit)
     else:
-        data = _local_file(url, where, limits)
-    if len(data) > limits.max_image_bytes:
-        raise ApiError(
-            413, f"{where}: image larger than {limits.max_image_bytes} bytes", where, "image_too_large"
-        )
+        data = _local_file(url, where, limits, limit)
+    if len(data) > limit:
+        raise ApiError(413, f"{where}: larger than {limit} bytes", where, "image_too_large")
     return data
 
 
@@ -203,7 +247,7 @@ def _data_url(url: str, where: str) -> bytes:
         raise ApiError(400, f"{where}: invalid base64 image data", where, "invalid_image") from None
 
 
-def _fetch(url: str, where: str, parse: _Parse) -> bytes:
+def _fetch(url: str, where: str, parse: _Parse, limit: int) -> bytes:
     """A remote image, read in chunks, all before the request's deadline. A timer shuts the
     sockets down at the deadline: urlopen's timeout bounds each socket operation, not the whole
     exchange, and http.client reads the status line and headers in loops of its own."""
@@ -216,7 +260,7 @@ def _fetch(url: str, where: str, parse: _Parse) -> bytes:
     timer.start()
     try:
         with watch.opener().open(url, timeout=seconds) as response:
-            data = _read_chunks(response, parse.limits.max_image_bytes, parse.deadline)
+            data = _read_chunks(response, limit, parse.deadline)
     except (OSError, ValueError, http.client.HTTPException) as err:  # ValueError: a malformed URL
         if isinstance(err, _PrivateHost) or isinstance(getattr(err, "reason", None), _PrivateHost):
             raise ApiError(
@@ -319,7 +363,7 @@ class _Watch:
         return urllib.request.build_opener(Http, Https)
 
 
-def _local_file(url: str, where: str, limits: Limits) -> bytes:
+def _local_file(url: str, where: str, limits: Limits, limit: int) -> bytes:
     if limits.image_dir is None:
         raise ApiError(400, f"{where}: local image paths are disabled (serve with --image-dir DIR)", where)
     try:
@@ -334,7 +378,7 @@ def _local_file(url: str, where: str, limits: Limits) -> bytes:
                 400, f"{where}: no such image file in the allowed directory", where, "invalid_image"
             )
         with path.open("rb") as file:
-            return file.read(limits.max_image_bytes + 1)  # one byte over says: too large
+            return file.read(limit + 1)  # one byte over says: too large
     except PermissionError:
         raise ApiError(403, f"{where}: the image file is not readable", where, "path_not_allowed") from None
     # NUL bytes (ValueError), over-long names (OSError), symlink loops (RuntimeError before Python

@@ -70,11 +70,12 @@ def create_app(model, config: ServeConfig) -> FastAPI:
     default = config.limits.default_max_tokens or config.limits.max_tokens
     engine = Engine(model, max_batch=config.max_batch, max_wait=config.max_wait, default_max_tokens=default)
     stage = ImageStage(
-        model.processor,
+        model.processor.sample,
         config.limits,
         config.max_inflight_pixels,
         config.image_workers,
         config.small_image_pixels,
+        model.config.video,
     )
 
     @asynccontextmanager

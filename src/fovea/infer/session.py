@@ -20,8 +20,12 @@ from ..model.running_batch import RunningBatch, sample_all
 
 
 class ChatSession:
-    def __init__(self, model, images: list = (), template: str | None = "default"):
+    def __init__(self, model, images: list = (), template: str | None = "default", videos: list = ()):
+        """`videos` (files, bytes or lists of frames) are decoded once, here, for every turn."""
+        from ..model.visuals import video_frames
+
         self.model, self.images, self.template = model, list(images), template
+        self.videos = [video_frames(video, model.config.video) for video in videos]
         self.messages: list[dict] = []
         self.ids: list[int] = []
         self.batch: RunningBatch | None = None
@@ -30,8 +34,8 @@ class ChatSession:
         self.prefilled: list[int] = []
         """Tokens prefilled per turn (for tests and curiosity: the cache at work)."""
 
-    def reset(self, images: list = ()) -> None:
-        self.__init__(self.model, images, self.template)
+    def reset(self, images: list = (), videos: list = ()) -> None:
+        self.__init__(self.model, images, self.template, videos)
 
     def ask(
         self,
@@ -49,7 +53,7 @@ class ChatSession:
         sampling = model.sampling(max_new_tokens, temperature > 0, temperature, top_p, top_k, seed)
         pieces: list[str] = []
         with torch.inference_mode():
-            inputs = model.prepare_chat(turn, self.images, self.template)  # raises: history unchanged
+            inputs = model.prepare_chat(turn, self.images, self.template, self.videos)  # raises: history kept
             seq = model.sequence(inputs, sampling, self.template, pieces.append)
             self._prefill(inputs["input_ids"][0].tolist(), inputs, seq)
         return self._stream(turn, seq, pieces)

@@ -109,7 +109,7 @@ class PromptMixin:
         rows, all_pixels, layouts, samples = [], [], [], []
         fmt = self.chat_format(template)
         for prompt, imgs in zip(batch, per_prompt):
-            processed = self.processor(list(imgs))
+            processed = self.processor.sample(list(imgs))
             rendered = self.render_prompt(prompt, len(imgs), template)
             ids = self._tokenize(rendered, add_special_tokens=fmt is None or fmt.add_special_tokens(rendered))
             rows.append(self._expand_placeholders(ids, processed.layouts))
@@ -178,7 +178,7 @@ class PromptMixin:
     ) -> ModelInputs:
         """Model inputs for a whole conversation (``[{"role", "content"}, ...]``), ready for the
         assistant's next turn. Images without tags go before the first user turn's text. `images`
-        may come already through `self.processor` (the server tiles them in a pool of its own)."""
+        may come already through `self.processor.sample` (the server tiles them in a pool of its own)."""
         fmt = self.chat_format(template)
         if fmt is None:
             raise ConfigError(
@@ -209,7 +209,7 @@ class PromptMixin:
         elif found != len(images):
             raise ConfigError(f"the conversation has {found} {tag} tags but {len(images)} images were given")
         text = fmt.render(messages, True, self.tokenizer.bos_token).text
-        processed = images if isinstance(images, ProcessedImages) else self.processor(list(images))
+        processed = images if isinstance(images, ProcessedImages) else self.processor.sample(list(images))
         ids = self._tokenize(text, add_special_tokens=fmt.add_special_tokens(text))
         ids = self._expand_placeholders(ids, processed.layouts)
         input_ids, attention_mask = self._pad_left([ids])

@@ -6,7 +6,8 @@ LLaVA-NeXT, where a video's features replace a single ``<image>`` token. So the 
 into image tags here, and the items listed in tag order for the image processor. Videos given
 without tags go first, before the text (as untagged images do, LLaVA style).
 
-A video is a list of frames (images or paths), or a file path or bytes, decoded with the model's
+A video is a list of frames (images or paths), a folder of frame images, or a file path or bytes,
+decoded with the model's
 `VideoSampling` (imaging/video.py); then, with ``time_instruction``, the original's sentence about
 the frames' times follows its tag.
 """
@@ -17,13 +18,17 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..imaging.video import Frames, VideoSampling, load_video
+from ..imaging.video import Frames, VideoSampling, load_frames_folder, load_video
 
 VIDEO_TAG = "<video>"
 
 
 def video_frames(video, sampling: VideoSampling) -> Frames:
-    """A video argument as frames: a list of frames as given, a file or bytes decoded."""
+    """A video argument as frames: `Frames` and a list of frames as given, a file or bytes decoded."""
+    if isinstance(video, Frames):
+        return video
+    if isinstance(video, (str, Path)) and Path(video).is_dir():
+        return load_frames_folder(Path(video), sampling)
     if isinstance(video, (str, Path, bytes, bytearray)):
         return load_video(video, sampling)
     frames = list(video)
