@@ -179,9 +179,31 @@ def _original_layout(path):
     return write_original(reference, path / "ck", tower_dir=path / "tower", pinpoints_hw=PINPOINTS)
 
 
+def _onevision_layout(path):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    from fovea.tiny import tiny_tokenizer
+
+    from original_reference import tower_dir, vision_fields
+    from released_lm import llava_text
+
+    tower = tower_dir(path / "tower", "siglip", vision_fields("siglip"))
+    tokenizer = tiny_tokenizer()
+    config = LlavaOnevisionConfig(
+        vision_config={**tower.config.to_dict(), "vision_use_head": False},
+        **llava_text(len(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[[56, 56], [56, 112]],
+    )
+    LlavaOnevisionForConditionalGeneration(config).save_pretrained(path / "ck")
+    tokenizer.save_pretrained(path / "ck")
+    return path / "ck"
+
+
 LAYOUT_EXAMPLES = {
     "fovea": _fovea_layout,
     "llava_next": _llava_next_layout,
+    "llava_onevision": _onevision_layout,
     "llava_original": _original_layout,
 }
 

@@ -242,3 +242,27 @@ def test_the_judge_can_be_fovea_s_own_server(tmp_path, model):
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
+
+
+def test_openeqa_runs_its_32_frames_pooled_and_says_so(tmp_path, model, monkeypatch):
+    """The published protocol: up to 32 evenly strided frames (70 in the episode), each a pooled
+    one-frame video because a sample has more than 8 images; run.json records the rule."""
+    _openeqa_source(tmp_path / "src")
+    from fovea.eval.convert import openeqa
+
+    openeqa(tmp_path / "src", tmp_path / "data" / "OpenEQA", frames=32, progress=False)
+    seen, real = [], model.processor.sample
+
+    def recording(items):
+        processed = real(items)
+        seen.append([(layout.frames, layout.mode) for layout in processed.layouts])
+        return processed
+
+    monkeypatch.setattr(model.processor, "sample", recording)
+    evaluate(model, ["openeqa"], tmp_path / "run", tmp_path / "data", progress=False)
+    counts = sorted(len(layouts) for layouts in seen)
+    assert counts == [5, 32]  # scannet's 5 frames stay images; hm3d's 70 give 32
+    assert all(layout == (1, "pad") for layouts in seen if len(layouts) == 32 for layout in layouts)
+    assert all(layout[0] == 0 for layouts in seen if len(layouts) == 5 for layout in layouts)
+    frames = json.loads((tmp_path / "run" / "run.json").read_text())["frames"]
+    assert frames["images_above"] == 8 and frames["pool"] == "bilinear" and frames["stride"] == 2

@@ -51,22 +51,24 @@ _TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
 _DEFAULT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # transformers' default
 
 
-def read_config(directory: Path, raw: dict):
-    """VLMConfig for a transformers LlavaNext checkpoint directory."""
+def read_config(directory: Path, raw: dict, model_type: str = MODEL_TYPE, image_mode: str = "anyres"):
+    """VLMConfig for a transformers LlavaNext checkpoint directory (or, with its `model_type` and
+    `image_mode`, one of the classes that share its layout: see hf_llava_onevision)."""
     from ..model.config import VLMConfig
 
     where = directory / "config.json"
+    defaults = AutoConfig.for_model(model_type)  # the class's defaults, for fields a config leaves out
     vision = _part(where, raw, "vision_config", "clip_vision_model")
     text = _part(where, raw, "text_config", "llama")
-    text = {**lm_fields(text, text["model_type"]), "tie_word_embeddings": _ties_head(where, raw)}
+    text = {**lm_fields(text, text["model_type"]), "tie_word_embeddings": _ties_head(where, raw, model_type)}
     tower = TowerConfig(hf_config=vision)
-    strategy = raw.get("vision_feature_select_strategy", "default")
+    strategy = raw.get("vision_feature_select_strategy", defaults.vision_feature_select_strategy)
     if strategy == "default" and not tower.cls_token:
         raise CheckpointError(
             f"{where}: vision_feature_select_strategy 'default' drops the first token, but the "
             f"{tower.model_type} tower has no CLS token (transformers would drop a real patch)"
         )
-    layers = raw.get("vision_feature_layer", -2)
+    layers = raw.get("vision_feature_layer", defaults.vision_feature_layer)
     connector = ConnectorConfig(
         layers=[layers] if isinstance(layers, int) else list(layers),
         keep_cls=False,
@@ -85,9 +87,12 @@ def read_config(directory: Path, raw: dict):
     pinpoints = (
         raw.get("image_grid_pinpoints") or (settings or {}).get("image_grid_pinpoints") or _DEFAULT_PINPOINTS
     )
-    image_cfg = ImageConfig(
-        **image, mode="anyres", grid_pinpoints=[list(p) for p in pinpoints], alpha="white"
-    )
+    try:
+        image_cfg = ImageConfig(
+            **image, mode=image_mode, grid_pinpoints=[list(p) for p in pinpoints], alpha="white"
+        )
+    except ValueError as err:
+        raise CheckpointError(f"{where}: {err}") from None
     token_id = raw.get("image_token_index", raw.get("image_token_id", 32000))
     return VLMConfig(tower=tower, connector=connector, lm=text, image=image_cfg, image_token_id=int(token_id))
 
@@ -108,12 +113,12 @@ def _part(where: Path, raw: dict, key: str, default_type: str) -> dict:
     return fields
 
 
-def _ties_head(where: Path, raw: dict) -> bool:
+def _ties_head(where: Path, raw: dict, model_type: str = MODEL_TYPE) -> bool:
     """Whether transformers ties this model's LM head to its embeddings: it reads the wrapper's
     ``tie_word_embeddings`` (transformers 5), whatever ``text_config`` says."""
     kwargs = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
     try:
-        return bool(AutoConfig.for_model(MODEL_TYPE, **kwargs).tie_word_embeddings)
+        return bool(AutoConfig.for_model(model_type, **kwargs).tie_word_embeddings)
     except (ValueError, TypeError, StrictDataclassError) as err:
         raise CheckpointError(f"{where}: {library_error_line(err)}") from None
 
@@ -143,7 +148,11 @@ def _tower_key(rest: str, tower_keys: set[str]) -> str:
 
 
 def _read(directory: Path, raw: dict, base: str | None, tower: str | None):
-    config = read_config(directory, raw)
+    return with_tokenizer(directory, read_config(directory, raw))
+
+
+def with_tokenizer(directory: Path, config):
+    """(config, the checkpoint's tokenizer), its chat template adopted."""
     tokenizer = load_tokenizer(directory, lm_config(directory, config.lm))
     _adopt_chat_template(config, directory, tokenizer)
     return config, tokenizer
@@ -166,10 +175,10 @@ def _adopt_chat_template(config, directory: Path, tokenizer) -> None:
             logger.info("%s: its chat template renders as fovea's %r", directory, config.template)
 
 
-def _sources(opened: Opened, model) -> list[Source]:
+def sources(opened: Opened, model) -> list[Source]:
     return [Source(weight_files(opened.directory), key_map(set(model.state_dict())))]
 
 
 LAYOUT = Layout(
-    lambda raw: raw.get("model_type") == MODEL_TYPE, _read, _sources, writer=LlavaNextWriter, export_as="hf"
+    lambda raw: raw.get("model_type") == MODEL_TYPE, _read, sources, writer=LlavaNextWriter, export_as="hf"
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..registry import Registry
-from . import fovea_format, hf_llava_next, llava_original
+from . import fovea_format, hf_llava_next, hf_llava_onevision, llava_original
 from .opened import Layout
 
 LAYOUTS: Registry[Layout] = Registry("checkpoint layout")
@@ -22,6 +22,11 @@ LAYOUTS.add(
 )
 LAYOUTS.add(
     "llava_next", hf_llava_next.LAYOUT, "transformers' LlavaNextForConditionalGeneration (written by --to hf)"
+)
+LAYOUTS.add(
+    "llava_onevision",
+    hf_llava_onevision.LAYOUT,
+    "transformers' LlavaOnevisionForConditionalGeneration (anyres_max, base-view multi-image, pooled video)",
 )
 LAYOUTS.add(
     "llava_original",

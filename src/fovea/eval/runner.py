@@ -137,6 +137,7 @@ def _run_info(model, model_name: str, specs: list[TaskSpec], identity: dict, tem
         "checkpoint": str(Path(source).resolve()) if source else None,
         "template": identity["template"],
         "template_origin": model.template_note(template) and model.config.template_origin,
+        "frames": _frames_rule(model),
         "fovea": __version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tasks": {
@@ -150,6 +151,21 @@ def _run_info(model, model_name: str, specs: list[TaskSpec], identity: dict, tem
         },
         "identity": identity,
     }
+
+
+def _frames_rule(model) -> dict:
+    """How samples with many images ran (OpenEQA's 32 frames do): pooled frames, and how."""
+    frames, above = model.config.frames, model.config.image.frames_above
+    return {
+        "images_above": above,
+        "pool": frames.pool,
+        "stride": frames.stride,
+        "newline": frames.position(model.config.newline),
+        "rule": "never" if above is None else (
+            f"a sample with more than {above} images runs each as a padded one-frame video, its tokens "
+            f"pooled ({frames.pool}, stride {frames.stride}) after the projector"
+        ),
+    }  # fmt: skip
 
 
 # -- generation --------------------------------------------------------------------------------
