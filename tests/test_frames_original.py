@@ -121,3 +121,18 @@ def test_twelve_images_are_pooled_frames_with_grid_newlines(tmp_path):
     # at 8 images the rule does not apply: each is a whole AnyRes image, as the original runs them
     eight = ours.prepare("<image>" * 8 + "\nAnd now?", images=images[:8], template=None)
     assert all(layout.frames == 0 for layout in eight["image_layouts"])
+
+
+def test_an_mlcd_embodied_export_to_hf_says_the_frames_rule_does_not_carry(tmp_path):
+    """Anyres with grid newlines: `--to hf` writes LlavaNext (the closest transformers form) and says
+    that a prompt of many images runs as images there; it does not pretend otherwise."""
+    from fovea.checkpoints.export import convert
+
+    tower = tower_dir(tmp_path / "tower", "mlcd", vision_fields("mlcd"))
+    reference, _ = reference_next("mlcd", tower)
+    ck = write_original(reference, tmp_path / "ck", tower_dir=tmp_path / "tower", pinpoints_hw=PINPOINTS)
+    raw = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({**raw, "mm_newline_position": "grid"}))
+    report = convert(ck, tmp_path / "hf", to="hf")
+    assert json.loads((report.destination / "config.json").read_text())["model_type"] == "llava_next"
+    assert any("LlavaNext has no frames: a prompt with more than 8 images" in note for note in report.notes)

@@ -122,3 +122,47 @@ def test_a_nine_frame_video_pooled_with_one_newline(onevision):
     assert (
         ours.generate("<video>\nWhat happens?", videos=[frames], template=None, max_new_tokens=8) == expected
     )
+
+
+def test_convert_to_hf_writes_onevision_back_and_transformers_runs_it(onevision, tmp_path):
+    """OneVision in, `--to hf` out: LlavaOnevision again (the model needs it), which transformers
+    loads and runs to the same logits as the checkpoint it came from, on an image and a video."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from fovea.checkpoints.export import convert
+
+    reference, processor, tokenizer, ours = onevision
+    report = convert(ours.checkpoint_dir, tmp_path / "out", to="hf")
+    back = LlavaOnevisionForConditionalGeneration.from_pretrained(report.destination).eval()
+    assert (
+        back.config.vision_aspect_ratio == "anyres_max_1"
+        and back.config.video_token_index == reference.config.video_token_index
+    )
+    frames = [_image(48, 64, 30 + i) for i in range(9)]
+    video = torch.stack([processor(images=[f], return_tensors="pt")["pixel_values"][0, 0] for f in frames])
+    inputs = ours.prepare("<video>\nWhat happens?", videos=[frames])
+    ids = inputs["input_ids"].clone()
+    ids[ids == ours.config.image_token_id] = reference.config.video_token_index
+    with torch.no_grad():
+        expected = reference(input_ids=ids, pixel_values_videos=video[None]).logits[0, -1]
+        got = back(input_ids=ids, pixel_values_videos=video[None]).logits[0, -1]
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_mlcd_embodied_grid_newlines_are_refused_by_name_for_onevision(onevision, tmp_path):
+    import pytest
+
+    from fovea.checkpoints.llava_onevision_writer import LlavaOnevisionWriter
+    from fovea.errors import ConfigError
+    from fovea.model.packing import FramesConfig
+
+    _, _, _, ours = onevision
+    config = __import__("copy").deepcopy(ours.config)
+    config.frames = FramesConfig(newline="grid")
+    with pytest.raises(
+        ConfigError, match="frames.newline 'grid' .*MLCD-Embodied's grid has no transformers form"
+    ):
+        LlavaOnevisionWriter.refuse(config)
+    config.frames, config.image.frames_above = FramesConfig(newline="one_token"), 8
+    with pytest.raises(ConfigError, match="image.frames_above 8"):
+        LlavaOnevisionWriter.refuse(config)

@@ -1,4 +1,4 @@
-"""`fovea convert`: any readable checkpoint -> fovea's format or transformers' LlavaNext layout.
+"""`fovea convert`: any readable checkpoint -> fovea's format or transformers' LlavaNext/LlavaOnevision layout.
 
 Conversion streams: the source is checked from its headers against the model's names and shapes
 (nothing loaded), then tensors are read one at a time, renamed, cast, and written into output
@@ -12,8 +12,10 @@ checkpoint (a flat directory whose ``config.json`` names a model); a DST that is
 inside one of the inputs is refused before anything is written.
 
 ``--to NAME`` picks the registered layout that writes under that name (checkpoints/layouts.py):
-``fovea`` (fovea_format.py) or ``hf``, transformers' LlavaNext (llava_next_writer.py). Its writer
-renames and adjusts each tensor as it streams past, then writes the layout's other files.
+``fovea`` (fovea_format.py) or ``hf``: transformers' LlavaOnevision when the model needs it (the
+anyres_max shrink, base-view multi-image, pooled video; llava_onevision_writer.py), else LlavaNext
+(llava_next_writer.py). Its writer renames and adjusts each tensor as it streams past, then writes
+the layout's other files.
 """
 
 from __future__ import annotations

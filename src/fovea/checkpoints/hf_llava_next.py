@@ -27,7 +27,7 @@ from ..model.lm_config import lm_fields
 from ..tensor_files import KeyMap, Source, weight_files
 from ..towers.base import TowerConfig
 from ..towers.presets import image_defaults_from_processor, read_processor_settings
-from .llava_next_writer import LlavaNextWriter
+from .llava_onevision_writer import hf_writer
 from .opened import Layout, Opened, lm_config, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -180,5 +180,5 @@ def sources(opened: Opened, model) -> list[Source]:
 
 
 LAYOUT = Layout(
-    lambda raw: raw.get("model_type") == MODEL_TYPE, _read, sources, writer=LlavaNextWriter, export_as="hf"
+    lambda raw: raw.get("model_type") == MODEL_TYPE, _read, sources, writer=hf_writer, export_as="hf"
 )

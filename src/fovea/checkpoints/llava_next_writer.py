@@ -23,21 +23,30 @@ _RESAMPLE_IDS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 class LlavaNextWriter:
     """Names, vocabulary and metadata of transformers' LlavaNext layout for one fovea config."""
 
+    TOKENS = ("<image>",)
+    """Placeholder tokens the layout's processor needs in the vocabulary."""
+
     def __init__(self, opened):
         self.config = opened.config
-        refuse_inexpressible(self.config)
+        self.refuse(self.config)
         if opened.tokenizer is None:
             raise ConfigError("the source has no tokenizer; transformers' processor needs one")
         self.tokenizer = opened.tokenizer
-        if "<image>" not in self.tokenizer.get_vocab():
-            self.tokenizer.add_tokens(["<image>"], special_tokens=True)
+        missing = [t for t in self.TOKENS if t not in self.tokenizer.get_vocab()]
+        if missing:
+            self.tokenizer.add_tokens(missing, special_tokens=True)
         self.image_id = self.tokenizer.convert_tokens_to_ids("<image>")
         self.vocab = int(self.config.lm["vocab_size"])
-        # A vocabulary without a free row for <image> grows to the next multiple of 64 (as
+        # A vocabulary without free rows for the placeholders grows to the next multiple of 64 (as
         # transformers' own conversions do); new input rows are the mean embedding, new output
         # rows zero, so no existing logit changes. A tied LM shares one matrix: its new rows are
         # zero, else the mean row would give the new ids (<image>, padding) logits of their own.
-        self.new_vocab = self.vocab if self.image_id < self.vocab else -(-(self.image_id + 1) // 64) * 64
+        top = max(self.tokenizer.convert_tokens_to_ids(t) for t in self.TOKENS)
+        self.new_vocab = self.vocab if top < self.vocab else -(-(top + 1) // 64) * 64
+
+    @staticmethod
+    def refuse(config) -> None:
+        refuse_inexpressible(config)
 
     def rename(self, key: str) -> str:
         for old, new in _HF_NAMES:
@@ -61,15 +70,18 @@ class LlavaNextWriter:
 
     def finish(self, work: Path, model) -> list[str]:
         """config.json, tokenizer, processor and chat template; returns notes for the user."""
-        from transformers import LlavaNextConfig, LlavaNextProcessor
-        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+        hf = self.hf_config(self.hf_fields())
+        hf.save_pretrained(work)
+        self.save_processor(work, hf)
+        return self.notes()
 
+    def hf_fields(self) -> dict:
+        """The config fields LlavaNext and LlavaOnevision share."""
         cfg, tower = self.config, self.config.tower
         layers = cfg.connector.layers
-        text = {**cfg.lm, "vocab_size": self.new_vocab}
-        hf = LlavaNextConfig(
+        return dict(
             vision_config=dict(tower.hf_config),
-            text_config=text,
+            text_config={**cfg.lm, "vocab_size": self.new_vocab},
             image_token_index=self.image_id,
             vision_feature_layer=layers[0] if len(layers) == 1 else list(layers),
             vision_feature_select_strategy="default" if tower.cls_token else "full",
@@ -78,9 +90,19 @@ class LlavaNextWriter:
             multimodal_projector_bias=cfg.connector.projector_bias,
             tie_word_embeddings=bool(cfg.lm.get("tie_word_embeddings", False)),
         )
+
+    def hf_config(self, fields: dict):
+        from transformers import LlavaNextConfig
+
+        hf = LlavaNextConfig(**fields)
         hf.architectures = ["LlavaNextForConditionalGeneration"]
-        hf.save_pretrained(work)
-        image = cfg.image
+        return hf
+
+    def save_processor(self, work: Path, hf) -> None:
+        from transformers import LlavaNextProcessor
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+        cfg, image = self.config, self.config.image
         crop = image.resize == "shortest_edge_crop"
         image_processor = LlavaNextImageProcessorPil(
             size={"shortest_edge": image.size} if crop else {"height": image.size, "width": image.size},
@@ -94,20 +116,30 @@ class LlavaNextWriter:
         processor = LlavaNextProcessor(
             image_processor=image_processor,
             tokenizer=self.tokenizer,
-            patch_size=int(tower.hf_config.get("patch_size", 14)),
+            patch_size=int(cfg.tower.hf_config.get("patch_size", 14)),
             vision_feature_select_strategy=hf.vision_feature_select_strategy,
-            num_additional_image_tokens=1 if tower.cls_token else 0,
-            chat_template=chat_template(cfg.template) if cfg.template else cfg.chat_template,
+            num_additional_image_tokens=1 if cfg.tower.cls_token else 0,
+            chat_template=self.chat_template(),
         )
         processor.save_pretrained(work)
-        notes = []
-        if image.alpha == "drop":
+
+    def chat_template(self) -> str | None:
+        return chat_template(self.config.template) if self.config.template else self.config.chat_template
+
+    def notes(self) -> list[str]:
+        cfg, notes = self.config, []
+        if cfg.image.alpha == "drop":
             notes.append(
                 "transformers' processor composites transparent images onto white; this model was set up "
                 "to drop alpha (PIL convert), so RGBA inputs will differ slightly"
             )
-        if family_of(tower).export_note:
-            notes.append(family_of(tower).export_note)
+        if family_of(cfg.tower).export_note:
+            notes.append(family_of(cfg.tower).export_note)
+        if cfg.image.frames_above is not None and type(self) is LlavaNextWriter:
+            notes.append(
+                f"transformers' LlavaNext has no frames: a prompt with more than {cfg.image.frames_above} "
+                "images runs them as images there, where fovea pools them as frames"
+            )
         return notes
 
 
@@ -123,7 +155,28 @@ _HF_NAMES = [
 
 def refuse_inexpressible(config) -> None:
     """ConfigError naming the first part transformers' LlavaNext cannot express."""
-    problems = [
+    refuse_first("LlavaNext", [*shared_problems(config), *_image_problems(config)])
+
+
+def refuse_first(name: str, problems: list[tuple[bool, str]]) -> None:
+    for bad, what in problems:
+        if bad:
+            raise ConfigError(f"cannot export to transformers {name}: {what}")
+
+
+def _image_problems(config) -> list[tuple[bool, str]]:
+    return [
+        (config.image.mode != "anyres", f"image mode {config.image.mode!r} (LlavaNext always uses AnyRes)"),
+        (
+            config.image.multi_image_mode not in (None, "anyres"),
+            f"multi_image_mode {config.image.multi_image_mode!r}",
+        ),
+    ]
+
+
+def shared_problems(config) -> list[tuple[bool, str]]:
+    """What neither LlavaNext nor LlavaOnevision can express."""
+    return [
         (
             family_of(config.tower).grid_kind != "vit",
             f"tower type {config.tower.model_type!r} (LlavaNext reads token sequences of a ViT; this "
@@ -145,12 +198,4 @@ def refuse_inexpressible(config) -> None:
             config.merge != "spatial_unpad" or not config.newline,
             f"merge {config.merge!r} (LlavaNext packs spatial_unpad with newlines)",
         ),
-        (config.image.mode != "anyres", f"image mode {config.image.mode!r} (LlavaNext always uses AnyRes)"),
-        (
-            config.image.multi_image_mode not in (None, "anyres"),
-            f"multi_image_mode {config.image.multi_image_mode!r}",
-        ),
     ]
-    for bad, what in problems:
-        if bad:
-            raise ConfigError(f"cannot export to transformers LlavaNext: {what}")
