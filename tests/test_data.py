@@ -171,3 +171,33 @@ def test_json_list_or_mixture_that_is_not_utf8_or_yaml_is_one_line(tmp_path):
     mixture.write_text("datasets: [{json_path: a.json\n")
     with pytest.raises(ConfigError, match=r"mix\.yaml: not valid YAML \([^\n]*\)$"):
         RecordSource(mixture)
+
+
+def test_synthetic_frames_questions_run_as_pooled_frames(tmp_path):
+    """The `frames` kind: nine labelled frames, one red shape among them (the answer, 1-based); a
+    training sample of nine images is nine pooled one-frame videos."""
+    import json
+
+    from PIL import Image
+
+    from fovea.data.dataset import SupervisedDataset
+    from fovea.data.sources import RecordSource
+    from fovea.data.synthetic import COLOURS, generate
+    from fovea.tiny import tiny_vlm
+
+    qa, captions = generate(tmp_path, 4, kinds=("frames",), seed=3)
+    records = json.loads(qa.read_text())
+    for record in records:
+        assert len(record["images"]) == 9 and record["answer"] in {str(i) for i in range(1, 10)}
+        question = record["conversations"][0]["value"]
+        assert question.startswith("Frame 1: <image>\nFrame 2: <image>\n") and question.count("<image>") == 9
+        red = [
+            i + 1
+            for i, name in enumerate(record["images"])
+            if COLOURS["red"]
+            in {colour for _, colour in Image.open(tmp_path / name).convert("RGB").getcolors(4096)}
+        ]
+        assert red == [int(record["answer"])]
+    dataset = SupervisedDataset(RecordSource(qa), tiny_vlm(), template="qwen_1_5")
+    assert [layout.frames for layout in dataset[0]["image_layouts"]] == [1] * 9
+    assert json.loads(captions.read_text())[0]["conversations"][0]["value"].endswith("Describe the frames.")

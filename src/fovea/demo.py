@@ -1,6 +1,7 @@
 """`fovea demo`: the whole pipeline offline on a CPU in minutes.
 
-1. synthesise image-QA data (shapes, colours, counts, positions, words, bar charts);
+1. synthesise image-QA data (shapes, colours, counts, positions, words, bar charts, and nine-frame
+   questions that run as pooled frames);
 2. train a tiny LLaVA-NeXT-style model in two stages (align: connector on captions with the
    `plain` template; finetune: everything on questions with `qwen_1_5`);
 3. score it on a held-out split: accuracy per question type against chance;
@@ -34,8 +35,13 @@ class DemoResult:
 
 
 def question(record: dict) -> str:
-    """A synthetic record's question as it was trained (its image tag is placed again by `generate`)."""
-    return record["conversations"][0]["value"].removeprefix("<image>\n")
+    """A synthetic record's question as it was trained, its image tags (and frame labels) included."""
+    return record["conversations"][0]["value"]
+
+
+def image_paths(record: dict, root: Path) -> list[Path]:
+    """A synthetic record's images: its one image, or its frames."""
+    return [root / name for name in record.get("images") or [record["image"]]]
 
 
 def score(
@@ -48,7 +54,7 @@ def score(
     ):
         chunk = records[start : start + batch_size]
         prompts = [question(r) for r in chunk]
-        answers = model.generate(prompts, images=[[root / r["image"]] for r in chunk], max_new_tokens=8)
+        answers = model.generate(prompts, images=[image_paths(r, root) for r in chunk], max_new_tokens=8)
         for record, answer in zip(chunk, answers):
             hits.setdefault(record["type"], []).append(
                 int(answer.strip().lower() == record["answer"].lower())
@@ -59,9 +65,9 @@ def score(
 def run_demo(
     out_dir: str | Path = "runs/demo",
     *,
-    train_size: int = 6000,
+    train_size: int = 7000,
     eval_size: int = 600,
-    epochs: float = 3.0,
+    epochs: float = 4.0,
     seed: int = 0,
     kinds: tuple[str, ...] = DEFAULT_KINDS,
     progress: bool = True,
@@ -87,10 +93,9 @@ def run_demo(
     records = json.loads((held_out / "qa.json").read_text())
     accuracy = score(model, records, held_out, progress=progress)
     sample = records[0]
-    answer = model.generate(question(sample), images=[held_out / sample["image"]], max_new_tokens=8)
-    return DemoResult(
-        final, accuracy, {**sample, "model_answer": answer, "path": str(held_out / sample["image"])}
-    )
+    answer = model.generate(question(sample), images=image_paths(sample, held_out), max_new_tokens=8)
+    path = str(image_paths(sample, held_out)[0])
+    return DemoResult(final, accuracy, {**sample, "model_answer": answer, "path": path})
 
 
 def report(result: DemoResult) -> str:

@@ -40,13 +40,13 @@ def _add_demo(sub) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default: %(default)s)")
     p.add_argument(
-        "--train-size", type=positive_int, default=6000, help="training samples (default: %(default)s)"
+        "--train-size", type=positive_int, default=7000, help="training samples (default: %(default)s)"
     )
     p.add_argument(
         "--eval-size", type=positive_int, default=600, help="held-out samples (default: %(default)s)"
     )
     p.add_argument(
-        "--epochs", type=positive_float, default=3.0, help="finetuning epochs (default: %(default)s)"
+        "--epochs", type=positive_float, default=4.0, help="finetuning epochs (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -12,6 +12,8 @@ Types and answer sets (chance = 1 / number of answers):
 * ``position`` "Is the shape on the left or right?" left, right
 * ``word``     "What word is written?"             cat, dog, sun, car
 * ``chart``    "Which bar is tallest?"             A, B, C
+* ``frames``   "In which frame is the red shape?"  1 .. 9 (nine frames, "Frame i: <image>" each, one
+  shape per frame and one of them red: more than 8 images, so they run as pooled frames)
 * ``pair``     "What colour is the left shape?"    red, green, blue, yellow, purple (two shapes)
 * ``quadrant`` "What colour is the shape at the top left?"  red, green, blue, yellow, purple (four
   small shapes of four colours, one per quadrant; the question names the quadrant, so it decides
@@ -46,10 +48,11 @@ ANSWERS = {
     "position": ("left", "right"),
     "word": WORDS,
     "chart": BARS,
+    "frames": tuple(str(i) for i in range(1, 10)),
     "pair": tuple(COLOURS),
     "quadrant": tuple(COLOURS),
 }
-DEFAULT_KINDS = ("colour", "shape", "count", "position", "word", "chart")
+DEFAULT_KINDS = ("colour", "shape", "count", "position", "word", "chart", "frames")
 """What `generate` writes unless told otherwise (the demo's and the bundled tasks' data)."""
 QUESTIONS = {
     "colour": "What colour is the shape?",
@@ -58,6 +61,7 @@ QUESTIONS = {
     "position": "Is the shape on the left or right?",
     "word": "What word is written?",
     "chart": "Which bar is tallest?",
+    "frames": "In which frame is the red shape?",
     "pair": "What colour is the {where} shape?",
     "quadrant": "What colour is the shape at the {where}?",
 }
@@ -148,6 +152,55 @@ def _make(kind: str, size: int, rng: random.Random) -> tuple[Image.Image, str, s
     return image, tallest, f"a bar chart where bar {tallest} is tallest"
 
 
+FRAMES = 9
+
+
+def _frames(size: int, rng: random.Random) -> tuple[list[Image.Image], str, str]:
+    """Nine frames of one shape each; the shape is red in exactly one (the answer, 1-based)."""
+    red = rng.randrange(FRAMES)
+    others = [c for c in COLOURS if c != "red"]
+    frames = []
+    for i in range(FRAMES):
+        image = _background(size, rng)
+        shape, colour = rng.choice(SHAPES), "red" if i == red else rng.choice(others)
+        side = rng.randint(size // 3, size // 2)
+        x, y = rng.randint(2, size - side - 2), rng.randint(2, size - side - 2)
+        draw_shape(ImageDraw.Draw(image), shape, (x, y, x + side, y + side), COLOURS[colour])
+        frames.append(image)
+    return frames, str(red + 1), f"nine frames; the red shape is in frame {red + 1}"
+
+
+def _frames_record(out: Path, i: int, size: int, rng: random.Random) -> tuple[list[str], str, str, str]:
+    """(image names, answer, caption, the question with its frame labels and tags)."""
+    frames, answer, caption = _frames(size, rng)
+    names = [f"images/{i:06d}-{j + 1}.png" for j in range(FRAMES)]
+    for frame, name in zip(frames, names):
+        frame.save(out / name)
+    labels = "".join(f"Frame {j + 1}: <image>\n" for j in range(FRAMES))
+    return names, answer, caption, labels + QUESTIONS["frames"]
+
+
+def _drawn(kind: str, out: Path, i: int, size: int, rng: random.Random) -> tuple[dict, str, str, str, str]:
+    """One record's images (saved; the record's image field), answer, caption, tagged question and
+    tagged caption request."""
+    if kind == "frames":
+        names, answer, caption, question = _frames_record(out, i, size, rng)
+        return (
+            {"images": names},
+            answer,
+            caption,
+            question,
+            question.removesuffix(QUESTIONS[kind]) + "Describe the frames.",
+        )
+    if kind in ASKED:
+        image, answer, caption, question = _asked(kind, size, rng)
+    else:
+        (image, answer, caption), question = _make(kind, size, rng), QUESTIONS[kind]
+    name = f"images/{i:06d}.png"
+    image.save(out / name)
+    return {"image": name}, answer, caption, f"<image>\n{question}", "<image>\nDescribe the image."
+
+
 def generate(
     out_dir: str | Path,
     n: int,
@@ -164,32 +217,21 @@ def generate(
     qa, captions = [], []
     for i in range(n):
         kind = kinds[i % len(kinds)]
-        if kind in ASKED:
-            image, answer, caption, question = _asked(kind, size, rng)
-        else:
-            (image, answer, caption), question = _make(kind, size, rng), QUESTIONS[kind]
-        name = f"images/{i:06d}.png"
-        image.save(out / name)
+        images, answer, caption, question, describe = _drawn(kind, out, i, size, rng)
         qa.append(
             {
                 "id": f"{kind}-{i}",
                 "type": kind,
                 "answer": answer,
-                "image": name,
-                "conversations": [
-                    {"from": "human", "value": f"<image>\n{question}"},
-                    {"from": "gpt", "value": answer},
-                ],
+                **images,
+                "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
             }
         )
         captions.append(
             {
                 "id": f"caption-{i}",
-                "image": name,
-                "conversations": [
-                    {"from": "human", "value": "<image>\nDescribe the image."},
-                    {"from": "gpt", "value": caption},
-                ],
+                **images,
+                "conversations": [{"from": "human", "value": describe}, {"from": "gpt", "value": caption}],
             }
         )
         if progress:

@@ -73,11 +73,11 @@ def headline(spec: TaskSpec, results: dict[str, float]) -> float | None:
 
 # -- the bundled synthetic benchmark -------------------------------------------------------------
 
-SYNTHETIC_SIZE, SYNTHETIC_SEED = 240, 20_000
+SYNTHETIC_SIZE, SYNTHETIC_SEED = 280, 20_000
 
 
 def make_synthetic(where: Path) -> None:
-    """Draw the bundled benchmark (240 questions, 40 per type, seed 20000: not `fovea demo`'s
+    """Draw the bundled benchmark (280 questions, 40 per type, seed 20000: not `fovea demo`'s
     training or held-out seeds) into ``where`` (a folder, or its ``qa.json``)."""
     from ..data.synthetic import generate
 
@@ -87,9 +87,12 @@ def make_synthetic(where: Path) -> None:
 
 
 def _synthetic_prompt(spec: TaskSpec, row: dict) -> str:
+    """The question as `fovea demo` trains it, its image tags (and frame labels) included; a row
+    without conversations gets its type's question (its image placed before it)."""
     from ..data.synthetic import QUESTIONS
 
-    return QUESTIONS[row["type"]]
+    turns = row.get("conversations")
+    return turns[0]["value"] if turns else QUESTIONS[row["type"]]
 
 
 def _exact(spec: TaskSpec, doc: dict, prediction: str) -> dict[str, float]:

@@ -92,7 +92,9 @@ class BadSample:
 
 
 GROUPS = {
-    "synthetic": [f"synth_{kind}" for kind in ("colour", "shape", "count", "position", "word", "chart")],
+    "synthetic": [
+        f"synth_{kind}" for kind in ("colour", "shape", "count", "position", "word", "chart", "frames")
+    ],
     "embodied": ["robovqa", "openeqa"],
 }
 """Names that stand for several tasks."""
