@@ -210,6 +210,40 @@ def _stdin_prompt() -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")  # the newlines text-mode stdin gave
 
 
+SERVE_LIMITS = [
+    ("--max-images", int, 8, "images per request"),
+    ("--max-pixels", int, 16_000_000, "pixels per image"),
+    ("--max-videos", int, 1, "video_url parts per request"),
+    ("--max-video-frames", int, 32, "frames taken from a video at most, spread evenly when it has more"),
+    ("--max-tokens", int, 1024, "largest max_tokens accepted"),
+    (
+        "--max-tokens-default",
+        int,
+        None,
+        "a request without max_tokens gets what the context leaves after its prompt, at most this many "
+        "(default: --max-tokens)",
+    ),
+    ("--max-body-mb", float, 32, "largest request body"),
+    (
+        "--max-inflight-mpixels",
+        float,
+        256,
+        "megapixels of decoded images held by all requests together; one that does not fit waits its "
+        "turn, and a full queue is a 429 (about 1 GiB at the default, as Pillow holds 4 bytes a pixel)",
+    ),
+    ("--image-workers", int, 2, "threads that fetch, decode and tile images, apart from text requests"),
+    (
+        "--drain-timeout",
+        float,
+        30.0,
+        "on SIGTERM or Ctrl-C, seconds the answers in flight have to finish before each ends with a "
+        "clean error (new requests get a 503 at once)",
+    ),
+    ("--max-batch", int, 16, "requests decoded together"),
+]
+"""`fovea serve`'s numeric settings: (flag, type, default, help); each must be a positive number."""
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser(
         "serve",
@@ -235,54 +269,9 @@ def _add_serve(sub) -> None:
     )
     p.add_argument("--image-dir", help="allow local image paths inside this directory")
     add_template_option(p)
-    p.add_argument("--max-images", type=int, default=8, help="images per request (default: %(default)s)")
-    p.add_argument(
-        "--max-pixels", type=int, default=16_000_000, help="pixels per image (default: %(default)s)"
-    )
-    p.add_argument(
-        "--max-videos", type=int, default=1, help="video_url parts per request (default: %(default)s)"
-    )
-    p.add_argument(
-        "--max-video-frames",
-        type=int,
-        default=32,
-        help="frames taken from a video at most, spread evenly when it has more (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-tokens", type=int, default=1024, help="largest max_tokens accepted (default: %(default)s)"
-    )
-    p.add_argument(
-        "--max-tokens-default",
-        type=int,
-        help="a request without max_tokens gets what the context leaves after its prompt, at most "
-        "this many (default: --max-tokens)",
-    )
-    p.add_argument(
-        "--max-body-mb", type=float, default=32, help="largest request body (default: %(default)s)"
-    )
-    p.add_argument(
-        "--max-inflight-mpixels",
-        type=float,
-        default=256,
-        help="megapixels of decoded images held by all requests together; one that does not fit waits "
-        "its turn, and a full queue is a 429 (default: %(default)s: about 1 GiB, as Pillow holds 4 bytes a pixel)",
-    )
-    p.add_argument(
-        "--image-workers",
-        type=int,
-        default=2,
-        help="threads that fetch, decode and tile images, apart from text requests (default: %(default)s)",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=30.0,
-        help="on SIGTERM or Ctrl-C, seconds the answers in flight have to finish before each ends "
-        "with a clean error (new requests get a 503 at once) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-batch", type=int, default=16, help="requests decoded together (default: %(default)s)"
-    )
+    for flag, kind, default, text in SERVE_LIMITS:
+        shown = "" if default is None else " (default: %(default)s)"
+        p.add_argument(flag, type=kind, default=default, help=text + shown)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_run_serve)
 
@@ -338,19 +327,7 @@ def _check_serve_args(args) -> None:
 
     if not 1 <= args.port <= 65535:
         raise _user_error(f"--port {args.port}: expected a port number from 1 to 65535")
-    flags = (
-        "max_images",
-        "max_pixels",
-        "max_tokens",
-        "max_body_mb",
-        "max_batch",
-        "max_tokens_default",
-        "drain_timeout",
-        "max_inflight_mpixels",
-        "image_workers",
-        "max_videos",
-        "max_video_frames",
-    )
+    flags = [flag.removeprefix("--").replace("-", "_") for flag, *_ in SERVE_LIMITS]
     for flag in flags:
         value = getattr(args, flag)
         if value is None:  # optional flags not given
