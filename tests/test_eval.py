@@ -399,3 +399,17 @@ def test_every_builtin_task_loads_with_a_registered_scorer_and_its_protocol(task
 
     spec = load_task(task)
     assert spec.name == task and spec.scorer in SCORERS and spec.protocol
+
+
+def test_a_bundled_set_drawn_before_the_frames_kind_is_named_not_scored_empty(tmp_path):
+    """An earlier fovea drew the synthetic set without frames questions: synth_frames says so, with
+    the folder to remove, instead of scoring nothing."""
+    from fovea.data.synthetic import generate
+    from fovea.eval.tasks import DataError
+
+    generate(tmp_path / "synthetic", 12, kinds=("colour", "shape"))
+    with pytest.raises(
+        DataError, match=r"no \{'type': 'frames'\} questions in .*synthetic.*remove that folder"
+    ):
+        list(samples(load_task("synth_frames"), tmp_path))
+    assert len(list(samples(load_task("synth_colour"), tmp_path))) == 6

@@ -225,12 +225,14 @@ def samples(spec: TaskSpec, data_root: str | Path, hub: bool = False) -> Iterato
     """Every row of the task as a `Sample` ready to generate, or a `BadSample` saying why not."""
 
     scorer = SCORERS.get(spec.scorer)
+    matched = 0
     for index, (row, base) in enumerate(read_rows(spec, data_root, hub)):
         if not isinstance(row, dict):  # a string or a list where a record belongs
             yield BadSample(spec.name, str(index), f"not a record but {type(row).__name__} {str(row)[:40]!r}")
             continue
         if spec.where and not all(str(row.get(k)) == str(v) for k, v in spec.where.items()):
             continue
+        matched += 1
         sample_id = str(row.get(spec.id, index) if spec.id else index)
         try:
             if "__error__" in row:
@@ -244,6 +246,11 @@ def samples(spec: TaskSpec, data_root: str | Path, hub: bool = False) -> Iterato
         except (DataError, KeyError, TypeError, ValueError) as err:
             message = f"missing field {err}" if isinstance(err, KeyError) else str(err)
             yield BadSample(spec.name, sample_id, message)
+    if not matched and spec.scorer == "synthetic":
+        raise DataError(
+            f"task {spec.name}: no {spec.where} questions in {locate(spec, data_root)}: the bundled set "
+            "there was drawn by an earlier fovea; remove that folder and the current one is drawn"
+        )
 
 
 def _row_images(spec: TaskSpec, scorer, row: dict, base: Path) -> tuple[list, list[str]]:
