@@ -1,0 +1,95 @@
+"""RICE's region attention: a region's embedding depends on the tokens inside it and on nothing
+outside; boxes and masks become patch visibility; N regions are sampled as the paper says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fovea.pretrain.regions import (
+    RegionConfig,
+    RegionLayers,
+    box_visibility,
+    mask_visibility,
+    sample_regions,
+)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_a_region_sees_its_tokens_and_nothing_outside(layers):
+    torch.manual_seed(0)
+    model = RegionLayers(RegionConfig(layers=layers), width=32, heads=4, eps=1e-6).eval()
+    tokens = torch.randn(2, 16, 32)  # a 4x4 grid
+    boxes = torch.tensor([[0, 0, 28, 28], [28, 0, 56, 56], [10, 40, 20, 50]])  # pixels of a 56x56 image
+    visible = box_visibility(boxes, (56, 56), (4, 4))[None].expand(2, -1, -1)
+    before = model(tokens, visible)
+    outside = tokens.clone()
+    outside[:, ~visible[0, 0]] = torch.randn_like(outside[:, ~visible[0, 0]])
+    after = model(outside, visible)
+    assert torch.equal(after[:, 0], before[:, 0])  # region 0: untouched
+    assert not torch.allclose(after[:, 1], before[:, 1])  # region 1 overlaps what changed
+    inside = tokens.clone()
+    inside[:, visible[0, 0]] += torch.randn_like(
+        inside[:, visible[0, 0]]
+    )  # not a constant: LayerNorm removes that
+    assert not torch.allclose(model(inside, visible)[:, 0], before[:, 0])
+
+
+def test_boxes_see_the_patches_whose_centre_they_hold():
+    visible = box_visibility(torch.tensor([[0, 0, 28, 56], [30, 30, 31, 31]]), (56, 56), (4, 4)).view(2, 4, 4)
+    assert visible[0, :, :2].all() and not visible[0, :, 2:].any()  # the left half
+    assert visible[1].sum() == 1 and visible[1, 2, 2]  # a tiny box: the patch holding its centre
+
+
+def test_masks_see_what_they_cover_and_never_nothing():
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, :4, :] = True  # the top half
+    masks[1, 5, 5] = True  # one pixel
+    visible = mask_visibility(masks, (2, 2)).view(2, 2, 2)
+    assert visible[0].tolist() == [[True, True], [False, False]]
+    assert visible[1].tolist() == [[False, False], [False, True]]
+
+
+def test_n_regions_are_a_random_n_or_all_resampled_with_replacement():
+    g = torch.Generator().manual_seed(0)
+    many = sample_regions(25, 10, g)
+    assert len(many) == 10 and len(set(many.tolist())) == 10 and many.max() < 25
+    few = sample_regions(3, 10, g)
+    assert len(few) == 10 and set(few.tolist()) == {0, 1, 2}
+    again = sample_regions(25, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(again, many)  # seeded: the same regions on a resumed run
+    with pytest.raises(ValueError, match="no regions"):
+        sample_regions(0, 10)
+
+
+def test_a_blind_region_is_refused():
+    model = RegionLayers(RegionConfig(), width=8, heads=2)
+    with pytest.raises(ValueError, match="sees no token"):
+        model(torch.randn(1, 4, 8), torch.zeros(1, 2, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("positives", [1, 10], ids=["object-eq3", "ocr-eq4"])
+def test_region_losses_are_the_papers_formulas(positives):
+    """RICE's object-region loss (Eq. 3: one positive centre) and OCR-region loss (Eq. 4: the
+    region text's token ids, up to M = 10 positives) are MLCD's separated form, margin 0.3, scale
+    64, on the region embeddings: fovea's `mlcd_loss` equals the formula written out here."""
+    from fovea.pretrain.losses import mlcd_loss
+
+    torch.manual_seed(1)
+    regions = RegionLayers(RegionConfig(), width=16, heads=2)(
+        torch.randn(2, 9, 16), torch.ones(2, 3, 9, dtype=torch.bool)
+    ).flatten(0, 1)  # (B*N, D): every region is a sample of the loss
+    centres = torch.randn(40, 16)
+    cosine = F.normalize(regions, dim=1) @ F.normalize(centres, dim=1).T
+    labels = torch.stack([torch.randperm(40)[:positives] for _ in range(len(cosine))])
+    s, m = 64.0, 0.3
+    expected = []
+    for row, pos in zip(cosine, labels):
+        neg = torch.ones(40, dtype=torch.bool)
+        neg[pos] = False
+        expected.append(
+            torch.log1p(torch.exp(-s * (row[pos] - m)).sum()) + torch.log1p(torch.exp(s * row[neg]).sum())
+        )
+    got = mlcd_loss(cosine.double(), labels, scale=s, margin=m)
+    assert torch.allclose(got, torch.stack(expected).double().mean(), rtol=1e-6)
