@@ -93,3 +93,41 @@ def test_region_losses_are_the_papers_formulas(positives):
         )
     got = mlcd_loss(cosine.double(), labels, scale=s, margin=m)
     assert torch.allclose(got, torch.stack(expected).double().mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("resize", "box", "expected", "kept"),
+    [
+        ("squash", [0, 0, 100, 50], [0, 0, 28, 28], True),  # a 200x100 image squashed: the top-left quarter
+        (
+            "shortest_edge_crop",
+            [100, 0, 300, 200],
+            [0, 0, 56, 56],
+            True,
+        ),  # the centre square of a 400x200 image
+        ("shortest_edge_crop", [0, 0, 90, 200], [0, 0, 0, 56], False),  # wholly in the cropped-off left
+    ],
+)
+def test_boxes_follow_the_processors_square_view(resize, box, expected, kept):
+    from fovea.pretrain.regions import view_boxes
+
+    size = (200, 400) if resize != "squash" else (100, 200)
+    moved, keep = view_boxes(torch.tensor([box]), size, 56, resize)
+    assert moved[0].tolist() == pytest.approx(expected, abs=0.01) and bool(keep[0]) is kept
+
+
+def test_a_view_box_sees_the_patches_of_the_pixels_the_processor_kept():
+    """The view the processor makes and the box moved into it agree: a bright square in the image
+    lands in the patches the moved box sees."""
+    from PIL import Image
+
+    from fovea.imaging.processor import ImageConfig, ImageProcessor
+    from fovea.pretrain.regions import view_boxes
+
+    image = Image.new("RGB", (400, 200))
+    image.paste((255, 255, 255), (200, 50, 300, 150))  # a 100 px square, right of centre
+    view = ImageProcessor(ImageConfig(size=56, mean=[0, 0, 0], std=[1, 1, 1]))([image]).pixels[0, 0]
+    moved, _ = view_boxes(torch.tensor([[200, 50, 300, 150]]), (200, 400), 56, "shortest_edge_crop")
+    seen = box_visibility(moved, (56, 56), (4, 4)).view(4, 4)
+    bright = F.adaptive_avg_pool2d(view[None, None], (4, 4))[0, 0] > 0.5
+    assert torch.equal(seen, bright)

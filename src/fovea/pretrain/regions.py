@@ -70,6 +70,26 @@ def box_visibility(boxes: torch.Tensor, image_size: tuple[int, int], grid: tuple
     return inside.flatten(1)
 
 
+def view_boxes(
+    boxes: torch.Tensor, image_size: tuple[int, int], side: int, resize: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes in an image's pixels -> (boxes in its square view's pixels, kept): the view the image
+    processor makes (`ImageConfig.resize`: ``squash`` to side x side, or ``shortest_edge_crop``:
+    shortest edge to `side`, the other truncated, then the centre `side` x `side`). Boxes are
+    clipped to the view; one the crop leaves with no area is not kept (the caller counts it)."""
+    height, width = image_size
+    if resize == "squash":
+        sx, sy, left, top = side / width, side / height, 0.0, 0.0
+    else:  # as ImageProcessor._square: the resized size truncated, then the centre crop
+        nw, nh = (side, int(side * height / width)) if width <= height else (int(side * width / height), side)
+        sx, sy = nw / width, nh / height
+        left, top = float((nw - side) // 2), float((nh - side) // 2)
+    scaled = boxes.float() * torch.tensor([sx, sy, sx, sy]) - torch.tensor([left, top, left, top])
+    clipped = scaled.clamp(0, side)
+    kept = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return clipped, kept
+
+
 def mask_visibility(masks: torch.Tensor, grid: tuple[int, int], coverage: float = 0.5) -> torch.Tensor:
     """(N, H, W) bool masks -> (N, rows * cols) bool: the patches each covers at least `coverage`
     of, and at least the one it covers most."""
