@@ -21,7 +21,7 @@ from ..imaging.video import VideoError
 from ..model.inputs import ModelInputs
 from ..model.prompting import question_text
 from ..model.templates import TEMPLATES
-from ..model.visuals import arrange
+from ..model.visuals import arrange_messages
 from .labels import IGNORE, encode
 from .records import IMAGE_TAG, BadRecord, Sample, normalise, record_id, skip_reason
 from .sources import RecordSource
@@ -29,13 +29,9 @@ from .sources import RecordSource
 
 def visual_items(sample: Sample, model) -> tuple[list[dict], list]:
     """(the sample's messages with each video tag made an image tag, its images and videos in tag
-    order): videos decoded by the model's sampling, as `model.prepare` does (model/visuals.py)."""
-    if not sample.videos:
-        return sample.messages, list(sample.images)
-    first = next((i for i, m in enumerate(sample.messages) if m["role"] == "user"), 0)
-    contents = [m["content"] for m in sample.messages]
-    contents, items = arrange(contents, sample.images, sample.videos, IMAGE_TAG, model.config.video, first)
-    return [{**m, "content": c} for m, c in zip(sample.messages, contents)], items
+    order): videos decoded by the model's sampling, as `model.prepare_chat` does (model/visuals.py)."""
+    config = model.config
+    return arrange_messages(sample.messages, list(sample.images), sample.videos, IMAGE_TAG, config.video)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from .inputs import ModelInputs
 from .running_batch import RunningBatch, decode, run_to_end
 from .templates import CHECKPOINT_TEMPLATE, TEMPLATES, Template
 from .tokenize import expand_images, tokenize
-from .visuals import arrange
+from .visuals import arrange, arrange_messages
 
 if TYPE_CHECKING:
     from .vlm import VisionLanguageModel
@@ -185,21 +185,9 @@ class PromptMixin:
                 f"chat needs a template and this model has none: pass template=NAME "
                 f"(one of {', '.join(self.template_choices())})"
             )
-        if videos:  # every video tag becomes an image tag; the items in tag order (model/visuals.py)
-            first = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
-            contents, images = arrange(
-                [m["content"] for m in messages],
-                images,
-                videos,
-                self.config.image_token,
-                self.config.video,
-                first,
-            )
-            messages = [{**m, "content": c} for m, c in zip(messages, contents)]
-        tag, found = (
-            self.config.image_token,
-            sum(m["content"].count(self.config.image_token) for m in messages),
-        )
+        tag = self.config.image_token  # video tags become image tags, items in tag order (model/visuals.py)
+        messages, images = arrange_messages(messages, images, videos, tag, self.config.video)
+        found = sum(m["content"].count(tag) for m in messages)
         if found == 0 and images:
             first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
             if first is None:

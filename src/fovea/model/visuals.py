@@ -72,3 +72,14 @@ def arrange(
                 items.append(next(stills))
         out.append("".join(pieces))
     return out, items
+
+
+def arrange_messages(
+    messages: list[dict], images: list, videos: list, image_tag: str, sampling: VideoSampling
+) -> tuple[list[dict], list]:
+    """`arrange` over a conversation: untagged images and videos go to the first user turn."""
+    if not videos:
+        return messages, images
+    first = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
+    contents, items = arrange([m["content"] for m in messages], images, videos, image_tag, sampling, first)
+    return [{**m, "content": c} for m, c in zip(messages, contents)], items
