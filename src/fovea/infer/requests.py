@@ -123,8 +123,8 @@ def open_images(
     request (from now), every header checked against the limits. Blocking, for a worker thread;
     nothing is decoded. Videos are sampled by `sampling`, at most `max_video_frames` frames."""
     parse = _Parse(limits, time.monotonic() + limits.fetch_seconds)
-    bound = min(sampling.max_frames or limits.max_video_frames, limits.max_video_frames) if sampling else 0
-    sampling = replace(sampling or VideoSampling(), max_frames=bound or limits.max_video_frames)
+    base, cap = sampling or VideoSampling(max_frames=0), limits.max_video_frames
+    sampling = replace(base, max_frames=min(base.max_frames or cap, cap))  # 0: no bound of its own
     return [(where, _open(url, where, parse, kind, sampling)) for url, where, kind in sources]
 
 

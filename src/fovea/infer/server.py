@@ -43,9 +43,6 @@ from .requests import ApiError, Limits, check_messages
 
 logger = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.5
-"""How often a request waiting for its next event asks whether its client is still there."""
-
 
 @dataclass
 class ServeConfig:
@@ -225,7 +222,7 @@ async def _chat_completion(http_request, config: ServeConfig, engine: Engine, st
     engine.submit(request)
     gone.add_done_callback(lambda task: task.cancelled() or request.cancelled.set())
     try:
-        first = await _next_event(events, http_request, request)  # decides between a 4xx and a reply
+        first = await _next_event(events)  # decides between a 4xx and a reply
         if first[0] == "error":
             err = _as_api_error(first[1])
             return JSONResponse(err.body(), status_code=err.status)
@@ -234,7 +231,7 @@ async def _chat_completion(http_request, config: ServeConfig, engine: Engine, st
             gone.cancel()
             stream = _sse(first, events, meta, request, options.include_usage)
             return StreamingResponse(stream, media_type="text/event-stream")
-        return await _complete(first, events, meta, http_request, request)
+        return await _complete(first, events, meta)
     except _ClientGone:
         return Response(status_code=499)
     finally:
@@ -367,25 +364,19 @@ class _ClientGone(Exception):
     """The client disconnected while its request waited for the engine."""
 
 
-async def _next_event(events: asyncio.Queue, http_request, request: Request) -> tuple[str, object]:
-    """The engine's next event for `request`; cancels it and raises _ClientGone if the client left."""
-    while True:
-        try:
-            event = await asyncio.wait_for(events.get(), POLL_SECONDS)
-            if event[0] == "cancelled":
-                raise _ClientGone
-            return event
-        # asyncio's own TimeoutError (the builtin only from 3.11); Queue.get loses no item to it
-        except asyncio.TimeoutError:
-            if await http_request.is_disconnected():
-                request.cancelled.set()
-                raise _ClientGone from None
+async def _next_event(events: asyncio.Queue) -> tuple[str, object]:
+    """The engine's next event for a request; _ClientGone once the engine says it was cancelled
+    (its client left: the `_disconnected` watcher set the flag)."""
+    event = await events.get()
+    if event[0] == "cancelled":
+        raise _ClientGone
+    return event
 
 
-async def _complete(first, events: asyncio.Queue, meta: dict, http_request, request: Request):
+async def _complete(first, events: asyncio.Queue, meta: dict):
     event = first
     while event[0] == "text":
-        event = await _next_event(events, http_request, request)
+        event = await _next_event(events)
     if event[0] == "error":
         err = _as_api_error(event[1])
         return JSONResponse(err.body(), status_code=err.status)
