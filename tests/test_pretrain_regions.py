@@ -131,3 +131,26 @@ def test_a_view_box_sees_the_patches_of_the_pixels_the_processor_kept():
     seen = box_visibility(moved, (56, 56), (4, 4)).view(4, 4)
     bright = F.adaptive_avg_pool2d(view[None, None], (4, 4))[0, 0] > 0.5
     assert torch.equal(seen, bright)
+
+
+@pytest.mark.parametrize("resize", ["squash", "shortest_edge_crop"])
+def test_a_mask_goes_into_the_view_as_the_processor_moves_its_pixels(resize):
+    """A mask in the square view covers the pixels the processor put there: the mask drawn as a
+    bright shape, processed, is bright exactly where the moved mask is (up to resampling edges)."""
+    import numpy as np
+    from PIL import Image
+
+    from fovea.imaging.processor import ImageConfig, ImageProcessor
+    from fovea.pretrain.region_manifest import Region
+    from fovea.pretrain.regions import region_visibility, view_mask
+
+    mask = np.zeros((200, 400), dtype=bool)
+    mask[40:160, 150:330] = True
+    image = Image.fromarray(mask.astype(np.uint8) * 255).convert("RGB")
+    config = ImageConfig(size=56, mean=[0, 0, 0], std=[1, 1, 1], resize=resize, resample="nearest")
+    view = ImageProcessor(config)([image]).pixels[0, 0] > 0.5
+    moved = view_mask(mask, 56, resize)
+    assert moved.shape == (56, 56) and (moved != view).float().mean() < 0.02
+    box = region_visibility(Region((150, 40, 330, 160)), (200, 400), 56, resize, (4, 4), 0.5)
+    region = Region((150, 40, 330, 160), mask)
+    assert torch.equal(region_visibility(region, (200, 400), 56, resize, (4, 4), 0.5), box)

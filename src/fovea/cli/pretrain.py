@@ -58,6 +58,7 @@ def add_commands(sub) -> None:
     assign.add_argument("--out", required=True, help="output folder")
     assign.set_defaults(func=_run_assign)
     pretrain_features.add_command(steps)
+    pretrain_features.add_regions_command(steps)
     add_train(steps)
     pretrain_probe.add_command(steps)
 

@@ -42,6 +42,57 @@ def add_command(steps) -> None:
     p.set_defaults(func=_run_features)
 
 
+def add_regions_command(steps) -> None:
+    p = steps.add_parser(
+        "regions",
+        help="RICE: teacher features of object regions and token ids of OCR regions, from a region manifest",
+        description=(
+            "For the images of DATA that the region manifest lists (JSON Lines: image id, objects as boxes, "
+            "COCO RLE masks or polygons, OCR regions as box + text), write OUT: one teacher feature per object "
+            "region (the FEATS format, so `fovea pretrain cluster` and `assign` label the regions), and the "
+            "token ids of each OCR region's text. Regions with an edge under --min-edge are dropped and "
+            "counted; bad manifest lines, unreadable images and unusable regions are named in OUT/manifest.json "
+            "and the parts. Shards under torchrun and resumes like `fovea pretrain features`."
+        ),
+        epilog="example: fovea pretrain regions --manifest regions.jsonl --tower clip-vit-l14-336 "
+        "--tokenizer Qwen/Qwen2.5-7B-Instruct 'laion/{00000..00999}.tar' --out regions",
+    )
+    p.add_argument(
+        "data", nargs="+", metavar="DATA", help="image folders, file lists, tar shards or patterns"
+    )
+    p.add_argument("--manifest", required=True, help="the region manifest (.jsonl), keyed by the images' ids")
+    p.add_argument(
+        "--tower", required=True, help="teacher: a tower preset, hub id, tower or two-tower CLIP directory"
+    )
+    p.add_argument("--out", required=True, metavar="REGIONS", help="output folder (new, or one to resume)")
+    p.add_argument(
+        "--pool",
+        choices=["crop", "roi"],
+        default="crop",
+        help="crop: the teacher embeds each region cut from the image (default); roi: the mean of the "
+        "teacher's patch tokens the region sees, one tower call per image",
+    )
+    p.add_argument(
+        "--min-edge",
+        type=float,
+        default=128.0,
+        help="drop regions with a shorter edge, px (default: RICE's 128)",
+    )
+    p.add_argument(
+        "--tokenizer", help="tokenizer directory or hub id for OCR texts (none: OCR regions unlabelled)"
+    )
+    p.add_argument(
+        "--ocr-labels",
+        type=positive_int,
+        default=10,
+        metavar="M",
+        help="token ids kept per OCR region (default: 10)",
+    )
+    _add_teacher_flags(p)
+    _add_run_flags(p)
+    p.set_defaults(func=_run_regions)
+
+
 def _add_teacher_flags(p) -> None:
     p.add_argument(
         "--random-weights",
@@ -81,14 +132,27 @@ def _add_run_flags(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _run_features(args) -> int:
+def _run_regions(args) -> int:
+    from ..pretrain.region_features import RegionRows
+
+    rows = RegionRows(
+        args.manifest,
+        pool=args.pool,
+        min_edge=args.min_edge,
+        tokenizer=args.tokenizer,
+        ocr_labels=args.ocr_labels,
+    )
+    return _run_features(args, rows)
+
+
+def _run_features(args, rows=None) -> int:
     from ..pretrain.features import TeacherSpec, compute_features
 
     teacher = TeacherSpec(
         args.tower,
         pretrained=not args.random_weights,
         weights=args.weights,
-        joint=args.joint,
+        joint=getattr(args, "joint", False),
         view=args.view,
         dtype=args.dtype,
     )
@@ -100,13 +164,15 @@ def _run_features(args) -> int:
         chunk_size=args.chunk_size,
         device=args.device,
         progress=not args.quiet,
+        rows=rows,
     )
     if summary is None:  # not process 0: it writes the index and reports
         return 0
     rate = summary.images / summary.seconds if summary.seconds > 0 else 0.0
     skipped = f", {summary.skipped} skipped (listed in the parts)" if summary.skipped else ""
+    what = "object regions" if rows is not None else "images"
     print(
-        f"{summary.images} images{skipped} -> {summary.path}: {summary.dim}-d float16 features in "
-        f"{summary.parts} parts ({summary.computed} computed here); {summary.seconds:.1f} s, {rate:.1f} images/s"
+        f"{summary.images} {what}{skipped} -> {summary.path}: {summary.dim}-d float16 features in "
+        f"{summary.parts} parts ({summary.computed} computed here); {summary.seconds:.1f} s, {rate:.1f} {what}/s"
     )
     return 1 if summary.images == 0 else 0

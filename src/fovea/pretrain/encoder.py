@@ -5,6 +5,12 @@ post-LayerNorm CLS, SigLIP's attention-pooling head) mapped by a bias-free linea
 ``visual_projection`` maps it; UNICOM's ViT ends in its own flatten-FC-BN head, so nothing is
 added there (`TowerFamily.pooled_is_embedding`). The loss normalises the embedding.
 
+With RICE's region layers (`add_regions`), the forward also takes each image's regions as a
+visibility mask over its patch tokens and returns one embedding per region beside the image's:
+the last hidden state's patch tokens (the CLS token left out) go through `regions.RegionLayers`
+and a region head like the image head. The exported tower is the plain ViT either way; the region
+layers and head are saved beside it (``region_layers.safetensors``), as the head is.
+
 `export_tower` writes the trained tower as a transformers directory with its image-processor
 settings, which every fovea command takes as a tower (`fovea train` with ``model.tower: DIR``,
 `fovea extract --tower DIR`, `fovea pretrain probe --tower DIR`); the head is saved beside it.
@@ -22,8 +28,10 @@ from torch import nn
 from ..errors import ConfigError
 from ..imaging.processor import ImageConfig
 from ..towers.base import TOWER_FAMILIES, VisionTower
+from .regions import RegionConfig, RegionLayers
 
 HEAD_FILE = "embedding_head.safetensors"
+REGION_FILE = "region_layers.safetensors"
 
 
 class Encoder(nn.Module):
@@ -48,12 +56,38 @@ class Encoder(nn.Module):
             self.head = nn.Linear(tower.width, self.embedding_dim, bias=False)
             nn.init.normal_(self.head.weight, std=tower.width**-0.5)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.regions: RegionLayers | None = None
+
+    def add_regions(self, config: RegionConfig) -> None:
+        """RICE's region layers and region head (random), after the tower's global layers."""
+        tower = self.tower
+        if tower.family.grid_kind != "vit" or not hasattr(tower.hf_config, "num_attention_heads"):
+            raise ConfigError(
+                f"regions: a {tower.config.model_type} tower has no ViT patch grid for region layers"
+            )
+        hf = tower.hf_config
+        self.regions = RegionLayers(
+            config, tower.width, hf.num_attention_heads, getattr(hf, "layer_norm_eps", 1e-5)
+        )
+        self.region_head = nn.Linear(tower.width, self.embedding_dim, bias=False)
+        nn.init.normal_(self.region_head.weight, std=tower.width**-0.5)
+
+    def forward(self, pixels: torch.Tensor, visible: torch.Tensor | None = None):
+        """pixels (B, 3, S, S) -> embeddings (B, E); with `visible` (B, N, T) bool over the T patch
+        tokens, also the region embeddings (B, N, E)."""
         first = next(self.tower.parameters())
         out = self.tower.model(
             pixel_values=pixels.to(device=first.device, dtype=first.dtype), return_dict=True
         )
-        return self.head(out.pooler_output)
+        embeddings = self.head(out.pooler_output)
+        if visible is None:
+            return embeddings
+        states = out.last_hidden_state  # (B, prefix + T, D)
+        tokens = visible.shape[2]
+        if self.regions is None or states.shape[1] < tokens:
+            raise ValueError(f"regions over {tokens} patches, but the tower gives {states.shape[1]} tokens")
+        regions = self.regions(states[:, states.shape[1] - tokens :], visible.to(states.device))
+        return embeddings, self.region_head(regions)
 
 
 def export_tower(encoder: Encoder, image: ImageConfig, out: Path) -> Path:
@@ -63,6 +97,12 @@ def export_tower(encoder: Encoder, image: ImageConfig, out: Path) -> Path:
     (out / "preprocessor_config.json").write_text(json.dumps(processor_settings(image), indent=2))
     if isinstance(encoder.head, nn.Linear):
         save_file({"weight": encoder.head.weight.detach().float().cpu().contiguous()}, str(out / HEAD_FILE))
+    if encoder.regions is not None:
+        parts = {f"layers.{k}": v for k, v in encoder.regions.state_dict().items()}
+        parts |= {f"head.{k}": v for k, v in encoder.region_head.state_dict().items()}
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in parts.items()}, str(out / REGION_FILE)
+        )
     return out
 
 

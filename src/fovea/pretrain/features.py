@@ -109,6 +109,15 @@ class Teacher:
         )
         return F.normalize(image + F.normalize(_pooled(text).float(), dim=-1), dim=-1)
 
+    @torch.inference_mode()
+    def patch_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, rows * cols, D) float32 last-layer patch tokens (CLS left out) and the grid."""
+        model = self.model.vision_model if self.clip else self.model
+        states = model(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state
+        patch = model.config.patch_size
+        grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
+        return states[:, states.shape[1] - grid[0] * grid[1] :].float(), grid
+
 
 def _pooled(out) -> torch.Tensor:
     """transformers 5 returns the projected embedding as the output's pooler_output."""
@@ -207,12 +216,17 @@ def compute_features(
     device: str | None = None,
     progress: bool = False,
     poll_seconds: float = 2.0,
+    rows=None,
 ) -> Summary | None:
-    """Write FEATS `out` for `inputs` (see the module docstring); the summary on process 0, else None."""
+    """Write FEATS `out` for `inputs` (see the module docstring); the summary on process 0, else None.
+    `rows` makes the rows something other than whole images (`region_features.RegionRows`: its
+    settings join run.json, and it writes each part and adds to the index)."""
     start = time.perf_counter()
     spec = TeacherSpec(teacher) if isinstance(teacher, str) else teacher
     rank, world = process_rank()
     settings, chunks = _plan_run(spec, inputs, chunk_size)
+    if rows is not None:
+        settings |= rows.settings()
     out = Path(out)
     fresh = check_output(out, settings)
     todo = [c for c in range(rank, len(chunks), world) if not _part_done(out, c, chunks[c])]
@@ -227,12 +241,15 @@ def compute_features(
         # warnings (skipped images) print above a live bar instead of through it
         logs = logging_redirect_tqdm() if show else nullcontext()
         with tqdm(total=known, desc="features", unit="img", disable=not show) as bar, logs:
+            write = rows.write_part if rows is not None else _write_part
             for c in todo:
-                _write_part(out, c, chunks[c], model, batch_size, bar)
+                write(out, c, chunks[c], model, batch_size, bar)
     _wait_for_parts(out, len(chunks), rank, poll_seconds, progress)
     if rank != 0:
         return None
     index = write_index(out, len(chunks), settings)
+    if rows is not None:
+        index = rows.finish(out, index)
     seconds = time.perf_counter() - start
     return Summary(out, index["count"], index["skipped"], index["dim"], len(chunks), len(todo), seconds)
 
@@ -317,19 +334,19 @@ def _short(value) -> str:
 # -- parts ---------------------------------------------------------------------------------------
 
 
-def _part_files(out: Path, c: int | str) -> tuple[Path, Path]:
+def part_files(out: Path, c: int | str) -> tuple[Path, Path]:
     stem = out / "parts" / (c if isinstance(c, str) else f"part-{c:06d}")
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
 
 def _complete(out: Path, c: int) -> bool:
-    return all(p.is_file() for p in _part_files(out, c))
+    return all(p.is_file() for p in part_files(out, c))
 
 
 def _part_done(out: Path, c: int, chunk: Chunk) -> bool:
     if not _complete(out, c):
         return False
-    meta = _part_files(out, c)[1]
+    meta = part_files(out, c)[1]
     source = _read_json(meta).get("source")
     if source != chunk.source:
         raise ConfigError(
@@ -354,7 +371,7 @@ def _write_part(out: Path, c: int, chunk: Chunk, teacher: Teacher, batch_size: i
             kept.extend(ref for ref, _ in good)
         bar.update(len(batch))
     array = np.concatenate(rows) if rows else np.zeros((0, teacher.dim), np.float16)
-    npy, meta = _part_files(out, c)
+    npy, meta = part_files(out, c)
     save_npy(npy, array)
     part = {"chunk": c, "source": chunk.source, "refs": [r.as_dict() for r in kept], "skipped": skipped}
     write_text_atomic(meta, json.dumps(part))  # last: its presence marks the part finished
@@ -384,7 +401,7 @@ def write_index(out: Path, chunks: int, settings: dict) -> dict:
     """features.json from the finished parts (each checked: as many rows as images)."""
     parts, count, skipped, dim = [], 0, 0, None
     for c in range(chunks):
-        npy, meta = _part_files(out, c)
+        npy, meta = part_files(out, c)
         info, shape = _read_json(meta), np.load(npy, mmap_mode="r").shape
         if shape[0] != len(info["refs"]) or dim not in (None, shape[1]):
             raise ConfigError(
@@ -434,7 +451,7 @@ def _load_folder(path: Path, vectors: bool = True) -> Features:
     array = np.empty((index["count"], index["dim"]), np.float32) if vectors else None
     refs, count = [], index["count"]
     for part in index["parts"]:
-        npy, meta = _part_files(path, part["name"])
+        npy, meta = part_files(path, part["name"])
         if not (npy.is_file() and meta.is_file()):
             raise ConfigError(f"{path}: {part['name']} is in features.json but its files are missing")
         block, part_refs = np.load(npy, mmap_mode="r"), _read_json(meta)["refs"]
@@ -491,7 +508,7 @@ def write_features(out: str | Path, refs: list[ImageRef], array: np.ndarray, *, 
     settings = {"format": FORMAT, "tower": teacher, "embedding": "precomputed", "joint": False, "chunks": 1}
     (out / "parts").mkdir(parents=True)
     write_text_atomic(out / "run.json", json.dumps(settings, indent=2))
-    npy, meta = _part_files(out, 0)
+    npy, meta = part_files(out, 0)
     save_npy(npy, array.astype(np.float16))
     part = {"chunk": 0, "source": "precomputed", "refs": [r.as_dict() for r in refs], "skipped": []}
     write_text_atomic(meta, json.dumps(part))

@@ -5,6 +5,7 @@
     data:     the images (a FEATS folder from `fovea pretrain features`: their references and
               order) and their labels (a LABELS folder from `fovea pretrain assign`)
     loss:     MLCD's multi-label loss or UNICOM's margin softmax, through PartialFC
+    regions:  RICE (optional): region layers and the object- and OCR-region losses
     optim:    AdamW, batch, length
     run:      the same run section as `fovea train` (output, seed, precision, engine, checkpoints)
 
@@ -24,6 +25,7 @@ from ..config import apply_overrides, from_dict, load_yaml
 from ..errors import ConfigError
 from ..train.recipe import RunSpec
 from .losses import LossConfig, MLCDLoss
+from .regions import RegionConfig
 
 
 @dataclass(kw_only=True)
@@ -56,6 +58,29 @@ class DataSpec:
 
 
 @dataclass(kw_only=True)
+class RegionSpec:
+    """RICE: region layers after the ViT, trained with region losses beside the image-level one.
+    The paper gives no weights for combining the losses: each is a setting, 1.0 by default (a sum)."""
+
+    features: str
+    """A REGIONS folder from `fovea pretrain regions` on (some of) the images of `data.features`."""
+    labels: str | None = None
+    """A LABELS folder from `fovea pretrain assign --labels 1` on REGIONS: each object region's
+    centre. None: no object-region loss."""
+    ocr: bool = True
+    """The OCR-region loss on REGIONS' token ids (when it holds any: `--tokenizer` was given)."""
+    attention: RegionConfig = field(default_factory=RegionConfig)
+    """Region layers, N regions per image, mask coverage (regions.py)."""
+    object_loss: LossConfig = field(default_factory=MLCDLoss)
+    """Single positive (the region's centre): MLCD's form is the paper's Eq. 3."""
+    ocr_loss: LossConfig = field(default_factory=MLCDLoss)
+    """Multi-positive (the text's tokens), MLCD's form (Eq. 4); must be a multi-label loss."""
+    image_weight: float = 1.0
+    object_weight: float = 1.0
+    ocr_weight: float = 1.0
+
+
+@dataclass(kw_only=True)
 class OptimSpec:
     lr: float = 1e-3
     centres_lr: float | None = None
@@ -77,6 +102,7 @@ class PretrainRecipe:
     data: DataSpec
     loss: LossConfig = field(default_factory=MLCDLoss)
     """A registered loss (``type: mlcd`` or ``margin``) with its own fields and PartialFC's rates."""
+    regions: RegionSpec | None = None
     optim: OptimSpec = field(default_factory=OptimSpec)
     run: RunSpec = field(default_factory=lambda: RunSpec(out_dir="runs/pretrain"))
 
@@ -86,10 +112,17 @@ def load_pretrain_recipe(path: str | Path, overrides: list[str] = ()) -> Pretrai
     data = apply_overrides(load_yaml(path), list(overrides))
     recipe = from_dict(PretrainRecipe, data)
     base = Path(path).parent
-    for key in ("features", "labels"):
-        value = Path(getattr(recipe.data, key))
-        if not value.is_absolute() and not value.exists() and (base / value).exists():
-            setattr(recipe.data, key, str(base / value))
+    sections = [(recipe.data, ("features", "labels")), (recipe.regions, ("features", "labels"))]
+    for section, keys in sections:
+        for key in keys if section is not None else ():
+            value = getattr(section, key)
+            if (
+                value
+                and not Path(value).is_absolute()
+                and not Path(value).exists()
+                and (base / value).exists()
+            ):
+                setattr(section, key, str(base / value))
     check_pretrain_recipe(recipe)
     return recipe
 
@@ -119,6 +152,7 @@ def check_pretrain_recipe(recipe: PretrainRecipe) -> None:
         _check(
             per_image in (None, 1), "data.labels_per_image", f"must be 1 for loss.type {loss.type}", per_image
         )
+    _check_regions(recipe.regions)
     # the class centres live outside accelerate (one shard per process), so outside its fp16 loss scaling
     _check(run.precision != "fp16", "run.precision", "must be bf16 or no", "fp16")
     _check(
@@ -129,6 +163,18 @@ def check_pretrain_recipe(recipe: PretrainRecipe) -> None:
     )
     for key in ("log_every", "save_every", "keep_last"):
         _check(getattr(run, key) >= 1, f"run.{key}", "must be at least 1", getattr(run, key))
+
+
+def _check_regions(spec: RegionSpec | None) -> None:
+    if spec is None:
+        return
+    for key in ("image_weight", "object_weight", "ocr_weight"):
+        value = getattr(spec, key)
+        _check(value >= 0 and math.isfinite(value), f"regions.{key}", "must be at least 0", value)
+    _check(spec.labels is not None or spec.ocr, "regions", "needs labels (object regions) or ocr: true", None)
+    _check(
+        spec.ocr_loss.multi_label, "regions.ocr_loss.type", "must be a multi-label loss", spec.ocr_loss.type
+    )
 
 
 def _positive(value) -> bool:

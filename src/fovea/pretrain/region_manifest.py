@@ -42,6 +42,8 @@ class Region:
     """(H, W) bool over the whole image, when the region was given as a mask."""
     text: str | None = None
     """The words of an OCR region."""
+    raw: dict | None = None
+    """The manifest's own JSON of the region: what later steps store and read back (`parse_object`)."""
 
     @property
     def min_edge(self) -> float:
@@ -97,8 +99,8 @@ def parse_line(line: str) -> RegionRecord:
     if not isinstance(image, str) or not image:
         raise RegionError("no 'image' id")
     try:
-        objects = [_object(item) for item in _list(raw, "objects")]
-        ocr = [_ocr(item) for item in _list(raw, "ocr")]
+        objects = [parse_object(item) for item in _list(raw, "objects")]
+        ocr = [parse_ocr(item) for item in _list(raw, "ocr")]
     except (RegionError, ValueError, TypeError, KeyError) as err:
         raise RegionError(f"image {image}: {err}") from None
     return RegionRecord(image, objects, ocr)
@@ -111,9 +113,12 @@ def _list(raw: dict, key: str) -> list:
     return value
 
 
-def _object(item: dict) -> Region:
+def parse_object(item: dict) -> Region:
+    """One object region (box, COCO RLE mask or polygon) from its JSON; RegionError when malformed."""
+    if not isinstance(item, dict):
+        raise RegionError(f"a region is a JSON object, got {item!r}")
     if "box" in item:
-        return Region(_box(item["box"]))
+        return Region(_box(item["box"]), raw=item)
     if "mask" in item:
         mask = rle_decode(item["mask"])
     elif "polygon" in item:
@@ -125,14 +130,18 @@ def _object(item: dict) -> Region:
     ys, xs = np.nonzero(mask)
     if not len(xs):
         raise RegionError("an empty mask")
-    return Region((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)), mask)
+    box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+    return Region(box, mask, raw=item)
 
 
-def _ocr(item: dict) -> Region:
+def parse_ocr(item: dict) -> Region:
+    """One OCR region (box and text) from its JSON; RegionError when malformed."""
+    if not isinstance(item, dict):
+        raise RegionError(f"a region is a JSON object, got {item!r}")
     text = item.get("text")
     if not isinstance(text, str) or not text.strip():
         raise RegionError("an OCR region needs its 'text'")
-    return Region(_box(item.get("box")), text=text)
+    return Region(_box(item.get("box")), text=text, raw=item)
 
 
 def _box(value) -> tuple[float, float, float, float]:

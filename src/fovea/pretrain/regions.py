@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 
@@ -77,17 +79,46 @@ def view_boxes(
     processor makes (`ImageConfig.resize`: ``squash`` to side x side, or ``shortest_edge_crop``:
     shortest edge to `side`, the other truncated, then the centre `side` x `side`). Boxes are
     clipped to the view; one the crop leaves with no area is not kept (the caller counts it)."""
-    height, width = image_size
-    if resize == "squash":
-        sx, sy, left, top = side / width, side / height, 0.0, 0.0
-    else:  # as ImageProcessor._square: the resized size truncated, then the centre crop
-        nw, nh = (side, int(side * height / width)) if width <= height else (int(side * width / height), side)
-        sx, sy = nw / width, nh / height
-        left, top = float((nw - side) // 2), float((nh - side) // 2)
+    (sx, sy), (left, top), _ = _view(image_size, side, resize)
     scaled = boxes.float() * torch.tensor([sx, sy, sx, sy]) - torch.tensor([left, top, left, top])
     clipped = scaled.clamp(0, side)
     kept = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return clipped, kept
+
+
+def view_mask(mask: np.ndarray, side: int, resize: str) -> torch.Tensor:
+    """An (H, W) bool mask of an image -> (side, side) bool: the same square view as `view_boxes`
+    (nearest-neighbour resize, then the centre crop)."""
+    height, width = mask.shape
+    _, (left, top), (new_w, new_h) = _view((height, width), side, resize)
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((new_w, new_h), Image.Resampling.NEAREST)
+    view = np.asarray(resized)[int(top) : int(top) + side, int(left) : int(left) + side] > 127
+    return torch.from_numpy(view.copy())
+
+
+def _view(image_size: tuple[int, int], side: int, resize: str):
+    """((x scale, y scale), (left, top) of the crop, (resized width, height)) of the processor's view."""
+    height, width = image_size
+    if resize == "squash":
+        return (side / width, side / height), (0.0, 0.0), (side, side)
+    # as ImageProcessor._square: the resized size truncated, then the centre crop
+    nw, nh = (side, int(side * height / width)) if width <= height else (int(side * width / height), side)
+    return (nw / width, nh / height), (float((nw - side) // 2), float((nh - side) // 2)), (nw, nh)
+
+
+def region_visibility(
+    region, image_size: tuple[int, int], side: int, resize: str, grid: tuple[int, int], coverage: float
+) -> torch.Tensor | None:
+    """(rows * cols,) bool: the patches of the square view that a manifest region (a box, or a mask:
+    `region_manifest.Region`) sees; None when the view leaves the region out."""
+    if region.mask is None:
+        box, kept = view_boxes(torch.tensor([region.box]), image_size, side, resize)
+        return box_visibility(box, (side, side), grid)[0] if bool(kept[0]) else None
+    if tuple(region.mask.shape) != tuple(image_size):
+        raise ValueError(f"the mask is {region.mask.shape[1]}x{region.mask.shape[0]}, the image "
+                         f"{image_size[1]}x{image_size[0]}")  # fmt: skip
+    view = view_mask(region.mask, side, resize)
+    return mask_visibility(view[None], grid, coverage)[0] if bool(view.any()) else None
 
 
 def mask_visibility(masks: torch.Tensor, grid: tuple[int, int], coverage: float = 0.5) -> torch.Tensor:

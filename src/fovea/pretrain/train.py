@@ -37,6 +37,7 @@ from ..train.engine import Position, StepLoop, StepResult, make_accelerator, res
 from ..train.parts import warmup_cosine
 from .encoder import Encoder, export_tower
 from .recipe import PretrainRecipe, check_pretrain_recipe
+from .region_data import RegionData, stack_regions
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +50,33 @@ class LabelledImages:
     labels: np.ndarray
     classes: int
     processor: ImageProcessor
+    regions: RegionData | None = None
+    """RICE's regions of each image (None: image-level training)."""
 
     def __len__(self) -> int:
         return len(self.refs)
 
-    def __getitem__(self, i: int):
-        """(pixels (3, S, S), labels (L,)) or the reason the image was skipped."""
+    def item(self, i: int, epoch: int = 0):
+        """(pixels (3, S, S), labels (L,), regions or None) or the reason the image was skipped;
+        the epoch seeds which regions are drawn."""
         ref = self.refs[i]
         try:
-            pixels = self.processor([ref.load()]).pixels[0]
+            image = ref.load()
+            pixels = self.processor([image]).pixels[0]
         except ImageError as err:
             return f"image {ref.id}: {err}"
-        return pixels, torch.from_numpy(self.labels[i])
+        regions = None
+        if self.regions is not None:
+            regions = self.regions.item(ref.id, (image.height, image.width), epoch, i)
+        return pixels, torch.from_numpy(self.labels[i]), regions
 
 
-def load_data(recipe: PretrainRecipe, image: ImageConfig) -> LabelledImages:
+def load_data(recipe: PretrainRecipe, image: ImageConfig, grid: tuple[int, int]) -> LabelledImages:
     refs, labels, classes = read_data(recipe)
-    return LabelledImages(refs, labels, classes, ImageProcessor(image))
+    regions = None
+    if recipe.regions is not None:
+        regions = RegionData(recipe.regions, image, grid, recipe.run.seed)
+    return LabelledImages(refs, labels, classes, ImageProcessor(image), regions)
 
 
 def read_data(recipe: PretrainRecipe) -> tuple[list, np.ndarray, int]:
@@ -100,18 +111,22 @@ def _classes(folder: Path, labels: np.ndarray) -> int:
     return int(recorded) if recorded else int(labels.max()) + 1
 
 
-def collate(items: list, micro: int, label_width: int, size: int) -> dict:
+def collate(items: list, micro: int, label_width: int, size: int, regions: RegionData | None = None) -> dict:
     """A fixed-shape batch: skipped images become padding rows (valid False, labels -1)."""
     pixels = torch.zeros(micro, 3, size, size)
     labels = torch.full((micro, label_width), -1, dtype=torch.long)
     valid = torch.zeros(micro, dtype=torch.bool)
-    skipped = []
+    skipped, region_items = [], [None] * micro
     for row, item in enumerate(items):
         if isinstance(item, str):
             skipped.append(item)
             continue
         pixels[row], labels[row], valid[row] = item[0], item[1], True
-    return {"pixels": pixels, "labels": labels, "valid": valid, "skipped": skipped}
+        region_items[row] = item[2]
+    batch = {"pixels": pixels, "labels": labels, "valid": valid, "skipped": skipped}
+    if regions is not None:
+        batch["regions"] = stack_regions(region_items, regions.empty())
+    return batch
 
 
 def build_encoder(recipe: PretrainRecipe) -> tuple[Encoder, ImageConfig]:
@@ -122,6 +137,8 @@ def build_encoder(recipe: PretrainRecipe) -> tuple[Encoder, ImageConfig]:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"encoder.image: {err}") from None
     encoder = Encoder(tower, spec.embedding_dim)
+    if recipe.regions is not None:
+        encoder.add_regions(recipe.regions.attention)
     if spec.gradient_checkpointing:
         checkpoint_activations(encoder.tower.model)
     return encoder.train(), image
@@ -147,7 +164,8 @@ def train_encoder(recipe: PretrainRecipe) -> Path:
     accelerator = make_accelerator(recipe.run)
     set_seed(recipe.run.seed)
     encoder, image = build_encoder(recipe)
-    data = load_data(recipe, image)
+    grid = (image.size // encoder.tower.patch_size,) * 2
+    data = load_data(recipe, image, grid)
     _check_batch(recipe, accelerator.num_processes)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -198,8 +216,10 @@ class _EncoderLoop(StepLoop):
         total = optim.max_steps or max(1, math.ceil(optim.epochs * per_epoch))
         pfc = PartialFC(encoder.embedding_dim, data.classes, recipe.loss, seed=recipe.run.seed)
         pfc = pfc.to(accelerator.device)
+        region_pfcs = _region_pfcs(recipe, encoder.embedding_dim, data.regions).to(accelerator.device)
         optimizer = _adamw(encoder.parameters(), optim.lr, optim.weight_decay)
-        centres = _adamw(pfc.parameters(), optim.centres_lr or optim.lr, optim.weight_decay)
+        centre_params = [*pfc.parameters(), *region_pfcs.parameters()]
+        centres = _adamw(centre_params, optim.centres_lr or optim.lr, optim.weight_decay)
         factor = warmup_cosine(total, optim.warmup_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         centres_scheduler = torch.optim.lr_scheduler.LambdaLR(centres, factor)
@@ -219,7 +239,7 @@ class _EncoderLoop(StepLoop):
             grad_clip=optim.grad_clip,
         )
         loop.schedulers.append(centres_scheduler)
-        loop.recipe, loop.data, loop.pfc = recipe, data, pfc
+        loop.recipe, loop.data, loop.pfc, loop.region_pfcs = recipe, data, pfc, region_pfcs
         loop.centres, loop.centres_scheduler = centres, centres_scheduler
         loop.micro, loop.accum, loop.size = micro, accum, data.processor.config.size
         return loop
@@ -231,22 +251,26 @@ class _EncoderLoop(StepLoop):
         )  # fmt: skip
         width = self.data.labels.shape[1]
         for epoch, index, indices in order:
-            yield epoch, index, collate([self.data[i] for i in indices], self.micro, width, self.size)
+            items = [self.data.item(i, epoch) for i in indices]
+            yield epoch, index, collate(items, self.micro, width, self.size, self.data.regions)
 
     def step(self, source, position: Position) -> StepResult:
         group = [next(source) for _ in range(self.accum)]
         for _, _, batch in group:
             for reason in batch["skipped"]:
                 logger.warning("skipped: %s", reason)
-        device, losses = self.acc.device, []
+        device, losses, parts = self.acc.device, [], {}
 
         def loss_of(k: int, batch: dict) -> torch.Tensor:
+            step, regions = position.step * self.accum + k, batch.get("regions")
             with self.acc.autocast():
-                embeddings = self.model(batch["pixels"].to(device))
+                out = self.model(batch["pixels"].to(device), None if regions is None else regions["visible"])
+            embeddings = out if regions is None else out[0]
             loss = self.pfc(
-                embeddings.float(), batch["labels"].to(device), position.step * self.accum + k,
-                valid=batch["valid"].to(device),
-            )  # fmt: skip
+                embeddings.float(), batch["labels"].to(device), step, valid=batch["valid"].to(device)
+            )
+            if regions is not None:
+                loss = self._with_regions(loss, out[1], regions, step, parts)
             losses.append(float(loss.detach()))
             return loss
 
@@ -257,13 +281,30 @@ class _EncoderLoop(StepLoop):
         )  # fmt: skip
         samples, skipped = self.acc.reduce(local, reduction="sum").tolist()
         position.skipped += int(skipped)
-        return StepResult(sum(losses) / len(losses), {"samples": samples}, group[-1][:2])
+        extra = {f"{name}_loss": sum(v) / len(v) for name, v in parts.items()}
+        if self.data.regions is not None:
+            extra["regions_outside_view"] = float(sum(b["regions"]["outside"] for _, _, b in group))
+        return StepResult(sum(losses) / len(losses), {"samples": samples}, group[-1][:2], extra)
+
+    def _with_regions(self, image_loss, regions: torch.Tensor, batch: dict, step: int, parts: dict):
+        """The image loss weighted, plus each region loss (object, OCR) over the B·N region rows."""
+        spec, device = self.recipe.regions, self.acc.device
+        flat = regions.flatten(0, 1).float()  # (B·N, E)
+        parts.setdefault("image", []).append(float(image_loss.detach()))
+        total = spec.image_weight * image_loss
+        for name, pfc in self.region_pfcs.items():
+            labels = batch[name].flatten(0, 1).to(device)  # object (B·N, 1), ocr (B·N, M)
+            loss = pfc(flat, labels, step, valid=batch[f"{name}_valid"].flatten().to(device))
+            parts.setdefault(name, []).append(float(loss.detach()))
+            total = total + getattr(spec, f"{name}_weight") * loss
+        return total
 
     def save_extra(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {
             "world": self.acc.num_processes,
             "centres": self.pfc.state_dict(),
+            "region_centres": self.region_pfcs.state_dict(),
             "optimizer": self.centres.state_dict(),
             "scheduler": self.centres_scheduler.state_dict(),
         }
@@ -282,8 +323,25 @@ class _EncoderLoop(StepLoop):
                 f"resume with {state['world']} (the class centres are sharded over processes)"
             )
         self.pfc.load_state_dict(state["centres"])
+        self.region_pfcs.load_state_dict(state.get("region_centres", {}))
         self.centres.load_state_dict(state["optimizer"])
         self.centres_scheduler.load_state_dict(state["scheduler"])
+
+
+def _region_pfcs(recipe: PretrainRecipe, dim: int, regions: RegionData | None) -> torch.nn.ModuleDict:
+    """RICE's region centres: "object" (K region clusters) and "ocr" (the tokenizer's vocabulary),
+    each sharded over processes by its own PartialFC, seeded apart from the image centres."""
+    from .partial_fc import PartialFC
+
+    pfcs = torch.nn.ModuleDict()
+    if regions is None:
+        return pfcs
+    spec, seed = recipe.regions, recipe.run.seed
+    if regions.object_classes is not None:
+        pfcs["object"] = PartialFC(dim, regions.object_classes, spec.object_loss, seed=seed + 1)
+    if regions.vocab is not None:
+        pfcs["ocr"] = PartialFC(dim, regions.vocab, spec.ocr_loss, seed=seed + 2)
+    return pfcs
 
 
 def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
