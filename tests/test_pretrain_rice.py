@@ -31,6 +31,7 @@ from fovea.tiny_tokenizers import tiny_tokenizer
 TINY_VIT = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
             "num_hidden_layers": 2, "num_attention_heads": 2}  # fmt: skip
 TEACHER = "clip-vit-l14-336-tiny"
+STUDENT = "rice-vit-l14-560-tiny"
 
 
 def _regions_args(root: Path, out: Path, *extra: str) -> list[str]:
@@ -156,7 +157,7 @@ def test_processes_share_the_parts_and_a_killed_run_finishes_them(prepared, tmp_
 
 def _recipe(root: Path, out: Path, **changes) -> PretrainRecipe:
     fields = {
-        "encoder": {"tower": TEACHER, "tower_config": TINY_VIT, "embedding_dim": 16,
+        "encoder": {"tower": STUDENT, "tower_config": TINY_VIT, "embedding_dim": 16,
                     "image": {"mean": [0.5] * 3, "std": [0.5] * 3, "resize": "squash"}},
         "data": {"features": str(root / "feats"), "labels": str(root / "labels")},
         "regions": {"features": str(root / "regions"), "labels": str(root / "rlabels"),
@@ -183,6 +184,37 @@ def test_every_loss_is_logged_and_the_tower_exports_without_region_layers(prepar
     assert not any("region" in key for key in weights)
     regions = load_file(str(tower / "region_layers.safetensors"))
     assert {"layers.query", "head.weight"} <= set(regions)
+
+
+def test_the_exported_tower_loads_in_mlcd_vision_model_with_foveas_features(prepared, tmp_path, capsys):
+    """The released RICE-L-560's layout: transformers' MLCDVisionModel reads the export and gives
+    the features fovea's tower gives; `fovea extract` and `fovea pretrain probe` take it as a tower."""
+    from PIL import Image
+    from transformers import MLCDVisionModel
+
+    from fovea.towers.presets import build_tower
+
+    tower_dir = train_encoder(_recipe(prepared, tmp_path / "run", optim={"max_steps": 2}))
+    assert json.loads((tower_dir / "config.json").read_text())["model_type"] == "mlcd_vision_model"
+    hf = MLCDVisionModel.from_pretrained(tower_dir).eval()
+    ours, _ = build_tower(str(tower_dir), pretrained=True)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+        got = ours.eval()(pixels).hidden_states[-1]
+    assert torch.allclose(got, expected, atol=1e-4)
+    image = prepared / "images" / "000000.png"
+    Image.open(image).save(tmp_path / "one.png")
+    out = tmp_path / "feats.safetensors"
+    assert main(["extract", "--tower", str(tower_dir), str(tmp_path / "one.png"), "--out", str(out)]) == 0
+    assert load_file(str(out))
+    for k in range(8):  # an ImageFolder of two classes
+        folder = tmp_path / "classes" / "ab"[k % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(prepared / "images" / f"{k:06d}.png", folder / f"{k}.png")
+    probe = ["pretrain", "probe", "--tower", str(tower_dir), "--train", str(tmp_path / "classes"), "--val",
+             str(tmp_path / "classes"), "--methods", "knn", "--ks", "1", "--out", str(tmp_path / "probe"), "--quiet"]  # fmt: skip
+    assert main(probe) == 0 and (tmp_path / "probe" / "probe.json").is_file()
 
 
 def test_a_killed_run_resumes_to_identical_weights(prepared, tmp_path, monkeypatch):

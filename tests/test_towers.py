@@ -21,6 +21,8 @@ PARAMS_M = {
     "dfn5b-vit-h14-378": 632,
     "mlcd-vit-bigg14-336": 1845,
     "mlcd-vit-bigg14-448": 1845,
+    # RICE: the hub lists 0.3B; a CLIP ViT-L/14 (304M) less its position table (RoPE2D instead)
+    "rice-vit-l14-560": 303,
     # ConvLLaVA: LAION's ConvNeXt-L trunk 196.2M (timm's convnext_large, 197.8M, less its 1000-class
     # head); with the fifth stage 669.2M, the 1.34 GB of the released bf16 pytorch_model.bin.
     "laion-convnext-large-512": 196.2,

@@ -115,6 +115,14 @@ _add(
     "MLCD ViT-bigG/14 with 2D RoPE at 448 px (1024 patches + CLS)",
 )
 
+_add(
+    "rice-vit-l14-560",
+    "DeepGlint-AI/rice-vit-large-patch14-560",
+    _vit("mlcd_vision_model", 1024, 4096, 24, 16, 560, "gelu", 1e-5),
+    _CLIP_IMAGE,
+    "RICE ViT-L/14 with 2D RoPE at 560 px (1600 patches + CLS; LLaVA-OneVision-1.5's tower)",
+)
+
 
 def _add_convnext(name: str, hub_id: str, stages: int, image: int, help: str) -> None:
     """A ConvNeXt-Large preset (LAION's CLIP ConvNeXt-L, as ConvLLaVA ships it), with ConvLLaVA's
