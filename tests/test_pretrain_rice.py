@@ -266,3 +266,59 @@ def test_two_processes_train_like_one(prepared, tmp_path):
         a, b = (load_file(str(tmp_path / run / "tower" / name)) for run in ("one", "two"))
         moved = [k for k in a if not k.endswith("k_proj.bias") and not k.endswith("k.bias")]
         assert max((a[k] - b[k]).abs().max().item() for k in moved) < 1e-5, name
+
+
+# -- region probe and demo ----------------------------------------------------------------------------
+
+
+def test_the_region_probe_scores_objects_and_words_apart_and_refuses_an_unlabelled_region(prepared, tmp_path):
+    from fovea.errors import ConfigError
+    from fovea.pretrain.region_probe import region_probe
+
+    images = prepared / "images"
+    manifest = images / "regions.jsonl"
+    result = region_probe(
+        TeacherSpec(TEACHER, pretrained=False), [images], manifest, manifest, tmp_path / "p"
+    )
+    records, _ = read_manifest(manifest, 0)
+    objects = sum(len(r.objects) for r in records)
+    assert result["kinds"]["object"]["train"] == result["kinds"]["object"]["val"] == objects
+    assert result["kinds"]["ocr"]["classes"] == len({r.text for rec in records for r in rec.ocr})
+    assert (tmp_path / "p" / "region_probe.md").read_text().startswith("| regions |")
+    lines = manifest.read_text().splitlines()
+    first = json.loads(lines[0])
+    del first["objects"][0]["label"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(ConfigError, match=f"image {first['image']}: a region has no 'label'"):
+        region_probe(TeacherSpec(TEACHER, pretrained=False), [images], bad, manifest, tmp_path / "q")
+
+
+def test_the_rice_demo_runs_offline_and_ends_with_its_tower(tmp_path, capsys):
+    from transformers import MLCDVisionModel
+
+    argv = [
+        "demo",
+        "rice",
+        "--out",
+        str(tmp_path),
+        "--images",
+        "64",
+        "--steps",
+        "3",
+        "--seeds",
+        "1",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("tower: ")
+    tower = Path(out[-1].removeprefix("tower: "))
+    MLCDVisionModel.from_pretrained(tower)
+    results = json.loads((tmp_path / "results.json").read_text())["accuracy"]
+    assert set(results) == {
+        "untrained encoder (floor)",
+        "MLCD, image-level only",
+        "RICE, image + region losses",
+    }
+    assert all(len(kinds["object"]) == len(kinds["ocr"]) == 1 for kinds in results.values())

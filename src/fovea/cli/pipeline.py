@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from . import demos
 from .options import (
     add_recipe_arguments,
     add_template_option,
@@ -52,53 +53,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_demo)
     which = p.add_subparsers(metavar="DEMO", required=False, title="other demos")
-    _add_pretrain_demo(which)
-
-
-def _add_pretrain_demo(which) -> None:
-    p = which.add_parser(
-        "pretrain",
-        help="offline, CPU, minutes: cluster-discrimination pretraining (MLCD vs single label) end to end",
-        description=(
-            "Generate multi-object scenes, make teacher features (an oracle that sees the objects, standing in "
-            "for CLIP), cluster them, assign multi-label (MLCD) and single labels (UNICOM), train a tiny ViT "
-            "each way for several seeds, and probe each encoder on which objects a scene holds. No network."
-        ),
-    )
-    p.add_argument("--out", default="runs/demo-pretrain", help="output directory (default: %(default)s)")
-    p.add_argument(
-        "--images", type=positive_int, default=3000, help="pretraining images (default: %(default)s)"
-    )
-    p.add_argument("--centres", type=positive_int, default=64, help="k-means centres (default: %(default)s)")
-    p.add_argument(
-        "--labels", type=positive_int, default=4, help="MLCD labels per image (default: %(default)s)"
-    )
-    p.add_argument(
-        "--steps", type=positive_int, default=300, help="training steps per encoder (default: %(default)s)"
-    )
-    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per method (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_pretrain_demo)
-
-
-def _run_pretrain_demo(args) -> int:
-    from ..pretrain.demo import report, run_pretrain_demo
-
-    result = run_pretrain_demo(
-        args.out,
-        images=args.images,
-        centres=args.centres,
-        labels=args.labels,
-        steps=args.steps,
-        seeds=tuple(range(args.seeds)),
-        progress=not args.quiet,
-    )
-    print(
-        f"\nwhich objects does a scene hold? linear probe on frozen features, {args.seeds} seeds:\n{report(result)}"
-    )
-    print("\nteacher: an oracle (a noisy sum of one random vector per object drawn), standing in for CLIP")
-    print(f"results: {result.out / 'results.json'}; trained towers: {result.out / 'runs'}/*/tower")
-    return 0
+    demos.add_pretrain_demo(which)
+    demos.add_rice_demo(which)
 
 
 def _run_demo(args) -> int:

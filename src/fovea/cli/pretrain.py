@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import pretrain_features, pretrain_probe
+from . import pretrain_features, pretrain_probe, pretrain_region_probe
 from .options import positive_int
 from .pretrain_train import add_command as add_train
 
@@ -61,6 +61,7 @@ def add_commands(sub) -> None:
     pretrain_features.add_regions_command(steps)
     add_train(steps)
     pretrain_probe.add_command(steps)
+    pretrain_region_probe.add_command(steps)
 
 
 def _run_cluster(args) -> int:

@@ -42,7 +42,10 @@ def add_command(steps) -> None:
 
 def _add_method_flags(p) -> None:
     p.add_argument(
-        "--ks", type=_ks, default="10,20,100,200", help="k-NN neighbour counts (default: %(default)s)"
+        "--ks",
+        type=neighbour_counts,
+        default="10,20,100,200",
+        help="k-NN neighbour counts (default: %(default)s)",
     )
     p.add_argument(
         "--temperature",
@@ -93,7 +96,7 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
-def _ks(text: str) -> tuple[int, ...]:
+def neighbour_counts(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(positive_int(k.strip()) for k in text.split(","))
     except argparse.ArgumentTypeError:

@@ -102,7 +102,7 @@ def _prepare(out: Path, settings: dict, progress: bool) -> None:
     marker = out / "prepared.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return
-    _clear(out)
+    clear(out)
     sizes = {"pretrain": settings["images"], "probe-train": settings["probe_images"][0],
              "probe-val": settings["probe_images"][1]}  # fmt: skip
     for offset, (name, count) in enumerate(sizes.items()):
@@ -114,11 +114,14 @@ def _prepare(out: Path, settings: dict, progress: bool) -> None:
     marker.write_text(json.dumps(settings))
 
 
-def _clear(out: Path) -> None:
-    """Remove what an earlier demo run wrote here (only the demo's own folders)."""
+DEMO_FILES = ("images", "teacher", "centres", "labels-multi", "labels-single", "runs", "prepared.json")
+
+
+def clear(out: Path, names: tuple[str, ...] = DEMO_FILES) -> None:
+    """Remove what an earlier demo run wrote here (only the demo's own folders and files)."""
     import shutil
 
-    for name in ("images", "teacher", "centres", "labels-multi", "labels-single", "runs", "prepared.json"):
+    for name in names:
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -127,15 +130,20 @@ def _clear(out: Path) -> None:
 
 
 def _write_teacher(out: Path) -> None:
+    folder = out / "images" / "pretrain"
+    scenes = json.loads((folder / "scenes.json").read_text())
+    write_scene_teacher(
+        out / "teacher", folder, scenes, oracle_features(scenes), "oracle: bag of the objects drawn, 32-d"
+    )
+
+
+def write_scene_teacher(out: Path, folder: Path, scenes: list[dict], array: np.ndarray, teacher: str) -> None:
+    """A FEATS folder of a demo's oracle features, one row per scene of `folder` (scenes.json order)."""
     from .data import scan
     from .features import write_features
 
-    folder = out / "images" / "pretrain"
-    scenes = json.loads((folder / "scenes.json").read_text())
-    refs = [ref for chunk in scan([folder]) for ref in chunk]
-    by_file = {Path(ref.path).name: ref for ref in refs}
-    write_features(out / "teacher", [by_file[s["file"]] for s in scenes], oracle_features(scenes),
-                   teacher="oracle: bag of the objects drawn, 32-d")  # fmt: skip
+    by_file = {Path(ref.path).name: ref for chunk in scan([folder]) for ref in chunk}
+    write_features(out, [by_file[s["file"]] for s in scenes], array, teacher=teacher)
 
 
 def _train(out: Path, method: str, spec: dict, seed: int, steps: int, progress: bool) -> Path:

@@ -14,7 +14,7 @@ for the images of the inputs that a region manifest (`region_manifest`) lists:
   distinct ones in reading order (the paper: M = 10 positives; it names no tokenizer).
 
 The folder is features.py's format with rows = object regions (ids ``IMAGE#K``, K the region's
-place among the image's kept objects), so `fovea pretrain cluster` and `assign` run on it as they
+place among the image's kept objects; ``IMAGE#ocrJ`` for OCR rows, which the region probe asks for), so `fovea pretrain cluster` and `assign` run on it as they
 are. Each part's JSON adds ``objects`` (per row: image id and the manifest's region), ``ocr``
 (image id, region, token ids) and ``images`` (the manifest's images found in the chunk). It is
 torchrun-sharded and resumable as features are. A bad manifest line, an image that fails to load
@@ -59,6 +59,9 @@ class RegionRows:
     """A tokenizer directory or hub id for the OCR texts (None: OCR regions are not labelled)."""
     ocr_labels: int = 10
     coverage: float = 0.5
+    ocr_rows: bool = False
+    """OCR regions are feature rows too (after the object rows of each image; the region probe's
+    word regions), besides their token ids."""
     records: dict[str, RegionRecord] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class RegionRows:
         manifest = {"path": os.path.abspath(self.manifest), "bytes": self.manifest.stat().st_size}
         regions = {"manifest": manifest, "pool": self.pool, "min_edge": self.min_edge, "coverage": self.coverage,
                    "tokenizer": self.tokenizer, "ocr_labels": self.ocr_labels, "vocab": self.vocab}  # fmt: skip
+        if self.ocr_rows:
+            regions["ocr_rows"] = True
         return {"rows": ROWS, "regions": regions}
 
     # -- one part ----------------------------------------------------------------------------------
@@ -123,7 +128,10 @@ class RegionRows:
             elif tokens is not None:
                 part.ocr.append({"image": ref.id, "region": region.raw, "tokens": tokens})
         regions = []
-        for k, region in enumerate(record.objects):
+        candidates = [(str(k), region) for k, region in enumerate(record.objects)]
+        if self.ocr_rows:
+            candidates += [(f"ocr{j}", region) for j, region in enumerate(record.ocr)]
+        for k, region in candidates:
             why = _unusable(region, image.size)
             if why:
                 part.skip(f"{ref.id}#{k}", why)
@@ -179,7 +187,7 @@ class _Part:
         logger.warning("skipped %s: %s", what, why)
         self.skipped.append([what, why])
 
-    def add(self, ref: ImageRef, image, regions: list[tuple[int, Region]], coverage: float) -> None:
+    def add(self, ref: ImageRef, image, regions: list[tuple[str, Region]], coverage: float) -> None:
         processor = self.teacher.processor
         if self.pool == "crop":
             for k, region in regions:
@@ -220,7 +228,8 @@ class _Part:
         for _, ref, regions in self._waiting:
             for k, region, _ in regions:
                 self.refs.append(ImageRef(f"{ref.id}#{k}", ref.path, ref.offset, ref.size))
-                self.objects.append({"image": ref.id, "region": region.raw})
+                kind = "ocr" if region.text is not None else "object"
+                self.objects.append({"image": ref.id, "kind": kind, "region": region.raw})
         self.rows.append(torch.stack(vectors).to(torch.float16).cpu().numpy())
         self._waiting = []
 
@@ -275,7 +284,26 @@ class RegionTable:
 
 def load_regions(folder: str | Path) -> RegionTable:
     """A region folder written by `fovea pretrain regions`, indexed by image id."""
-    folder = Path(folder)
+    settings, parts = _region_parts(Path(folder))
+    objects: dict[str, list] = {}
+    ocr: dict[str, list] = {}
+    row = 0
+    for info in parts:
+        for item in info["objects"]:
+            objects.setdefault(item["image"], []).append((row, parse_object(item["region"])))
+            row += 1
+        for item in info["ocr"]:
+            ocr.setdefault(item["image"], []).append((item["tokens"], parse_ocr(item["region"])))
+    return RegionTable(objects, ocr, row, settings["regions"].get("vocab"), settings["regions"])
+
+
+def region_rows(folder: str | Path) -> list[dict]:
+    """Every row of a region folder in order: {"image", "kind" (object or ocr), "region" (its JSON)}."""
+    return [item for info in _region_parts(Path(folder))[1] for item in info["objects"]]
+
+
+def _region_parts(folder: Path) -> tuple[dict, list[dict]]:
+    """(run.json's settings, each part's JSON in order) of a finished region folder."""
     index_file = folder / "features.json"
     if not index_file.is_file():
         raise ConfigError(f"{folder}: not a finished region folder (no features.json); run or rerun "
@@ -286,14 +314,23 @@ def load_regions(folder: str | Path) -> RegionTable:
         raise ConfigError(
             f"{folder}: holds image features, not regions (`fovea pretrain regions` writes those)"
         )
-    objects: dict[str, list] = {}
-    ocr: dict[str, list] = {}
-    row = 0
+    return settings, [json.loads(part_files(folder, part["name"])[1].read_text()) for part in index["parts"]]
+
+
+def replace_vectors(folder: str | Path, array: np.ndarray, *, teacher: str) -> None:
+    """Put features computed elsewhere (one per row, in the folder's order) into a finished region
+    folder, which keeps its rows, regions and OCR labels; the index names `teacher`. For a teacher
+    fovea cannot run (`fovea demo rice`'s oracle), as `features.write_features` is for images."""
+    folder = Path(folder)
+    _region_parts(folder)  # a finished region folder, or a clear refusal
+    index = json.loads((folder / "features.json").read_text())
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2 or len(array) != index["count"]:
+        raise ConfigError(f"{folder}: {index['count']} rows, but the features given are {array.shape}")
+    array = array / np.linalg.norm(array, axis=1, keepdims=True)
+    start = 0
     for part in index["parts"]:
-        info = json.loads(part_files(folder, part["name"])[1].read_text())
-        for item in info["objects"]:
-            objects.setdefault(item["image"], []).append((row, parse_object(item["region"])))
-            row += 1
-        for item in info["ocr"]:
-            ocr.setdefault(item["image"], []).append((item["tokens"], parse_ocr(item["region"])))
-    return RegionTable(objects, ocr, row, index["regions"]["vocab"], settings["regions"])
+        save_npy(part_files(folder, part["name"])[0], array[start : start + part["count"]].astype(np.float16))
+        start += part["count"]
+    index |= {"dim": int(array.shape[1]), "tower": teacher, "embedding": "precomputed"}
+    write_text_atomic(folder / "features.json", json.dumps(index, indent=2))
