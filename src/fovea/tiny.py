@@ -7,6 +7,8 @@ and a 2-layer Qwen2 (or Llama) LM of width 64.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .connectors.connector import ConnectorConfig
 from .imaging.processor import ImageConfig
 from .model.config import VLMConfig
@@ -58,3 +60,26 @@ def tiny_vlm(
         template=template,
     )
     return VisionLanguageModel(config, tokenizer).eval()
+
+
+def tiny_sam(out: str | Path, seed: int = 0) -> Path:
+    """A random SAM (transformers' SamModel) of width 32 at 256 px, with its image processor, saved
+    to `out`: SAM-H's structure (prompt encoder, two-way mask decoder, 3 multimask outputs), tiny."""
+    import torch
+    from transformers import SamConfig, SamImageProcessorPil, SamModel
+
+    config = SamConfig(
+        vision_config={"hidden_size": 32, "output_channels": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 256, "patch_size": 16, "window_size": 4, "global_attn_indexes": [1],
+                       "mlp_dim": 64, "num_pos_feats": 16},
+        prompt_encoder_config={"hidden_size": 32, "image_size": 256, "patch_size": 16, "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SamModel(config).eval()
+    out = Path(out)
+    model.save_pretrained(out)
+    SamImageProcessorPil(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256},
+                         mask_size={"longest_edge": 64}, mask_pad_size={"height": 64, "width": 64}).save_pretrained(out)  # fmt: skip
+    return out

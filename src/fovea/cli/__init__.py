@@ -26,6 +26,8 @@ _EXTRAS = {
     "tfrecord": "eval",
     "faiss": "pretrain",
     "sklearn": "pretrain",
+    "rapidocr": "ocr",
+    "onnxruntime": "ocr",
     "av": "video",
 }
 

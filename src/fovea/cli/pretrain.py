@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import pretrain_features, pretrain_probe, pretrain_region_probe
+from . import pretrain_features, pretrain_probe, pretrain_propose, pretrain_region_probe
 from .options import positive_int
 from .pretrain_train import add_command as add_train
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser(
-        "pretrain", help="vision-encoder pretraining by cluster discrimination (UNICOM / MLCD)"
+        "pretrain", help="vision-encoder pretraining by cluster discrimination (UNICOM, MLCD, RICE)"
     )
     steps = p.add_subparsers(metavar="STEP", required=True)
     cluster = steps.add_parser(
@@ -58,6 +58,7 @@ def add_commands(sub) -> None:
     assign.add_argument("--out", required=True, help="output folder")
     assign.set_defaults(func=_run_assign)
     pretrain_features.add_command(steps)
+    pretrain_propose.add_command(steps)
     pretrain_features.add_regions_command(steps)
     add_train(steps)
     pretrain_probe.add_command(steps)

@@ -244,7 +244,7 @@ def compute_features(
             write = rows.write_part if rows is not None else _write_part
             for c in todo:
                 write(out, c, chunks[c], model, batch_size, bar)
-    _wait_for_parts(out, len(chunks), rank, poll_seconds, progress)
+    wait_for_parts(out, len(chunks), rank, poll_seconds, progress)
     if rank != 0:
         return None
     index = write_index(out, len(chunks), settings)
@@ -377,22 +377,24 @@ def _write_part(out: Path, c: int, chunk: Chunk, teacher: Teacher, batch_size: i
     write_text_atomic(meta, json.dumps(part))  # last: its presence marks the part finished
 
 
-def _wait_for_parts(out: Path, count: int, rank: int, poll_seconds: float, progress: bool) -> None:
+def wait_for_parts(out: Path, count: int, rank: int, poll_seconds: float, progress: bool, done=None) -> None:
     """A barrier when a process group is up; else process 0 polls for the parts (so any launcher
-    works, and no collective timeout fires while a slower process finishes its shards)."""
+    works, and no collective timeout fires while a slower process finishes its shards). `done(out,
+    c)` says whether part c is finished (default: its array and its JSON exist)."""
+    done = done or _complete
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         return
-    missing = [c for c in range(count) if not _complete(out, c)] if rank == 0 else []
+    missing = [c for c in range(count) if not done(out, c)] if rank == 0 else []
     if not missing:
         return
     logger.info("waiting for %d part(s) from the other processes", len(missing))
     with tqdm(total=len(missing), desc="other processes", unit="part", disable=not progress) as bar:
         while missing:
             time.sleep(poll_seconds)
-            still = [c for c in missing if not _complete(out, c)]
+            still = [c for c in missing if not done(out, c)]
             bar.update(len(missing) - len(still))
             missing = still
 

@@ -165,6 +165,30 @@ def rle_decode(rle: dict) -> np.ndarray:
     return values.reshape(width, height).T  # column-major, as COCO stores it
 
 
+def mask_runs(mask: np.ndarray) -> list[int]:
+    """(H, W) bool -> COCO's run lengths: column-major, background first (a leading 0 if the first
+    pixel is set)."""
+    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat.astype(np.int8))) + 1, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return [0, *runs] if flat.size and flat[0] else runs
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """(H, W) bool -> COCO RLE with the compressed string counts `rle_decode` (and pycocotools) read."""
+    runs = mask_runs(mask)
+    chars = []
+    for i, run in enumerate(runs):
+        value = run - runs[i - 2] if i > 2 else run  # after the second, a difference from two before
+        more = True
+        while more:
+            char = value & 0x1F
+            value >>= 5
+            more = value != -1 if char & 0x10 else value != 0
+            chars.append(chr((char | 0x20 if more else char) + 48))
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": "".join(chars)}
+
+
 def _string_counts(text: str) -> list[int]:
     """COCO's compressed counts: 5 bits a character (offset 48), a continuation bit (0x20), a sign
     bit on the last character, and each count after the second stored as a difference from the

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.synthetic import COLOURS, draw_shape
-from .region_manifest import polygon_mask
+from .region_manifest import mask_runs, polygon_mask
 from .scenes import KINDS
 
 WORDS = ("cat", "dog", "sun", "map")
@@ -80,7 +80,8 @@ def _manifest_line(image_id: str, scene: dict, size: int) -> dict:
             objects.append({"polygon": [_circle(item["box"])], "size": [size, size], "label": label})
         else:
             mask = _triangle_mask(item["box"], size)
-            objects.append({"mask": rle_runs(mask), "label": label})
+            runs = {"size": [size, size], "counts": mask_runs(mask)}  # the uncompressed form
+            objects.append({"mask": runs, "label": label})
     ocr = [{"box": w["box"], "text": w["text"], "label": w["text"]} for w in scene["words"]]
     return {"image": image_id, "objects": objects, "ocr": ocr}
 
@@ -95,17 +96,6 @@ def _circle(box, points: int = 16) -> list[float]:
 def _triangle_mask(box, size: int) -> np.ndarray:
     x0, y0, x1, y1 = box
     return polygon_mask([[(x0 + x1) // 2, y0, x0, y1, x1, y1]], [size, size])
-
-
-def rle_runs(mask: np.ndarray) -> dict:
-    """(H, W) bool -> COCO's uncompressed run-length encoding: column-major runs, background first."""
-    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        runs = [0, *runs]
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
 
 
 def kind_basis(dim: int = 32, seed: int = 0) -> np.ndarray:
