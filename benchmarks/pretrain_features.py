@@ -42,7 +42,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from fovea.pretrain.data import plan
-from fovea.pretrain.features import TeacherSpec, build_teacher, compute_features, load_features
+from fovea.pretrain.features import compute_features, load_features
+from fovea.pretrain.teacher import TeacherSpec, build_teacher
 
 from common import interleaved, table
 

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from fovea.cli import main
 from fovea.imaging.processor import ImageConfig, ImageProcessor
 from fovea.pretrain.data import scan
-from fovea.pretrain.features import TeacherSpec, compute_features, load_features
+from fovea.pretrain.features import compute_features, load_features
+from fovea.pretrain.teacher import TeacherSpec
 from fovea.towers.presets import TOWER_PRESETS, build_tower
 from test_pretrain_data import COLOURS, image_bytes, make_dataset
 

@@ -19,12 +19,13 @@ from safetensors.torch import load_file
 
 from fovea.cli import main
 from fovea.config import from_dict, to_dict
-from fovea.pretrain.features import TeacherSpec, build_teacher, compute_features, load_features
+from fovea.pretrain.features import compute_features, load_features
 from fovea.pretrain.recipe import PretrainRecipe
 from fovea.pretrain.region_features import RegionRows, load_regions
 from fovea.pretrain.region_manifest import read_manifest
 from fovea.pretrain.regions import region_visibility
 from fovea.pretrain.rice_scenes import make_region_scenes
+from fovea.pretrain.teacher import TeacherSpec, build_teacher
 from fovea.pretrain.train import train_encoder
 from fovea.tiny_tokenizers import tiny_tokenizer
 

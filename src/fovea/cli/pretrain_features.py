@@ -146,7 +146,8 @@ def _run_regions(args) -> int:
 
 
 def _run_features(args, rows=None) -> int:
-    from ..pretrain.features import TeacherSpec, compute_features
+    from ..pretrain.features import compute_features
+    from ..pretrain.teacher import TeacherSpec
 
     teacher = TeacherSpec(
         args.tower,

@@ -48,8 +48,8 @@ def add_command(steps) -> None:
 
 
 def _run(args) -> int:
-    from ..pretrain.features import TeacherSpec
     from ..pretrain.region_probe import region_probe, table
+    from ..pretrain.teacher import TeacherSpec
 
     for flag, path in (("--train", args.train), ("--val", args.val)):
         if not Path(path).is_file():

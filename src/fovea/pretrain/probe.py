@@ -21,7 +21,7 @@ The protocols, for any tower (fovea's own or a released one), on features that a
   same objective (scikit-learn's: C * summed loss + |W|^2 / 2, bias free) is minimised by torch's
   LBFGS.
 
-Features come from the same embedding as `fovea pretrain features` (``features.Teacher``: the
+Features come from the same embedding as `fovea pretrain features` (``teacher.Teacher``: the
 tower's pooler_output, L2-normalised) with its threaded decoding (``data.decoded_batches``).
 """
 
@@ -304,9 +304,9 @@ def pooled_features(
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """(M, D) float32 L2-normalised ``pooler_output`` of the images that load, their indices in
     `paths`, and (image, reason) for each one skipped (logged, never silent). The same embedding
-    and the same threaded decoding as `fovea pretrain features` (features.Teacher)."""
+    and the same threaded decoding as `fovea pretrain features` (teacher.Teacher)."""
     from .data import ImageRef, decoded_batches
-    from .features import Teacher
+    from .teacher import Teacher
 
     teacher = Teacher(tower.model, processor, clip=False)
     refs = [ImageRef(id=str(path), path=str(path)) for path in paths]

@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from ..atomic import write_text_atomic
 from ..errors import ConfigError, ImageError
 from .data import Chunk, ImageRef
-from .features import Teacher, part_files, save_npy
+from .features import part_files, save_npy
 from .region_manifest import MIN_EDGE, Region, RegionRecord, parse_object, parse_ocr, read_manifest
 from .regions import region_visibility
+from .teacher import Teacher
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ import numpy as np
 
 from ..atomic import write_text_atomic
 from ..errors import ConfigError
-from .features import TeacherSpec, compute_features, load_features
+from .features import compute_features, load_features
 from .region_features import RegionRows, region_rows
+from .teacher import TeacherSpec
 
 KINDS = ("object", "ocr")
 

@@ -126,8 +126,9 @@ def _image_teacher(out: Path) -> None:
 def _region_teacher(out: Path, progress: bool) -> None:
     """The regions laid out and the words tokenized by `fovea pretrain regions` (any teacher: its
     vectors are then replaced by the region oracle's, the region's kind plus noise)."""
-    from .features import TeacherSpec, compute_features
+    from .features import compute_features
     from .region_features import RegionRows, region_rows, replace_vectors
+    from .teacher import TeacherSpec
 
     folder = out / "images" / "pretrain"
     rows = RegionRows(folder / "regions.jsonl", min_edge=8, tokenizer=str(out / "tokenizer"))
@@ -174,8 +175,8 @@ def _untrained(out: Path, seed: int) -> Path:
 
 def _probe_all(out: Path, towers: list[Path]) -> dict[str, list[float]]:
     """Each tower's region probe on the demo's probe scenes: kind -> accuracy per tower."""
-    from .features import TeacherSpec
     from .region_probe import region_probe
+    from .teacher import TeacherSpec
 
     scores: dict[str, list[float]] = {"object": [], "ocr": []}
     images = [out / "images" / name for name in SPLITS[1:]]
