@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 from ..connectors.connector import ConnectorConfig
 from ..imaging.processor import ImageConfig
 from ..imaging.video import VideoSampling
+from ..seg.config import SegConfig
 from ..towers.base import TowerConfig
 from .lm_config import build_lm_config
 from .packing import FramesConfig, MergeKind
@@ -46,6 +47,8 @@ class VLMConfig:
     attn_implementation: str = "sdpa"
     max_length: int | None = None
     """Longest prompt in tokens, visual tokens included (None: the LM's own limit only)."""
+    seg: SegConfig | None = None
+    """Referring segmentation (MLCD-Seg): SAM and the [SEG] token (None: text only)."""
 
     def __post_init__(self) -> None:
         if "model_type" not in self.lm:

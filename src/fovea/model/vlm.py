@@ -57,6 +57,13 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         self.lm = lm
         lm_width = self.lm.config.hidden_size
         self.connector = Connector(config.connector, levels=self.tower.feature_levels(), lm_width=lm_width)
+        self.seg = None
+        if config.seg is not None:  # MLCD-Seg: SAM and the [SEG] projection (seg/head.py)
+            from transformers import SamModel
+
+            from ..seg.head import SegHead
+
+            self.seg = SegHead(SamModel(config.seg.sam_config()), lm_width)
         if config.newline:
             # LLaVA-NeXT's init: randn * D^-1/2 (overwritten when a checkpoint is loaded).
             self.image_newline = nn.Parameter(torch.randn(lm_width) / math.sqrt(lm_width))

@@ -55,6 +55,9 @@ class SegHead(nn.Module):
 
     def __init__(self, sam: nn.Module, lm_width: int):
         super().__init__()
+        # SamModel's prompt encoder and the model share one positional table (its _tied_weights_keys);
+        # shared as one module here, so a model built from its config (or on the meta device) has it
+        sam.prompt_encoder.shared_embedding = sam.shared_image_embedding
         self.sam = sam
         width = sam.config.prompt_encoder_config.hidden_size
         self.text2sam = nn.Sequential(nn.Linear(lm_width, width), nn.GELU(), nn.Linear(width, width))
