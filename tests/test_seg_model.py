@@ -4,6 +4,8 @@ answers then segments; the model saves and loads with its SAM."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,34 @@ def test_a_segmenting_model_saves_and_loads_with_its_sam(model, tmp_path):
     one = segment(model, image, "segment it", max_new_tokens=3, force=True)
     two = segment(loaded, image, "segment it", max_new_tokens=3, force=True)
     assert one.text == two.text and torch.allclose(one.logits, two.logits, rtol=1e-4, atol=1e-9)
+
+
+def test_the_command_writes_masks_of_the_images_size_and_refuses_bad_input_in_one_line(
+    model, tmp_path, capsys
+):
+    from fovea.cli import main
+
+    model.save_pretrained(tmp_path / "seg")
+    _image(5, (52, 30)).save(tmp_path / "a.png")
+    argv = ["segment", "--model", str(tmp_path / "seg"), "--image", str(tmp_path / "a.png"), "--prompt",
+            "segment the circle", "--force", "--max-new-tokens", "3", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "out" / "segment.json").read_text())
+    assert record["masks"] and SEG_TOKEN in record["answer"]
+    for item in record["masks"]:
+        with Image.open(tmp_path / "out" / item["file"]) as mask:
+            assert mask.size == (52, 30) and mask.mode == "L"
+    with Image.open(tmp_path / "out" / "overlay.png") as over:
+        assert over.size == (52, 30)
+    capsys.readouterr()
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    for changed, expected in (
+        (["--image", str(tmp_path / "bad.png")], "bad.png"),
+        (["--prompt", " "], "--prompt is empty"),
+    ):
+        args = list(argv)
+        flag = changed[0]
+        args[args.index(flag) + 1] = changed[1]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0]

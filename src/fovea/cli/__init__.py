@@ -71,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fovea {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    from . import evaluate, models, pipeline, pretrain
+    from . import evaluate, models, pipeline, pretrain, segment
 
-    for module in (pipeline, models, evaluate, pretrain):
+    for module in (pipeline, models, segment, evaluate, pretrain):
         module.add_commands(sub)
     return parser
 
