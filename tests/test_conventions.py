@@ -15,7 +15,7 @@ LAYERS = [
     ["fovea.imaging"],
     ["fovea.towers"],
     ["fovea.connectors"],
-    ["fovea.model"],
+    ["fovea.model", "fovea.seg"],
     ["fovea.checkpoints", "fovea.data"],
     ["fovea.train", "fovea.infer", "fovea.eval", "fovea.extract"],
     ["fovea.pretrain", "fovea.demo", "fovea.tiny"],  # tiny models: tests, demos, benchmarks only

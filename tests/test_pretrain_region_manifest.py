@@ -8,15 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from fovea.pretrain.region_manifest import (
-    RegionError,
-    mask_runs,
-    parse_line,
-    polygon_mask,
-    read_manifest,
-    rle_decode,
-    rle_encode,
-)
+from fovea.imaging.masks import mask_runs, polygon_mask, rle_decode, rle_encode
+from fovea.pretrain.region_manifest import RegionError, parse_line, read_manifest
 
 
 def _runs(mask: np.ndarray) -> list[int]:

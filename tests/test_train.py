@@ -179,9 +179,11 @@ def test_unreadable_jsonl_rows_and_images_are_skipped_with_id_and_file(data, tmp
 def test_divergence_stops_with_one_line(data, tmp_path, monkeypatch, capsys):
     from fovea.train import loop
 
-    monkeypatch.setattr(
-        loop._StageLoop, "forward", lambda self, batch: torch.tensor(float("nan"), requires_grad=True)
-    )
+    def diverged(self, batch):  # (token loss sum, mask loss sums): the token loss is nan
+        zero = torch.zeros(())
+        return torch.tensor(float("nan"), requires_grad=True), (zero, zero, zero)
+
+    monkeypatch.setattr(loop._StageLoop, "forward", diverged)
     import yaml
 
     recipe = tmp_path / "r.yaml"

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ImageError
+from ..imaging.io import load_image
 from ..imaging.video import VideoError
 from ..model.inputs import ModelInputs
 from ..model.prompting import question_text
@@ -67,6 +68,9 @@ class SupervisedDataset(Dataset):
         try:
             sample = normalise(raw, self.image_root or self.source.folder(index), fallback)
             messages, items = visual_items(sample, self.model)
+            seg = self.model.config.seg
+            if seg is not None:  # SAM sees the same decoded images
+                items = [item if isinstance(item, list) else load_image(item) for item in items]
             processed = self.model.processor.sample(items) if items else None
             layouts = processed.layouts if processed else []
             counts = [self.model.num_image_tokens(layout) for layout in layouts]
@@ -80,10 +84,11 @@ class SupervisedDataset(Dataset):
                 self.max_length,
                 self.quirk,
             )
+            extra = self._seg(raw, rid, items[: enc.num_images], enc.input_ids) if seg is not None else {}
         except (BadRecord, ImageError, VideoError) as err:
             return Skipped(rid, skip_reason(self.source.file(index), rid, err))
         views = sum(layout.num_views for layout in layouts[: enc.num_images])
-        return {
+        return extra | {
             "id": rid,
             "input_ids": torch.tensor(enc.input_ids),
             "labels": torch.tensor(enc.labels),
@@ -91,6 +96,15 @@ class SupervisedDataset(Dataset):
             "image_layouts": layouts[: enc.num_images],
             "question": question_text(sample.messages),
         }
+
+    def _seg(self, raw: dict, rid: str, images: list, input_ids: list[int]) -> dict:
+        """A segmentation record's masks and SAM inputs (data/seg_records.py)."""
+        from .seg_records import seg_targets
+
+        if getattr(self, "_sam_processor", None) is None:
+            self._sam_processor = self.model.config.seg.processor()
+        stills = [image for image in images if not isinstance(image, list)]
+        return seg_targets(raw, rid, stills, input_ids, self.model.config.seg.token_id, self._sam_processor)
 
 
 def collate(items: list, pad_id: int) -> dict:
@@ -117,7 +131,12 @@ def collate(items: list, pad_id: int) -> dict:
         )
         for x in good
     ]
-    return {
+    seg = (
+        {"sam_images": [x["sam_images"] for x in good], "masks": [x["masks"] for x in good]}
+        if "masks" in good[0]
+        else {}
+    )
+    return seg | {
         "inputs": ModelInputs.join(rows, ids, mask),
         "labels": labels,
         "ids": [x["id"] for x in good],

@@ -141,9 +141,19 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         questions: list[str] | None = None,
+        sam_images: list | None = None,
     ):
         """Returns the LM's ``CausalLMOutputWithPast`` (logits (B, T or logits_to_keep, vocab));
-        ``cache`` is a transformers ``Cache`` (passed under the name the installed release uses)."""
+        ``cache`` is a transformers ``Cache`` (passed under the name the installed release uses).
+        With `sam_images` (each row's images as SAM sees them), a segmenting model's teacher-forced
+        `seg.model.SegOutput` instead: logits and each [SEG]'s mask (through the one forward DDP wraps)."""
+        if sam_images is not None:
+            from ..seg.model import seg_forward
+
+            inputs = ModelInputs(
+                input_ids, attention_mask, pixel_values, image_layouts, image_samples, questions
+            )
+            return seg_forward(self, inputs, sam_images)
         embeds = self.embed(input_ids, images_of(pixel_values, image_layouts, image_samples, questions))
         return self.lm(
             inputs_embeds=embeds,

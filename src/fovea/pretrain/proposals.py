@@ -35,9 +35,10 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..errors import ConfigError, ImageError
+from ..imaging.masks import rle_encode
 from .data import Chunk, plan
 from .features import process_rank, wait_for_parts
-from .region_manifest import MIN_EDGE, rle_encode
+from .region_manifest import MIN_EDGE
 
 logger = logging.getLogger(__name__)
 

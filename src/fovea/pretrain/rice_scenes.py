@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.synthetic import COLOURS, draw_shape
-from .region_manifest import mask_runs, polygon_mask
+from ..imaging.masks import mask_runs, polygon_mask
 from .scenes import KINDS
 
 WORDS = ("cat", "dog", "sun", "map")

@@ -22,19 +22,37 @@ DICE_SCALE = 1000.0
 DICE_EPS = 1e-6
 
 
-def sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(n, H, W) logits and 0/1 targets -> the sample's BCE: per-mask pixel means, summed, / (n + 1e-8)."""
+def bce_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) logits and 0/1 targets -> (n,) each mask's mean pixel BCE."""
     per_pixel = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
-    return per_pixel.flatten(1).mean(1).sum() / (len(logits) + 1e-8)
+    return per_pixel.flatten(1).mean(1)
 
 
-def dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(n, H, W) logits and 0/1 targets -> the sample's Dice loss, summed over masks / (n + 1e-8)."""
+def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) logits and 0/1 targets -> (n,) each mask's Dice loss."""
     p, g = logits.float().sigmoid().flatten(1), targets.float().flatten(1)
     numerator = 2 * (p / DICE_SCALE * g).sum(1)  # the original scales p here, both below
     denominator = (p / DICE_SCALE).sum(1) + (g / DICE_SCALE).sum(1)
-    loss = 1 - (numerator + DICE_EPS) / (denominator + DICE_EPS)
-    return loss.sum() / (len(logits) + 1e-8)
+    return 1 - (numerator + DICE_EPS) / (denominator + DICE_EPS)
+
+
+def sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The sample's BCE: per-mask pixel means, summed, / (n + 1e-8)."""
+    return bce_per_mask(logits, targets).sum() / (len(logits) + 1e-8)
+
+
+def dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The sample's Dice loss, summed over masks / (n + 1e-8)."""
+    return dice_per_mask(logits, targets).sum() / (len(logits) + 1e-8)
+
+
+def mask_loss_sum(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Σ over masks of 2.0·BCE + 0.5·Dice, Σ BCE, Σ Dice): what a training step divides by its
+    masks, so the per-mask mean does not depend on how the step is cut into micro-batches."""
+    bce, dices = bce_per_mask(logits, targets), dice_per_mask(logits, targets)
+    return (BCE_WEIGHT * bce + DICE_WEIGHT * dices).sum(), bce.sum(), dices.sum()
 
 
 def mask_loss(predictions: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:

@@ -18,6 +18,7 @@ from ..connectors.connector import ConnectorConfig
 from ..connectors.fusers import FUSERS, fuser_config
 from ..dtypes import dtype_from_name
 from ..errors import ConfigError
+from ..hub import resolve_directory
 from ..imaging.processor import ImageConfig
 from ..model.config import VLMConfig
 from ..model.lm_config import build_lm_config, normalised
@@ -36,12 +37,27 @@ def build_model(spec: ModelSpec, lora: LoraSpec | None = None) -> VisionLanguage
         model = load(spec.init, dtype=dtype_from_name(spec.dtype)).train()
     else:
         model = _fresh(spec, lora)
+    if spec.sam is not None and model.config.seg is None:
+        _add_sam(model, spec)
     if spec.gradient_checkpointing:
         checkpoint_activations(model.lm)
         checkpoint_activations(model.tower.model)
     if lora is not None:
         apply_lora(model, lora)
     return model.train()
+
+
+def _add_sam(model: VisionLanguageModel, spec: ModelSpec) -> None:
+    """MLCD-Seg's [SEG] path with SAM's published weights (facebook/sam-vit-huge for MLCD-Seg)."""
+    from transformers import SamModel
+
+    from ..seg.model import add_segmentation
+
+    try:
+        sam = SamModel.from_pretrained(resolve_directory(spec.sam), dtype=dtype_from_name(spec.dtype))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.sam: {spec.sam} cannot be loaded ({str(err).splitlines()[0]})") from None
+    add_segmentation(model, sam)
 
 
 def checkpoint_activations(module) -> None:

@@ -164,43 +164,76 @@ class _StageLoop(StepLoop):
                 sum(len(b["skipped"]) for _, _, b in group),
                 sum(int(b["inputs"].attention_mask.sum()) for _, _, b in group if b["size"]),
                 sum(b["size"] for _, _, b in group),
+                sum(len(m) for _, _, b in group if b["size"] for m in b.get("masks", [])),
             ],
             dtype=torch.float64,
             device=self.acc.device,
         )
-        supervised, skipped, seen, count = self.acc.reduce(local, reduction="sum").tolist()
+        supervised, skipped, seen, count, masks = self.acc.reduce(local, reduction="sum").tolist()
         position.skipped += int(skipped)
-        token_losses = []
+        token_losses, mask_losses = [], []
 
         def loss_of(k: int, batch: dict) -> torch.Tensor:
-            token_losses.append(self.forward(batch))
+            token_sum, mask_sum = self.forward(batch)
+            token_losses.append(token_sum)
+            mask_losses.append(mask_sum)
             # accelerate divides by the accumulation steps; undo it, normalise by the step's tokens
-            return token_losses[-1] * self.acc.num_processes * self.accum / max(supervised, 1.0)
+            # (and a segmenting model's masks by the step's masks: MLCD-Seg's per-mask mean)
+            scale = self.acc.num_processes * self.accum
+            return token_sum * scale / max(supervised, 1.0) + mask_sum[0] * scale / max(masks, 1.0)
 
         self.accumulate(group, loss_of)
         loss_sum = torch.stack([t.detach() for t in token_losses]).sum()
         loss = float(self.acc.reduce(loss_sum, reduction="sum")) / max(supervised, 1.0)
-        return StepResult(loss, {"tokens": seen, "samples": count}, group[-1][:2])
+        extra = {}
+        if masks:
+            sums = self.acc.reduce(
+                torch.stack([torch.stack(m).detach() for m in mask_losses]).sum(0), reduction="sum"
+            )
+            mask_loss, bce, dices = (float(v) / masks for v in sums)
+            extra = {"lm_loss": loss, "mask_bce": bce, "mask_dice": dices}
+            loss += mask_loss
+        return StepResult(loss, {"tokens": seen, "samples": count}, group[-1][:2], extra)
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Summed token cross-entropy of one micro-batch (0 with a graph if it is empty)."""
+    def forward(self, batch: dict) -> tuple[torch.Tensor, tuple]:
+        """Summed token cross-entropy of one micro-batch (0 with a graph if it is empty), and a
+        segmenting model's summed mask losses (`seg.losses.mask_loss_sum`; zeros otherwise)."""
+        zero = torch.zeros((), device=self.acc.device)
         if not batch["size"]:
-            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), (zero, zero, zero)
         device = self.acc.device
+        seg = {"sam_images": batch["sam_images"]} if "masks" in batch else {}
         with self.acc.autocast():
             inputs = batch["inputs"]
             out = self.model(
                 **inputs.replace(
                     input_ids=inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device)
-                )
+                ),
+                **seg,
             )
         labels = batch["labels"].to(device)
-        return F.cross_entropy(
+        token_sum = F.cross_entropy(
             out.logits[:, :-1].flatten(0, 1).float(),
             labels[:, 1:].flatten(),
             ignore_index=IGNORE,
             reduction="sum",
         )
+        return token_sum, (_mask_sums(out.masks, batch, device) if seg else (zero, zero, zero))
+
+
+def _mask_sums(predicted: list[list[torch.Tensor]], batch: dict, device) -> tuple:
+    """Σ over the micro-batch's masks of the seg losses; each sample's targets grouped by image as
+    the model groups its predictions (mask k belongs to image k mod images)."""
+    from ..seg.losses import mask_loss_sum
+
+    total = [torch.zeros((), device=device) for _ in range(3)]
+    for per_image, masks, images in zip(predicted, batch["masks"], batch["sam_images"]):
+        count = max(1, len(images))
+        for i, logits in enumerate(per_image):  # each image's masks share its size
+            if len(logits):
+                sums = mask_loss_sum(logits, torch.stack(masks[i::count]).to(device))
+                total = [t + s for t, s in zip(total, sums)]
+    return tuple(total)
 
 
 def _lengths(dataset: SupervisedDataset) -> list[int]:

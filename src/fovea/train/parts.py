@@ -5,7 +5,9 @@ one ``tower.layers.N``), ``tower.stages.A-B`` (a hierarchical tower's stages, ea
 downsampling layer: the tower's family says which it has, see `TowerFamily.blocks`), ``connector`` (or its ``connector.fuser`` and ``connector.projector`` apart,
 e.g. MMFuser's fuser at 1e-4 beside the MLP at 1e-3; ``connector.fuser.NAME``, one sub-module of
 the fuser, e.g. vMLLM's ``enhance``), ``lm``, ``lm.embeddings`` (input and output
-embeddings), ``newline``. A parameter takes the learning rate of the most specific part that contains it;
+embeddings), ``newline``, and a segmenting model's ``seg`` (or ``seg.sam.prompt_encoder``,
+``seg.sam.mask_decoder``, ``seg.text2sam`` apart: MLCD-Seg trains them at 8e-4, 8e-4 and 3e-4; SAM's
+image encoder never trains). A parameter takes the learning rate of the most specific part that contains it;
 parameters of no listed part are frozen. `describe` gives the table the run logs.
 
 Optimizer groups follow common practice: no weight decay on biases and normalisation weights
@@ -36,6 +38,10 @@ PARTS = (
     "lm",
     "lm.embeddings",
     "newline",
+    "seg",
+    "seg.sam.prompt_encoder",
+    "seg.sam.mask_decoder",
+    "seg.text2sam",
 )
 """What a stage may train (``tower.layers.A-B``: blocks A..B, or ``tower.layers.N``)."""
 _BLOCK_RANGE = re.compile(r"^tower\.(layers|stages)\.(\d+)(?:-(\d+))?$")
@@ -57,6 +63,8 @@ class PartIndex:
     def of(cls, model) -> PartIndex:
         path, _ = model.tower.blocks()
         frozen = {id(p) for module in model.connector.fuser.frozen_modules() for p in module.parameters()}
+        if getattr(model, "seg", None) is not None:  # SAM's image encoder is frozen (MLCD-Seg)
+            frozen |= {id(p) for p in model.seg.sam.vision_encoder.parameters()}
         names = frozenset(n for n, p in model.named_parameters() if id(p) in frozen)
         return cls(
             frozenset(lm_embedding_names(model)), path.rsplit(".", 1)[-1], f"tower.model.{path}.", names
@@ -106,6 +114,8 @@ def part_of(name: str, part: str, index: PartIndex) -> bool:
         return name in index.embeddings
     if part == "newline":
         return name == "image_newline"
+    if part in ("seg", "seg.sam.prompt_encoder", "seg.sam.mask_decoder", "seg.text2sam"):
+        return name.startswith(f"{part}.")
     raise ConfigError(f"unknown part {part!r}; parts are {', '.join(PARTS)}")
 
 

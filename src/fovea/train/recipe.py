@@ -52,6 +52,10 @@ class ModelSpec:
     gradient_checkpointing: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the pretrained parts are loaded in."""
+    sam: str | None = None
+    """A SAM checkpoint (transformers' SamModel layout, directory or hub id): adds MLCD-Seg's [SEG]
+    token and mask path to the model (parts ``seg.sam.prompt_encoder``, ``seg.sam.mask_decoder``,
+    ``seg.text2sam``; SAM's image encoder stays frozen). Unused when the model already segments."""
 
     def __post_init__(self) -> None:
         if self.init is None and (self.tower is None) == (self.tower_config is None):
