@@ -146,6 +146,7 @@ def _run_info(model, model_name: str, specs: list[TaskSpec], identity: dict, tem
                 "source": s.source,
                 "max_new_tokens": s.max_new_tokens,
                 "greedy": not identity.get("sampling"),
+                "options": s.options,
             }
             for s in specs
         },
@@ -231,7 +232,7 @@ def _run_batch(model, spec: TaskSpec, batch: list[Sample], sink, errors: list[di
         return
     prompts = [s.prompt.replace("<image>", model.config.image_token) for s in ready]
     try:
-        predictions = model.generate(prompts, images=images, max_new_tokens=spec.max_new_tokens, **options)
+        predictions = _answer(model, spec, ready, prompts, images, options)
     except FoveaError:
         if len(ready) == 1:
             raise
@@ -242,10 +243,18 @@ def _run_batch(model, spec: TaskSpec, batch: list[Sample], sink, errors: list[di
     _write(spec, ready, predictions, sink, errors, bar)
 
 
+def _answer(model, spec: TaskSpec, samples: list, prompts: list[str], images: list, options: dict) -> list:
+    """The model's predictions: generated text, or what the task's scorer predicts itself (masks)."""
+    scorer = SCORERS.get(spec.scorer)
+    if scorer.predict is not None:
+        return scorer.predict(model, spec, samples, images, options)
+    return model.generate(prompts, images=images, max_new_tokens=spec.max_new_tokens, **options)
+
+
 def _run_one(model, spec, sample, imgs, sink, errors, bar, options) -> None:
     try:
         prompt = sample.prompt.replace("<image>", model.config.image_token)
-        prediction = model.generate([prompt], images=[imgs], max_new_tokens=spec.max_new_tokens, **options)
+        prediction = _answer(model, spec, [sample], [prompt], [imgs], options)
     except FoveaError as err:
         errors.append({"id": sample.id, "error": str(err)})
         return

@@ -37,6 +37,9 @@ class Scorer:
     answer_optional: bool = False
     judged: bool = False
     """Per-sample scores come from an LLM judge (OpenEQA), not from the prediction alone."""
+    predict: Callable | None = None
+    """``(model, spec, samples, images, options) -> predictions``: the scorer answers the samples
+    itself (masks for referring segmentation) instead of ``model.generate``; JSON-able predictions."""
 
 
 SCORERS: Registry[Scorer] = Registry("scorer")
@@ -375,4 +378,28 @@ SCORERS.add(
         judged=True,
     ),
     "OpenEQA LLM-Match: a judge model marks 1-5, normalised (mark-1)/4, averaged per category",
+)
+
+
+# -- referring segmentation (eval/segmentation.py) ----------------------------------------------
+
+
+def _segmentation():
+    from . import segmentation  # torch and SAM only when a segmentation task runs
+
+    return segmentation
+
+
+SCORERS.add(
+    "refer_seg",
+    Scorer(
+        lambda spec, doc, prediction: _segmentation().score(spec, doc, prediction),
+        "ciou",
+        aggregate=lambda spec, records: _segmentation().aggregate(spec, records),
+        prompt=lambda spec, row: _segmentation().first_prompt(spec, row),
+        answer_optional=True,
+        predict=lambda *args: _segmentation().predict(*args),
+    ),
+    "referring segmentation (LISA / MLCD-Seg): cIoU = sum(I) / sum(U) over masks, gIoU = mean IoU; "
+    "teacher-forced or generate-then-segment (options.mode)",
 )

@@ -96,6 +96,9 @@ GROUPS = {
         f"synth_{kind}" for kind in ("colour", "shape", "count", "position", "word", "chart", "frames")
     ],
     "embodied": ["robovqa", "openeqa"],
+    "refcoco": ["refcoco_val", "refcoco_testA", "refcoco_testB"],
+    "refcocoplus": ["refcocoplus_val", "refcocoplus_testA", "refcocoplus_testB"],
+    "refcocog": ["refcocog_val", "refcocog_test"],
 }
 """Names that stand for several tasks."""
 

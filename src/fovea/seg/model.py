@@ -33,7 +33,8 @@ def add_segmentation(model, sam) -> None:
         tokenizer.add_tokens([SEG_TOKEN], special_tokens=True)
     token_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
     if token_id >= model.lm.get_input_embeddings().weight.shape[0]:
-        model.lm.resize_token_embeddings(len(tokenizer))
+        # the new row at the default init, as the original (transformers 4.44: no mean resizing)
+        model.lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.lm["vocab_size"] = model.lm.get_input_embeddings().weight.shape[0]
     fields = json.loads(sam.config.to_json_string(use_diff=True))  # JSON-clean, as config.json keeps it
     fields = {k: v for k, v in fields.items() if k not in ("transformers_version", "architectures")}
