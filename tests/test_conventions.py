@@ -18,7 +18,7 @@ LAYERS = [
     ["fovea.model", "fovea.seg"],
     ["fovea.checkpoints", "fovea.data"],
     ["fovea.train", "fovea.infer", "fovea.eval", "fovea.extract"],
-    ["fovea.pretrain", "fovea.demo", "fovea.tiny"],  # tiny models: tests, demos, benchmarks only
+    ["fovea.pretrain", "fovea.demo", "fovea.seg_demo", "fovea.tiny"],  # tiny models: tests, demos, benchmarks only
     ["fovea.cli"],
 ]  # fmt: skip
 

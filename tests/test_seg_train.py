@@ -82,3 +82,28 @@ def test_a_record_whose_masks_do_not_fit_is_skipped_and_named(prepared, tmp_path
     text = caplog.text
     assert f"record {records[1]['id']}: 1 [SEG] tokens (after truncation) but 2 masks" in text
     assert f"record {records[2]['id']}: mask 0 is 10x10, its image 64x64" in text
+
+
+def test_the_seg_demo_runs_offline_and_ends_with_its_checkpoint(tmp_path, capsys):
+    from fovea.cli import main
+
+    argv = [
+        "demo",
+        "seg",
+        "--out",
+        str(tmp_path),
+        "--train-size",
+        "16",
+        "--eval-size",
+        "4",
+        "--epochs",
+        "1",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("checkpoint: ") and (tmp_path / "overlay.png").is_file()
+    model = fovea.load(out[-1].removeprefix("checkpoint: "))
+    assert model.config.seg is not None
+    scores = json.loads((tmp_path / "results.json").read_text())["scores"]
+    assert set(scores) == {"model", "best constant mask"} and scores["model"]["samples"] == 4

@@ -62,18 +62,23 @@ def tiny_vlm(
     return VisionLanguageModel(config, tokenizer).eval()
 
 
-def tiny_sam(out: str | Path, seed: int = 0) -> Path:
-    """A random SAM (transformers' SamModel) of width 32 at 256 px, with its image processor, saved
-    to `out`: SAM-H's structure (prompt encoder, two-way mask decoder, 3 multimask outputs), tiny."""
+def tiny_sam(out: str | Path, seed: int = 0, width: int = 32) -> Path:
+    """A random SAM (transformers' SamModel) of `width` (32) at 256 px, with its image processor, saved
+    to `out`: SAM-H's structure (prompt encoder, two-way mask decoder, 3 multimask outputs), tiny.
+    Its image encoder is initialised at std 0.02, not SamVisionConfig's 1e-10 (which suits only
+    weights about to be overwritten): a frozen random encoder must still tell pixels apart."""
     import torch
     from transformers import SamConfig, SamImageProcessorPil, SamModel
 
+    heads = max(2, width // 16)
     config = SamConfig(
-        vision_config={"hidden_size": 32, "output_channels": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 256, "patch_size": 16, "window_size": 4, "global_attn_indexes": [1],
-                       "mlp_dim": 64, "num_pos_feats": 16},
-        prompt_encoder_config={"hidden_size": 32, "image_size": 256, "patch_size": 16, "mask_input_channels": 4},
-        mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+        vision_config={"hidden_size": width, "output_channels": width, "num_hidden_layers": 2,
+                       "num_attention_heads": heads, "image_size": 256, "patch_size": 16, "window_size": 4,
+                       "global_attn_indexes": [1], "mlp_dim": 2 * width, "num_pos_feats": width // 2,
+                       "initializer_range": 0.02},
+        prompt_encoder_config={"hidden_size": width, "image_size": 256, "patch_size": 16, "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": width, "mlp_dim": 2 * width, "num_attention_heads": heads,
+                             "iou_head_hidden_dim": width},
     )  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

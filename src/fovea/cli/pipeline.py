@@ -55,6 +55,7 @@ def _add_demo(sub) -> None:
     which = p.add_subparsers(metavar="DEMO", required=False, title="other demos")
     demos.add_pretrain_demo(which)
     demos.add_rice_demo(which)
+    demos.add_seg_demo(which)
 
 
 def _run_demo(args) -> int:

@@ -1,10 +1,11 @@
 """Referring-segmentation scenes: `fovea demo seg`'s data, with exact masks.
 
 Each image (64 px by default) holds two or three shapes of different colour-and-shape kinds on a
-noisy grey background. Each record asks for one of them by what sets it apart ("segment the red
-circle", or "... left of the square" when its position is what does) and answers "Sure, [SEG].",
-with the shape's mask as COCO RLE in ``segmentation``: MLCD-Seg's record format. The referring
-expression names the target's colour and shape; the other shapes are distractors.
+noisy grey background. Each record asks for one of them ("Segment the red circle.", with three
+shapes "... left of the square.") and answers naming it before its mask token ("Sure, the red
+circle: [SEG]."), with the shape's mask as COCO RLE in ``segmentation``: MLCD-Seg's record format.
+The answer names the target so that the [SEG] state follows its description (LISA-style answers
+do the same); the other shapes are distractors of other colour-and-shape kinds.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def make_seg_scenes(folder: Path, count: int, seed: int, size: int = 64) -> list
             "image": name,
             "conversations": [
                 {"from": "human", "value": f"<image>\nSegment the {_referring(kinds, target)}."},
-                {"from": "gpt", "value": "Sure, [SEG]."},
+                {"from": "gpt", "value": f"Sure, the {kinds[target][0]} {kinds[target][1]}: [SEG]."},
             ],
             "segmentation": [rle_encode(masks[target])],
         })  # fmt: skip
