@@ -323,3 +323,14 @@ def test_the_rice_demo_runs_offline_and_ends_with_its_tower(tmp_path, capsys):
         "RICE, image + region losses",
     }
     assert all(len(kinds["object"]) == len(kinds["ocr"]) == 1 for kinds in results.values())
+
+
+def test_the_rice_demo_refuses_fewer_images_than_centres_before_any_work(tmp_path, capsys):
+    from fovea.cli import main
+
+    assert main(["demo", "rice", "--out", str(tmp_path / "out"), "--images", "10", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "fovea: error: the demo clusters its images into 48 centres: give at least 48 images (--images), got 10"
+    ]
+    assert not (tmp_path / "out").exists()
