@@ -83,7 +83,7 @@ def main() -> None:
     decode = sum(
         lm_flops(body, 28, 3584, 1, prompt + k) + 2 * 152064 * 3584 for k in range(args.answer_tokens)
     )
-    forced = lm_flops(body, 28, 3584, total, total) + 2 * text2sam
+    forced = lm_flops(body, 28, 3584, total, total) + 2 * text2sam  # no LM head: only [SEG] states
     encoder = sam_encoder_flops(sam["vision_encoder"], 1280, 32, 4)
     decoder = 2 * (sam["mask_decoder"] + sam["prompt_encoder"]) * 4096
     # the answer's prefill and the teacher-forced pass each encode the 5 views
@@ -95,8 +95,8 @@ def main() -> None:
     kv = 28 * 2 * 4 * 128 * total * 2  # layers, K and V, kv heads, head dim, tokens, bf16
     sam_act = 4096 * 1280 * 2 * 8  # the widest live tensors of one SAM block (MLP 4x and a residual)
     lm_act = total * 18944 * 2 * 3  # one MLP's gate, up and product
-    logits = total * 152064 * 4  # fp32 logits of the teacher-forced pass (only [SEG] rows are needed)
-    peak = weights + kv + max(sam_act, lm_act + logits)
+    # the teacher-forced pass skips the LM head (`seg_forward(..., logits=False)`): no (T, vocab) logits
+    peak = weights + kv + max(sam_act, lm_act)
 
     print("| part | parameters |\n|---|---|")
     for name, count in {"Qwen2.5-7B": lm_params, "MLCD ViT-L/14-336": tower, "mlp2x_gelu": projector,
@@ -117,7 +117,7 @@ def main() -> None:
     )
     print(
         f"peak memory: weights {weights / 2**30:.2f} GiB (bf16) + KV cache {kv / 2**20:.1f} MiB + largest "
-        f"activations {max(sam_act, lm_act + logits) / 2**20:.0f} MiB = {peak / 2**30:.2f} GiB"
+        f"activations {max(sam_act, lm_act) / 2**20:.0f} MiB = {peak / 2**30:.2f} GiB"
     )
 
 

@@ -97,7 +97,9 @@ def _model_pairs(model, records: list[dict], root: Path, progress: bool) -> tupl
         answer = model.tokenizer(record["conversations"][1]["value"], add_special_tokens=False)["input_ids"]
         ids = torch.cat([inputs.input_ids, torch.tensor([answer])], dim=1)
         full = inputs.replace(input_ids=ids, attention_mask=torch.ones_like(ids))
-        predicted = seg_forward(model, full, [sam_inputs(processor, [image])]).masks[0][0][0] > 0
+        predicted = (
+            seg_forward(model, full, [sam_inputs(processor, [image])], logits=False).masks[0][0][0] > 0
+        )
         target = rle_decode(record["segmentation"][0])
         pairs.append([intersection_union(predicted.numpy(), target)])
         first = predicted.numpy() if first is None else first

@@ -90,7 +90,9 @@ def _teacher_forced(model, image, question: str, answer: str, template):
     ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
     full_ids = torch.cat([inputs.input_ids, torch.tensor([ids], dtype=torch.long)], dim=1)
     full = inputs.replace(input_ids=full_ids, attention_mask=torch.ones_like(full_ids))
-    masks = seg_forward(model, full, [sam_inputs(model.config.seg.processor(), [image])]).masks[0][0]
+    masks = seg_forward(model, full, [sam_inputs(model.config.seg.processor(), [image])], logits=False).masks[
+        0
+    ][0]
     if not len(masks):
         raise ValueError(f"the answer {answer!r} has no [SEG] token")
     return (masks[0] > 0).cpu().numpy()

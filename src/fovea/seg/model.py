@@ -52,20 +52,21 @@ def _check(model) -> SegConfig:
 
 @dataclass
 class SegOutput:
-    logits: torch.Tensor
-    """(B, T, vocab) the LM's logits, teacher-forced."""
+    logits: torch.Tensor | None
+    """(B, T, vocab) the LM's logits, teacher-forced (None when not asked for)."""
     masks: list[list[torch.Tensor]]
     """Per sample, per image: (k, H, W) float32 mask logits, one per [SEG] given to that image."""
 
 
-def seg_forward(model, inputs, images: list[list[SamInputs]]) -> SegOutput:
+def seg_forward(model, inputs, images: list[list[SamInputs]], logits: bool = True) -> SegOutput:
     """Teacher-forced logits and masks of a batch (`inputs` from `prepare`/`prepare_chat` or the
-    training collate), `images` each sample's images as SAM sees them."""
+    training collate), `images` each sample's images as SAM sees them. ``logits=False`` skips the
+    LM head (segmenting needs only the [SEG] states: at 7B size the logits are 1.7 GiB in fp32)."""
     config = _check(model)
     embeds = model.embed_inputs(inputs)
     mask = inputs.attention_mask.to(embeds.device) if inputs.attention_mask is not None else None
     hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    logits = model.lm.get_output_embeddings()(hidden)
+    scores = model.lm.get_output_embeddings()(hidden) if logits else None
     input_ids = inputs.input_ids.to(hidden.device)
     masks = []
     for row, sample_images in enumerate(images):
@@ -80,7 +81,7 @@ def seg_forward(model, inputs, images: list[list[SamInputs]]) -> SegOutput:
             else:
                 per_image.append(torch.zeros(0, *image.original))
         masks.append(per_image)
-    return SegOutput(logits, masks)
+    return SegOutput(scores, masks)
 
 
 @dataclass
@@ -121,6 +122,6 @@ def segment(
     ids = torch.cat([prepared.input_ids, torch.tensor([answer], dtype=torch.long)], dim=1)
     full = prepared.replace(input_ids=ids, attention_mask=torch.ones_like(ids))
     sam_image = sam_inputs(config.processor(), [picture])[0]
-    logits = seg_forward(model, full, [[sam_image]]).masks[0][0].float().cpu()
+    logits = seg_forward(model, full, [[sam_image]], logits=False).masks[0][0].float().cpu()
     text = model.tokenizer.decode(answer, skip_special_tokens=False).strip()
     return SegResult(text, (logits > 0).numpy(), logits)
