@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import from_dict
+from ..errors import ConfigError
 from .recipe import PretrainRecipe
 from .scenes import KINDS, kind_targets, make_scenes, oracle_features
 from .steps import assign_labels, cluster_features
@@ -65,6 +66,7 @@ def run_pretrain_demo(
 ) -> PretrainDemo:
     from transformers.utils import logging as hf_logging
 
+    check_inputs(images, centres)
     probe_images = probe_images or (max(20, images // 3), max(10, images // 6))  # 3000 -> 1000 + 500
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per encoder says nothing here
     try:
@@ -112,6 +114,16 @@ def _prepare(out: Path, settings: dict, progress: bool) -> None:
     assign_labels(out / "teacher", out / "centres", settings["labels"], out / "labels-multi")
     assign_labels(out / "teacher", out / "centres", 1, out / "labels-single")
     marker.write_text(json.dumps(settings))
+
+
+def check_inputs(images: int, centres: int) -> None:
+    """What a pretraining demo needs, checked before any work: enough images for its k-means, and
+    the [pretrain] extra (faiss for k-means, scikit-learn for the probes)."""
+    if images < centres:
+        raise ConfigError(f"the demo clusters its images into {centres} centres: give at least {centres} "
+                          f"images (--images), got {images}")  # fmt: skip
+    import faiss  # noqa: F401
+    import sklearn  # noqa: F401
 
 
 DEMO_FILES = ("images", "teacher", "centres", "labels-multi", "labels-single", "runs", "prepared.json")

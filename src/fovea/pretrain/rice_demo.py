@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from ..config import from_dict
-from ..errors import ConfigError
-from .demo import clear, write_scene_teacher
+from .demo import check_inputs, clear, write_scene_teacher
 from .recipe import PretrainRecipe
 from .rice_scenes import WORDS, make_region_scenes, oracle_image_features, oracle_region_features
 from .scenes import KINDS
@@ -66,12 +65,7 @@ def run_rice_demo(
 ) -> RiceDemo:
     from transformers.utils import logging as hf_logging
 
-    if images < centres:
-        raise ConfigError(f"the demo clusters its images into {centres} centres: give at least {centres} "
-                          f"images (--images), got {images}")  # fmt: skip
-    import faiss  # noqa: F401  (k-means) and scikit-learn (the probe): missing extras fail here, not minutes in
-    import sklearn  # noqa: F401
-
+    check_inputs(images, centres)
     settings = {"images": images, "probe_images": list(probe_images), "centres": centres, "labels": labels,
                 "region_centres": region_centres, "steps": steps, "seeds": list(seeds)}  # fmt: skip
     hf_logging.disable_progress_bar()
