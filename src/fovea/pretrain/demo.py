@@ -93,18 +93,29 @@ def _run(out: Path, images, probe_images, centres, labels, steps, seeds, progres
             scores.append(_probe_tower(tower, probe_sets))
         result.accuracy[method] = scores
     result.accuracy["oracle teacher (ceiling)"] = [_probe_oracle(out)] * len(seeds)
-    (out / "results.json").write_text(
-        json.dumps({"settings": settings, "accuracy": result.accuracy}, indent=2)
-    )
+    write_results(out, settings, result.accuracy)
     return result
+
+
+def write_results(out: Path, settings: dict, accuracy: dict) -> None:
+    """A demo's results.json: its settings and every encoder's scores."""
+    (out / "results.json").write_text(json.dumps({"settings": settings, "accuracy": accuracy}, indent=2))
+
+
+def prepared(out: Path, settings: dict, names: tuple[str, ...] | None = None) -> bool:
+    """True when `out` holds a demo's data made with `settings`; otherwise what an earlier run
+    wrote there (only the demo's own `names`) is cleared for a fresh start."""
+    marker = out / "prepared.json"
+    if marker.is_file() and json.loads(marker.read_text()) == settings:
+        return True
+    clear(out, names or DEMO_FILES)
+    return False
 
 
 def _prepare(out: Path, settings: dict, progress: bool) -> None:
     """Scenes, teacher features, centres and labels; redone when the settings changed."""
-    marker = out / "prepared.json"
-    if marker.is_file() and json.loads(marker.read_text()) == settings:
+    if prepared(out, settings):
         return
-    clear(out)
     sizes = {"pretrain": settings["images"], "probe-train": settings["probe_images"][0],
              "probe-val": settings["probe_images"][1]}  # fmt: skip
     for offset, (name, count) in enumerate(sizes.items()):
@@ -113,7 +124,7 @@ def _prepare(out: Path, settings: dict, progress: bool) -> None:
     cluster_features(out / "teacher", settings["centres"], out / "centres", restarts=2)
     assign_labels(out / "teacher", out / "centres", settings["labels"], out / "labels-multi")
     assign_labels(out / "teacher", out / "centres", 1, out / "labels-single")
-    marker.write_text(json.dumps(settings))
+    (out / "prepared.json").write_text(json.dumps(settings))  # last: the data is whole
 
 
 def check_inputs(images: int, centres: int) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..config import from_dict
-from .demo import check_inputs, clear, write_scene_teacher
+from .demo import check_inputs, prepared, write_results, write_scene_teacher
 from .recipe import PretrainRecipe
 from .rice_scenes import WORDS, make_region_scenes, oracle_image_features, oracle_region_features
 from .scenes import KINDS
@@ -80,9 +80,7 @@ def run_rice_demo(
             result.accuracy[method] = _probe_all(out, towers)
     finally:
         hf_logging.enable_progress_bar()
-    (out / "results.json").write_text(
-        json.dumps({"settings": settings, "accuracy": result.accuracy}, indent=2)
-    )
+    write_results(out, settings, result.accuracy)
     return result
 
 
@@ -90,10 +88,8 @@ def _prepare(out: Path, settings: dict, progress: bool) -> None:
     """Scenes, tokenizer, image and region labels; redone when the settings changed."""
     from .steps import assign_labels, cluster_features
 
-    marker = out / "prepared.json"
-    if marker.is_file() and json.loads(marker.read_text()) == settings:
+    if prepared(out, settings, DEMO_FILES):
         return
-    clear(out, DEMO_FILES)
     counts = (settings["images"], *settings["probe_images"])
     for offset, (name, count) in enumerate(zip(SPLITS, counts)):
         make_region_scenes(out / "images" / name, count, seed=1000 * offset)
@@ -104,7 +100,7 @@ def _prepare(out: Path, settings: dict, progress: bool) -> None:
     _region_teacher(out, progress)
     cluster_features(out / "regions", settings["region_centres"], out / "region-centres", restarts=2)
     assign_labels(out / "regions", out / "region-centres", 1, out / "region-labels")
-    marker.write_text(json.dumps(settings))
+    (out / "prepared.json").write_text(json.dumps(settings))  # last: the data is whole
 
 
 DEMO_FILES = ("images", "tokenizer", "teacher", "centres", "labels", "regions", "region-centres",
