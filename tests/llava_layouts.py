@@ -77,8 +77,13 @@ def write_original(
     model_type: str = "llava_qwen",
     tower_inside: bool = True,
     drop_tower_layers_from: int | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
+    tokenizer=None,
+    fields: dict | None = None,
 ) -> Path:
-    """Save `model` (transformers LlavaNext/Llava) in the original LLaVA-NeXT layout."""
+    """Save `model` (transformers LlavaNext/Llava) in the original LLaVA-NeXT layout; `extra`: more
+    tensors under their original names (MLCD-Seg's ``model.sam.*``), `tokenizer` instead of the tiny
+    one without ``<image>``, `fields` more config.json fields."""
     directory.mkdir(parents=True, exist_ok=True)
     text = legacy_form(model.config.text_config.to_dict())  # as released: rope_theta, rope_scaling
     vision = model.config.vision_config
@@ -102,6 +107,7 @@ def write_original(
         "tokenizer_padding_side": "right",
         "tokenizer_model_max_length": 8192,
         "use_mm_proj": True,
+        **(fields or {}),
     }
     (directory / "config.json").write_text(json.dumps(raw, indent=2))
     state = {}
@@ -115,6 +121,6 @@ def write_original(
         if key == "language_model.lm_head.weight" and text.get("tie_word_embeddings"):
             continue  # save_pretrained writes a tied head once, as the embeddings
         state[original_key(key)] = tensor
-    save_sharded(state, directory)
-    tiny_tokenizer(image_token=False).save_pretrained(directory)
+    save_sharded({**state, **(extra or {})}, directory)
+    (tokenizer or tiny_tokenizer(image_token=False)).save_pretrained(directory)
     return directory

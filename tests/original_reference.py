@@ -72,9 +72,10 @@ def tower_dir(path, kind: str, vision: dict):
     return tower
 
 
-def reference_next(kind: str, tower, layers=-2, pinpoints=PINPOINTS, lm_type="qwen2"):
-    """transformers LlavaNext whose tower is `tower` (SigLIP: run as LLaVA-NeXT does, last block cut)."""
-    tokenizer = tiny_tokenizer()
+def reference_next(kind: str, tower, layers=-2, pinpoints=PINPOINTS, lm_type="qwen2", tokenizer=None):
+    """transformers LlavaNext whose tower is `tower` (SigLIP: run as LLaVA-NeXT does, last block cut);
+    `tokenizer`: one holding ``<image>`` (the tiny one by default)."""
+    tokenizer = tokenizer or tiny_tokenizer()
     vision = tower.config.to_dict()
     siglip = kind == "siglip"
     if siglip:

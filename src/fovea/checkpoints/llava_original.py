@@ -34,7 +34,7 @@ from ..model.packing import FramesConfig
 from ..tensor_files import KeyMap, Source, weight_files
 from ..towers.base import TowerConfig, family_of, levels_of
 from ..towers.presets import resolve_tower
-from . import mmfuser_original, vmllm_original
+from . import mlcd_seg_original, mmfuser_original, vmllm_original
 from .opened import Layout, Opened, lm_config, load_tokenizer
 
 IMAGE_TOKEN_INDEX = -200
@@ -48,14 +48,17 @@ _MERGES = ("flat", "spatial", "spatial_unpad")
 
 
 def is_original(raw: dict) -> bool:
-    return raw.get("model_type") in LM_TYPES or (
-        raw.get("model_type") == "llava" and "mm_vision_tower" in raw
-    )
+    """``llava_*``, or ``llava`` / the bare LM's type with ``mm_vision_tower`` (releases edited for
+    serving or for ``trust_remote_code``, as MLCD-Seg's hub copy is tagged ``qwen2``)."""
+    kind = raw.get("model_type")
+    return kind in LM_TYPES or (kind in ("llava", *LM_TYPES.values()) and "mm_vision_tower" in raw)
 
 
 def lm_type(raw: dict, where: Path) -> str:
     if raw.get("model_type") in LM_TYPES:
         return LM_TYPES[raw["model_type"]]
+    if raw.get("model_type") in LM_TYPES.values():
+        return raw["model_type"]
     for arch in raw.get("architectures") or []:
         if arch in ARCHITECTURES:
             return ARCHITECTURES[arch]
@@ -191,7 +194,8 @@ def read_config(
 
     where = directory / "config.json"
     tower, image_defaults, _ = tower_spec(raw, where, tower_override)
-    connector = connector_spec(raw, tower, where, projector_shapes(directory))
+    shapes = own_shapes(directory, (mmfuser_original.PREFIX, mlcd_seg_original.SAM))
+    connector = connector_spec(raw, tower, where, shapes)
     image, merge = image_spec(raw, image_defaults, where)
     per_layer = 1 if connector.fuser_type != "concat" else len(connector.layers)
     tower_width = levels_of(tower)[-1].width
@@ -217,6 +221,9 @@ def read_config(
         newline=merge == "spatial_unpad",
         frames=frames_spec(raw, merge, where),
         max_length=raw.get("tokenizer_model_max_length"),
+        seg=mlcd_seg_original.seg_config(shapes, tokenizer, where)
+        if mlcd_seg_original.detect(shapes)
+        else None,
     )
 
 
@@ -233,8 +240,14 @@ def key_map(model_keys: set[str], tower_layers: int) -> KeyMap:
 
     fuser = mmfuser_original.of_model(model_keys)
     vmllm = _is_vmllm(model_keys)
+    iou_depth = (
+        2 + sum(k.startswith("seg.sam.mask_decoder.iou_prediction_head.layers.") for k in model_keys) // 2
+    )
+    seg = mlcd_seg_original.key_map(iou_depth)
 
     def mapped(key: str) -> str | None:
+        if key.startswith((mlcd_seg_original.SAM, mlcd_seg_original.PROJECTION)):
+            return seg(key)
         if vmllm and key.startswith("model.vision_tower."):
             return None  # the original reloads every tower from mm_vision_tower
         if key.startswith("model.vision_tower.vision_tower."):
@@ -351,15 +364,16 @@ def _own_files(directory: Path) -> list[Path]:
     return files
 
 
-def projector_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
-    """Shapes of the checkpoint's own ``model.mm_projector.*`` tensors (headers only)."""
+def own_shapes(directory: Path, prefixes: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the checkpoint's own tensors under `prefixes` (headers only): ``model.mm_projector.*``
+    tells a fuser, ``model.sam.*`` MLCD-Seg's SAM."""
     from ..tensor_files import TensorFile
 
     shapes = {}
     for file in _own_files(directory):
         with TensorFile(file) as handle:
             for key in handle.keys():
-                if key.startswith(mmfuser_original.PREFIX):
+                if key.startswith(prefixes):
                     shapes[key] = handle.shape(key)
     return shapes
 

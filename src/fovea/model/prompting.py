@@ -291,6 +291,14 @@ class PromptMixin:
         answers = [r.text for r in results]
         return answers[0] if isinstance(text, str) else answers
 
+    def segment(self: VisionLanguageModel, image: ImageSource, prompt: str, **options):
+        """A segmenting model's (MLCD-Seg's) answer about `image` and a mask for each ``[SEG]`` in it:
+        a `fovea.seg.model.SegResult` (``text``, ``masks`` (k, H, W) bool at the image's size,
+        ``logits``). `options`: ``template``, ``max_new_tokens``, ``force`` (see `fovea.seg.model.segment`)."""
+        from ..seg.model import segment
+
+        return segment(self, image, prompt, **options)
+
 
 def _per_prompt(model, text, images, videos=None) -> tuple[list[str], list[list]]:
     """(prompts, the visual items of each, in tag order) for one prompt with a list of images and
