@@ -54,6 +54,9 @@ class Request:
     `cancelled` is set, ("cancelled", None): exactly one of the three ends every request."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set it (the server does when its client goes away) and the sequence leaves at the next step."""
+    sam_images: list | None = None
+    """SAM's views of `images` when the client asked for masks (a segmenting model): the answer's
+    [SEG]s are then segmented before ``done``, whose Result carries them (``masks``)."""
     submitted: float = 0.0
     started: float | None = None
     """`time.monotonic()` when the request was queued and when its prefill ended (queue time)."""
@@ -242,6 +245,7 @@ class Engine:
             emit = lambda piece, r=request: r.emit("text", piece)  # noqa: E731
             sequence = self.model.sequence(prepared, request.sampling, request.template, emit)
             sequence.owner = request
+            sequence.prepared = prepared if request.sam_images is not None else None  # for its masks
             return prepared, sequence
         except Exception as err:  # tokenising, images, templates, seeds: this request's own error
             request.emit("error", err)
@@ -276,13 +280,29 @@ class Engine:
                 seq.finish = "cancelled"
                 request.emit("cancelled", None)
             elif seq.finish is not None:
-                request.emit("done", seq.result())
+                self._done(request, seq)
             else:
                 keep.append(i)
         if not keep:
             self.running = None
         elif len(keep) < len(batch.sequences):
             batch.keep(keep)
+
+    def _done(self, request: Request, seq) -> None:
+        """``done`` with the answer (and, when asked, its masks: one teacher-forced pass of prompt +
+        answer, in this thread; a failure there fails this request alone)."""
+        result = seq.result()
+        if request.sam_images is not None:
+            from ..seg.model import answer_masks
+
+            try:
+                answer = [t for t in result.tokens if t not in seq.stop_ids]
+                result.masks = answer_masks(self.model, seq.prepared, answer, request.sam_images)
+            except Exception as err:
+                logger.exception("segmenting an answer failed")
+                request.emit("error", err)
+                return
+        request.emit("done", result)
 
 
 def _prefill_groups(model, ready: list[tuple]) -> list[RunningBatch]:

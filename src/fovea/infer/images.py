@@ -48,14 +48,15 @@ class ImageStage:
         self.decoding = 0
         """Requests whose images are being decoded or tiled now (for /metrics)."""
 
-    async def prepare(self, sources: list[tuple[str, str]]):
-        """The request's images (``check_messages``'s sources) as the model's processed tiles."""
+    async def prepare(self, sources: list[tuple[str, str]], sam=None):
+        """The request's images (``check_messages``'s sources) as the model's processed tiles; with
+        `sam` (a function of the decoded images: a segmenting model's SAM view), (tiles, its views)."""
         loop = asyncio.get_running_loop()
         opened = await loop.run_in_executor(self.readers, open_images, sources, self.limits, self.sampling)
         pixels = sum(pixels_of(item) for _, item in opened)
         await self.budget.acquire(pixels)
         self.decoding += 1
-        job = asyncio.ensure_future(self._decode_and_tile(opened, pixels))
+        job = asyncio.ensure_future(self._decode_and_tile(opened, pixels, sam))
         try:
             return await asyncio.shield(job)
         finally:  # also when cancelled (the client left): the pixels come back once the decode ends
@@ -67,7 +68,7 @@ class ImageStage:
             job.exception()  # seen: a cancelled request's failure is nobody's to report
         loop.create_task(self.budget.release(pixels))
 
-    async def _decode_and_tile(self, opened: list, pixels: int):
+    async def _decode_and_tile(self, opened: list, pixels: int, sam=None):
         loop = asyncio.get_running_loop()
         lane = self.small if pixels <= self.small_pixels else self.big
         decoded = await asyncio.gather(  # every decode ends before the pixels can go back
@@ -77,7 +78,11 @@ class ImageStage:
         failed = [result for result in decoded if isinstance(result, BaseException)]
         if failed:
             raise failed[0]
-        return await loop.run_in_executor(lane, self.process, [image for (image,) in decoded])
+        pictures = [image for (image,) in decoded]
+        tiles = await loop.run_in_executor(lane, self.process, pictures)
+        if sam is None:
+            return tiles
+        return tiles, await loop.run_in_executor(lane, sam, pictures)
 
     def close(self) -> None:
         for pool in (self.readers, self.big, self.small):

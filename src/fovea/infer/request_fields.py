@@ -28,8 +28,12 @@ KNOWN_FIELDS = frozenset(
         "stop",
         "n",
         "user",
+        "fovea_masks",
     }
 )
+"""OpenAI's fields fovea implements, and one extension of its own: ``fovea_masks: true`` asks a
+segmenting model (MLCD-Seg) for a mask per ``[SEG]`` of its answer, returned as COCO RLE in the
+message's ``fovea_masks`` (clients that do not ask never see it)."""
 
 NEUTRAL = {
     "presence_penalty": (0, 0.0),
@@ -59,6 +63,8 @@ class Options:
     stream: bool = False
     include_usage: bool = False
     """stream_options.include_usage: a last chunk carries the token counts."""
+    masks: bool = False
+    """fovea_masks: the answer's [SEG]s segmented, as RLE in the (non-streamed) message."""
 
 
 def request_options(body: dict, limits: Limits) -> Options:
@@ -86,7 +92,12 @@ def request_options(body: dict, limits: Limits) -> Options:
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise ApiError(400, f"user must be a string, got {_found(body['user'])}", "user")
     stream, include_usage = _stream(body)
-    return Options(sampling(body, limits), stream, include_usage)
+    masks = body.get("fovea_masks")
+    if masks is not None and not isinstance(masks, bool):
+        raise ApiError(400, f"fovea_masks must be true or false, got {_found(masks)}", "fovea_masks")
+    if masks and stream:
+        raise ApiError(400, "fovea_masks comes with a whole answer: set stream to false", "fovea_masks")
+    return Options(sampling(body, limits), stream, include_usage, bool(masks))
 
 
 def sampling(body: dict, limits: Limits) -> dict:

@@ -14,7 +14,8 @@ text-only requests, thumbnails and refusals never wait behind others' big images
 goes away, streaming or not, cancels its request at whatever stage it is in: the engine drops the
 sequence at its next step instead of decoding for nobody. A
 request without max_tokens gets what the context leaves (capped), as vLLM does. Every request ends
-with one log line and is counted at ``/metrics`` (Prometheus). There is no /docs page (it loads scripts from a CDN); the schema is behind the
+with one log line and is counted at ``/metrics`` (Prometheus). A segmenting model answers
+``fovea_masks: true`` with a COCO RLE mask per ``[SEG]`` in the message (`_complete`). There is no /docs page (it loads scripts from a CDN); the schema is behind the
 API key.
 """
 
@@ -35,6 +36,8 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import ContextLengthError, FoveaError
+from ..seg.head import sam_inputs
+from ..seg.model import masks_rle
 from .engine import Engine, Request
 from .images import ImageStage
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
@@ -116,9 +119,11 @@ def create_app(model, config: ServeConfig) -> FastAPI:
     scrape = lambda: Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)  # noqa: E731
     app.add_api_route("/metrics", keyed(scrape), methods=["GET"], include_in_schema=False)
 
+    sam_view = _sam_view(model)
+
     @app.post("/v1/chat/completions")
     async def completions(http_request: HttpRequest):
-        return await _chat_completion(http_request, config, engine, stage, metrics)
+        return await _chat_completion(http_request, config, engine, stage, metrics, sam_view)
 
     return app
 
@@ -188,15 +193,20 @@ def _draining_server_class():
     return DrainingServer
 
 
-async def _chat_completion(http_request, config: ServeConfig, engine: Engine, stage: ImageStage, metrics):
+async def _chat_completion(
+    http_request, config: ServeConfig, engine: Engine, stage: ImageStage, metrics, sam_view=None
+):
     """One /v1/chat/completions request: check it, bring its images in, queue it, answer (JSON or an
     SSE stream). From the body's end on, a client that goes away cancels whatever stage it is in."""
     log = _Ending(f"chatcmpl-{uuid.uuid4().hex[:24]}", metrics)
-    gone = None
+    gone, views = None, None
     try:
         messages, sources, options = await _checked(http_request, config)
+        view = _masks_asked(options, sources, sam_view)
         gone = asyncio.create_task(_disconnected(http_request))  # the body is read: only this can come
-        images = await _unless_gone(gone, stage.prepare(sources)) if sources else []
+        images = await _unless_gone(gone, stage.prepare(sources, view)) if sources else []
+        if view is not None:
+            images, views = images
     except _ClientGone:
         log.ended(499, refused="client_gone")
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
@@ -218,7 +228,9 @@ async def _chat_completion(http_request, config: ServeConfig, engine: Engine, st
             log.engine_ended(request, kind, value)
         loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
-    request = Request(messages, images, **options.sampling, template=config.template, emit=emit)
+    request = Request(
+        messages, images, **options.sampling, template=config.template, emit=emit, sam_images=views
+    )
     engine.submit(request)
     gone.add_done_callback(lambda task: task.cancelled() or request.cancelled.set())
     try:
@@ -381,18 +393,39 @@ async def _complete(first, events: asyncio.Queue, meta: dict):
         err = _as_api_error(event[1])
         return JSONResponse(err.body(), status_code=err.status)
     result = event[1]
+    message = {"role": "assistant", "content": result.text.strip()}
+    if result.masks is not None:  # asked for (fovea_masks): RLE-encoded off the event loop
+        message["fovea_masks"] = await asyncio.get_running_loop().run_in_executor(
+            None, masks_rle, result.masks
+        )
     return {
         **meta,
         "object": "chat.completion",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text.strip()},
-                "finish_reason": result.finish_reason,
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
         "usage": _usage(result),
     }
+
+
+def _sam_view(model):
+    """SAM's view of decoded images for a segmenting model (None for any other)."""
+    if getattr(model.config, "seg", None) is None:
+        return None
+    processor = model.config.seg.processor()
+    return lambda pictures: sam_inputs(processor, pictures)
+
+
+def _masks_asked(options: Options, sources: list, sam_view):
+    """The SAM view to prepare when the request asks for masks (None when it does not); a request
+    that asks a model that cannot, or gives no image to draw on, is a 400."""
+    if not options.masks:
+        return None
+    if sam_view is None:
+        raise ApiError(
+            400, "fovea_masks: this model does not segment (no [SEG] token and SAM)", "fovea_masks"
+        )
+    if not sources or any(kind != "image" for *_, kind in sources):
+        raise ApiError(400, "fovea_masks needs images to draw on, and no video", "fovea_masks")
+    return sam_view
 
 
 def _usage(result) -> dict:

@@ -74,6 +74,9 @@ class Result:
     """"stop" (a stop id or string) or "length" (the token budget)."""
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
+    masks: list | None = None
+    """A segmenting model's masks for the answer's [SEG]s, when asked (the server's ``fovea_masks``):
+    per image, (k, H, W) mask logits (`fovea.seg.model.answer_masks`)."""
 
 
 class Sequence:

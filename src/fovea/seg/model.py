@@ -119,9 +119,31 @@ def segment(
     answer = [t for t in result.tokens if t not in stops]
     if force and config.token_id not in answer:
         answer.append(config.token_id)
-    ids = torch.cat([prepared.input_ids, torch.tensor([answer], dtype=torch.long)], dim=1)
-    full = prepared.replace(input_ids=ids, attention_mask=torch.ones_like(ids))
     sam_image = sam_inputs(config.processor(), [picture])[0]
-    logits = seg_forward(model, full, [[sam_image]], logits=False).masks[0][0].float().cpu()
+    logits = answer_masks(model, prepared, answer, [sam_image])[0].float().cpu()
     text = model.tokenizer.decode(answer, skip_special_tokens=False).strip()
     return SegResult(text, (logits > 0).numpy(), logits)
+
+
+@torch.inference_mode()
+def answer_masks(model, prepared, answer: list[int], images: list[SamInputs]) -> list[torch.Tensor]:
+    """The masks of a decoded answer: prompt (`prepared`, as `prepare_chat` gave it) + `answer`'s
+    tokens (stop tokens left out) run once teacher-forced; per image, (k, H, W) mask logits of the
+    [SEG]s given to it (round-robin, as `seg_forward`). What `segment` and the server both use."""
+    ids = torch.cat([prepared.input_ids, torch.tensor([answer], dtype=torch.long)], dim=1)
+    full = prepared.replace(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return seg_forward(model, full, [images], logits=False).masks[0]
+
+
+def masks_rle(per_image: list[torch.Tensor]) -> list[dict]:
+    """`answer_masks`' logits as COCO RLE, in [SEG] order: [SEG] j is mask j // n of image j mod n
+    (n images); each ``{"seg": j, "image": i, "size": [h, w], "counts": "..."}`` (logits above 0)."""
+    from ..imaging.masks import rle_encode
+
+    count, out = max(1, len(per_image)), []
+    total = sum(len(masks) for masks in per_image)
+    for j in range(total):
+        image = j % count
+        mask = (per_image[image][j // count] > 0).cpu().numpy()
+        out.append({"seg": j, "image": image, **rle_encode(mask)})
+    return out
