@@ -100,11 +100,11 @@ def _row(rid, first="q", **extra) -> bytes:
 
 # Every kind of bad row a JSONL file can hold; each must be skipped and named, none may raise.
 _BAD_ROWS = {
-    "bad.jsonl#1": b'{"id": "latin1", "conversations": "caf\xe9"}',  # not UTF-8: no id can be read
-    "bad.jsonl#2": b'"just a string"',
-    "bad.jsonl#3": b"[1, 2]",
-    "bad.jsonl#4": b"42",
-    "bad.jsonl#5": b"null",
+    "bad.jsonl:2": b'{"id": "latin1", "conversations": "caf\xe9"}',  # not UTF-8: no id can be read
+    "bad.jsonl:3": b'"just a string"',
+    "bad.jsonl:4": b"[1, 2]",
+    "bad.jsonl:5": b"42",
+    "bad.jsonl:6": b"null",
     "null-turns": json.dumps({"id": "null-turns", "conversations": None}).encode(),
     "null-image": _row("null-image", "<image>\nq", image=None),
     "null-value": _row("null-value", None),
@@ -125,14 +125,14 @@ def test_every_bad_jsonl_row_is_a_named_skip_in_the_dataset(bad_jsonl):
 
     dataset = SupervisedDataset(RecordSource(bad_jsonl), tiny_vlm(), template="plain")
     assert dataset[0]["id"] == "good"
-    assert dataset[len(dataset) - 1]["id"] == f"bad.jsonl#{len(dataset) - 1}"  # a null id: its place
+    assert dataset[len(dataset) - 1]["id"] == f"bad.jsonl:{len(dataset)}"  # a null id: FILE:LINE
     skipped = [dataset[i] for i in range(1, len(dataset) - 1)]
     assert all(isinstance(s, Skipped) for s in skipped)
     assert [s.id for s in skipped] == list(_BAD_ROWS)
-    for s in skipped:  # one line naming the data file and the record
-        assert s.reason.startswith(f"{bad_jsonl}: record {s.id}: ") and "\n" not in s.reason
+    for line, s in enumerate(skipped, 2):  # one line naming FILE:LINE (as editors count) and the record
+        assert s.reason.startswith(f"{bad_jsonl}:{line}: record {s.id}: ") and "\n" not in s.reason
     reasons = dict((s.id, s.reason) for s in skipped)
-    assert "not UTF-8" in reasons["bad.jsonl#1"] and "not a JSON object" in reasons["bad.jsonl#2"]
+    assert "not UTF-8" in reasons["bad.jsonl:2"] and "not a JSON object" in reasons["bad.jsonl:3"]
     assert "conversations is null" in reasons["null-turns"]
     assert "1 <image> tags but image is null" in reasons["null-image"]
     assert "broken.png" in reasons["broken-image"]
@@ -142,7 +142,7 @@ def test_every_bad_jsonl_row_is_a_named_skip_in_the_dataset(bad_jsonl):
     }
     bad_jsonl.write_text(json.dumps(system) + "\n")  # `plain` has no system turn: this record is bad
     skipped = SupervisedDataset(RecordSource(bad_jsonl), tiny_vlm(), template="plain")[0]
-    assert skipped.reason == f"{bad_jsonl}: record sys: template 'plain' has no system turn"
+    assert skipped.reason == f"{bad_jsonl}:1: record sys: template 'plain' has no system turn"
 
 
 def test_data_check_names_every_bad_jsonl_row(bad_jsonl, capsys):
@@ -152,7 +152,9 @@ def test_data_check_names_every_bad_jsonl_row(bad_jsonl, capsys):
     report = check_data(bad_jsonl, decode=True, progress=False)
     assert report.total == 2 + len(_BAD_ROWS)
     assert [p.split(": ")[1] for p in report.problems] == [f"record {rid}" for rid in _BAD_ROWS]
-    assert all(p.startswith(f"{bad_jsonl}: ") for p in report.problems)
+    assert [p.split(": ")[0] for p in report.problems] == [
+        f"{bad_jsonl}:{n}" for n in range(2, 2 + len(_BAD_ROWS))
+    ]
     capsys.readouterr()
     assert main(["data", "check", str(bad_jsonl), "--decode"]) == 1  # problems found, not a crash
     out, err = capsys.readouterr()
@@ -201,3 +203,33 @@ def test_synthetic_frames_questions_run_as_pooled_frames(tmp_path):
     dataset = SupervisedDataset(RecordSource(qa), tiny_vlm(), template="qwen_1_5")
     assert [layout.frames for layout in dataset[0]["image_layouts"]] == [1] * 9
     assert json.loads(captions.read_text())[0]["conversations"][0]["value"].endswith("Describe the frames.")
+
+
+def test_a_json_list_names_each_record_by_the_line_it_begins_on(tmp_path):
+    """Editors count lines from 1: a record is FILE:LINE where its object opens, blank lines and
+    multi-line records included (a JSONL file: the line itself)."""
+    records = _records(3)
+    text = (
+        "[\n"
+        + json.dumps(records[0], indent=1)
+        + ",\n\n  "
+        + json.dumps(records[1])
+        + ", "
+        + '{"id": null,\n"x": 1}'
+        + "\n]\n"
+    )
+    path = tmp_path / "d.json"
+    path.write_text(text)
+    source = RecordSource(path)
+    first_lines = 2 + json.dumps(records[0], indent=1).count("\n")
+    assert [source.line(i) for i in range(3)] == [2, first_lines + 2, first_lines + 2]
+    assert source.read(2)[1] == f"d.json:{first_lines + 2}" and source.where(0) == f"{path}:2"
+    path.write_text("[1, 2,]")
+    with pytest.raises(ConfigError, match=r"d\.json: not valid JSON \(.* at line 1\)"):
+        RecordSource(path)
+    path.write_text('{"a": 1}')
+    with pytest.raises(ConfigError, match=r"d\.json: expected a JSON list of records"):
+        RecordSource(path)
+    lines = tmp_path / "d.jsonl"
+    lines.write_text("\n" + json.dumps(records[0]) + "\n\n" + json.dumps(records[1]) + "\n")
+    assert [RecordSource(lines).where(i) for i in range(2)] == [f"{lines}:2", f"{lines}:4"]

@@ -171,8 +171,10 @@ def test_unreadable_jsonl_rows_and_images_are_skipped_with_id_and_file(data, tmp
     assert rows[-1]["skipped"] == len(bad_rows)
     skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped: ")]
     assert len(skips) == len(bad_rows)
-    for rid in ("qa.jsonl#16", "qa.jsonl#17", "null-turns", "null-image", "broken-image"):
-        assert any(line.startswith(f"skipped: {bad}: record {rid}: ") for line in skips), (rid, skips)
+    for line, rid in enumerate(
+        ("qa.jsonl:17", "qa.jsonl:18", "null-turns", "null-image", "broken-image"), 17
+    ):
+        assert any(s.startswith(f"skipped: {bad}:{line}: record {rid}: ") for s in skips), (rid, skips)
     assert any("broken.png" in line for line in skips)  # the image is named as well as the record
 
 

@@ -35,5 +35,5 @@ def check_data(
                 if decode:
                     load_image(path)
         except (BadRecord, ImageError) as err:  # the same line a training run would log
-            report.problems.append(skip_reason(source.file(i), record_id(raw, fallback), err))
+            report.problems.append(skip_reason(source.where(i), record_id(raw, fallback), err))
     return report

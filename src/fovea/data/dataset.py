@@ -86,7 +86,7 @@ class SupervisedDataset(Dataset):
             )
             extra = self._seg(raw, rid, items[: enc.num_images], enc.input_ids) if seg is not None else {}
         except (BadRecord, ImageError, VideoError) as err:
-            return Skipped(rid, skip_reason(self.source.file(index), rid, err))
+            return Skipped(rid, skip_reason(self.source.where(index), rid, err))
         views = sum(layout.num_views for layout in layouts[: enc.num_images])
         return extra | {
             "id": rid,

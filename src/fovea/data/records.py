@@ -41,10 +41,11 @@ def record_id(record: object, fallback: str) -> str:
     return fallback if rid is None or rid == "" else str(rid)
 
 
-def skip_reason(data_file: Path, rid: str, err: Exception) -> str:
-    """The one line a skipped record is reported with: the data file, the record id, the problem."""
+def skip_reason(where: Path | str, rid: str, err: Exception) -> str:
+    """The one line a skipped record is reported with: where it is (``FILE:LINE``, 1-based), the
+    record id, the problem."""
     # a BadRecord already begins "record <id>: "; an ImageError names only the image
-    return f"{data_file}: {err}" if isinstance(err, BadRecord) else f"{data_file}: record {rid}: {err}"
+    return f"{where}: {err}" if isinstance(err, BadRecord) else f"{where}: record {rid}: {err}"
 
 
 def normalise(record: object, image_root: Path | None, fallback_id: str, check_files: bool = True) -> Sample:
