@@ -1,19 +1,27 @@
-"""Training throughput and memory: fovea's loop vs plain transformers LlavaNext + a minimal loop.
+"""Training throughput and memory on a LLaVA-NeXT-shaped mixture: fovea unpacked, packed, and packed
+with DataLoader workers, against plain transformers LlavaNext with a minimal loop.
 
-One random LlavaNext checkpoint (CLIP tower at 56 px with AnyRes over 3 pinpoints, a Qwen2 LM)
-and one synthetic image-QA set; both sides train every part with AdamW at the same batch size
-for the same number of steps, each in a fresh process (so peak RSS is its own). The reference
-side is what a user writes with transformers alone: its processor and chat template, labels
-= input ids with padding masked, `model(**batch, labels=...)`. Reported: median step time,
-samples/s and tokens/s over the steps after warm-up, and peak RSS, as ratios.
+The mixture has LLaVA-NeXT's shape at a CPU's scale: image turns whose AnyRes visual tokens dwarf
+their text (real: ~2,900 tokens at 2x2 with CLIP-L beside ~100 of text; here a 112 px CLIP tile of
+64 tokens, up to 5 views with newlines, ~330 tokens, one to three question-answer turns), beside
+short text-only turns (15-40 tokens), 60% images and 40% text. One random LlavaNext checkpoint
+(CLIP width 256, 6 layers; Qwen2 width 512, 6 layers), every part trained with AdamW, the same batch
+size, seed and sample order for every fovea row, each row in a fresh process (its own peak RSS).
 
-    python benchmarks/train_throughput.py [--steps 30] [--batch 8]
+The reference is what a user writes with transformers alone: its processor and chat template,
+labels = input ids with padding masked, `model(**batch, labels=...)`, every batch padded to its
+longest sample. fovea unpacked is today's loop; packed lays each batch's samples end to end
+(data/packing.py), and the loss curves of the two are compared step by step. Reported: median
+step time, samples/s and tokens/s after warm-up, peak RSS, and ratios.
+
+    python benchmarks/train_throughput.py [--steps 50] [--batch 8] [--workers 1] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -21,7 +29,8 @@ from pathlib import Path
 
 from common import save_random_llava_next, table
 
-PINPOINTS = [[56, 56], [56, 112], [112, 56]]
+PINPOINTS = [[112, 112], [112, 224], [224, 112], [224, 224]]
+WORDS = "red green blue yellow circle square triangle left right above below one two three what where".split()
 
 _REFERENCE = r"""
 import json, resource, statistics, sys, time
@@ -33,133 +42,156 @@ torch.manual_seed(0)
 model = LlavaNextForConditionalGeneration.from_pretrained(ckpt).train()
 processor = LlavaNextProcessor.from_pretrained(ckpt)
 processor.tokenizer.padding_side = "right"
-records = json.load(open(f"{data}/qa.json"))
+records = json.load(open(f"{data}/mix.json"))
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def chat(r):
+    out = []
+    for i, turn in enumerate(r["conversations"]):
+        text = turn["value"].replace("<image>\n", "")
+        content = ([{"type": "image"}] if i == 0 and "image" in r else []) + [{"type": "text", "text": text}]
+        out.append({"role": "user" if turn["from"] == "human" else "assistant", "content": content})
+    return processor.apply_chat_template(out)
 times, tokens = [], []
 for step in range(steps):
     chunk = [records[(step * batch + i) % len(records)] for i in range(batch)]
     start = time.perf_counter()
-    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["conversations"][0]["value"].split(chr(10))[-1]}]},
-                                            {"role": "assistant", "content": [{"type": "text", "text": r["answer"]}]}]) for r in chunk]
-    images = [Image.open(f"{data}/{r['image']}").convert("RGB") for r in chunk]
-    inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    images = [Image.open(f"{data}/{r['image']}").convert("RGB") for r in chunk if "image" in r]
+    inputs = processor(images=images or None, text=[chat(r) for r in chunk], padding=True, return_tensors="pt")
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     loss = model(**inputs, labels=labels).loss
     loss.backward()
     optimizer.step(); optimizer.zero_grad()
     times.append(time.perf_counter() - start)
     tokens.append(int(inputs["attention_mask"].sum()))
-warm = times[3:]
-print(json.dumps({"step": statistics.median(warm), "tokens": statistics.median(tokens[3:]),
-                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"step": statistics.median(times[3:]), "tokens": statistics.median(tokens[3:]),
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "losses": []}))
 """
 
 _FOVEA = r"""
 import json, resource, statistics, sys
+from fovea.threads import configure
+configure()
 from fovea.train.recipe import Recipe
 from fovea.config import from_dict
 from fovea.train.loop import train
-ckpt, data, steps, batch, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+ckpt, data, steps, batch, out, packing, workers = sys.argv[1:8]
+steps, batch = int(steps), int(batch)
 recipe = from_dict(Recipe, {
     "model": {"init": ckpt, "template": "qwen_1_5"},
-    "stages": [{"name": "finetune", "data": f"{data}/qa.json", "max_steps": steps, "batch_size": batch,
-                "train": {"tower": 1e-4, "connector": 1e-4, "lm": 1e-4, "newline": 1e-4}, "warmup_ratio": 0.0}],
-    "run": {"out_dir": out, "log_every": 1, "save_every": 10**9, "report_to": [], "progress": False},
+    "stages": [{"name": "finetune", "data": f"{data}/mix.json", "max_steps": steps, "batch_size": batch,
+                "packing": packing == "packed", "warmup_ratio": 0.0,
+                "train": {"tower": 1e-4, "connector": 1e-4, "lm": 1e-4, "newline": 1e-4}}],
+    "run": {"out_dir": out, "log_every": 1, "save_every": 10**9, "report_to": [], "progress": False,
+            "num_workers": int(workers)},
 })
 train(recipe)
-rows = [json.loads(l) for l in open(f"{out}/metrics.jsonl")][3:]
-step = statistics.median(batch / r["samples_per_s"] for r in rows)
-tokens = statistics.median(r["tokens_per_s"] * batch / r["samples_per_s"] for r in rows)
-print(json.dumps({"step": step, "tokens": tokens, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+rows = [json.loads(l) for l in open(f"{out}/metrics.jsonl")]
+warm = rows[3:]
+print(json.dumps({"step": statistics.median(batch / r["samples_per_s"] for r in warm),
+                  "tokens": statistics.median(r["tokens_per_s"] * batch / r["samples_per_s"] for r in warm),
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "losses": [r["loss"] for r in rows]}))
 """
 
 
 def make(directory: Path) -> None:
-    vision = {
-        "model_type": "clip_vision_model",
-        "hidden_size": 256,
-        "intermediate_size": 1024,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 4,
-        "image_size": 56,
-        "patch_size": 14,
-    }
-    text = {
-        "model_type": "qwen2",
-        "vocab_size": 512,
-        "hidden_size": 512,
-        "intermediate_size": 1408,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 2,
-        "tie_word_embeddings": False,
-    }
+    vision = {"model_type": "clip_vision_model", "hidden_size": 256, "intermediate_size": 1024,
+              "num_hidden_layers": 6, "num_attention_heads": 4, "image_size": 112, "patch_size": 14}  # fmt: skip
+    text = {"model_type": "qwen2", "vocab_size": 512, "hidden_size": 512, "intermediate_size": 1408,
+            "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 2,
+            "tie_word_embeddings": False}  # fmt: skip
     save_random_llava_next(directory, vision, text, PINPOINTS)
     from fovea.checkpoints.jinja import chat_template
-    from fovea.tiny import tiny_tokenizer
 
-    tokenizer_config = directory / "processor_config.json"
-    proc = json.loads(tokenizer_config.read_text())
+    config = directory / "processor_config.json"
+    proc = json.loads(config.read_text())
     proc["chat_template"] = chat_template("qwen_1_5")
-    tokenizer_config.write_text(json.dumps(proc))
-    assert tiny_tokenizer  # the checkpoint carries fovea's tiny tokenizer (saved with the processor)
+    config.write_text(json.dumps(proc))
 
 
-def run(steps: int, batch: int) -> str:
+def mixture(directory: Path, n: int, seed: int = 0) -> None:
+    """`n` records: 60% image turns (1-3 question-answer pairs over a synthetic image of any size),
+    40% short text-only turns, shuffled."""
     from fovea.data.synthetic import generate
 
+    generate(directory, n, seed=seed, size=224, kinds=("colour", "shape", "count"))
+    images = json.loads((directory / "qa.json").read_text())
+    rng = random.Random(seed)
+
+    def words(k: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+
+    records = []
+    for i in range(n):
+        if rng.random() < 0.6:
+            base = images[i]
+            turns = list(base["conversations"])
+            for _ in range(rng.randint(0, 2)):
+                turns += [
+                    {"from": "human", "value": words(6) + "?"},
+                    {"from": "gpt", "value": words(4) + "."},
+                ]
+            records.append({"id": base["id"], "image": base["image"], "conversations": turns})
+        else:
+            turns = [{"from": "human", "value": words(rng.randint(4, 14)) + "?"},
+                     {"from": "gpt", "value": words(rng.randint(3, 12)) + "."}]  # fmt: skip
+            records.append({"id": f"text-{i}", "conversations": turns})
+    (directory / "mix.json").write_text(json.dumps(records))
+
+
+def _run(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"a benchmark process failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(steps: int, batch: int, workers: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make(tmp / "ckpt")
-        generate(tmp / "data", 400, seed=0, kinds=("colour", "shape", "count"))
-        results = {}
-        for name, code, extra in [("transformers", _REFERENCE, []), ("fovea", _FOVEA, [str(tmp / "run")])]:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    code,
-                    str(tmp / "ckpt"),
-                    str(tmp / "data"),
-                    str(steps),
-                    str(batch),
-                    *extra,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    ref, ours = results["transformers"], results["fovea"]
-    rows = []
-    for name, r in results.items():
-        rows.append(
-            [
-                name,
-                f"{r['step'] * 1e3:.0f}",
-                f"{batch / r['step']:.1f}",
-                f"{r['tokens'] / r['step']:.0f}",
-                f"{r['peak'] / 2**30:.2f}",
-            ]
-        )
-    ratio = ref["step"] / ours["step"]
-    rows.append(
-        [
-            "fovea / transformers",
-            f"{1 / ratio:.2f}x time",
-            f"**{ratio:.2f}x**",
-            "",
-            f"{ours['peak'] / ref['peak']:.2f}x",
-        ]
+        mixture(tmp / "data", 400)
+        common = [str(tmp / "ckpt"), str(tmp / "data"), str(steps), str(batch)]
+        results = {"transformers (padded)": _run(_REFERENCE, *common)}
+        for name, packing, n in [("fovea unpacked", "unpacked", 0), ("fovea packed", "packed", 0),
+                                 (f"fovea packed + {workers} worker(s)", "packed", workers)]:  # fmt: skip
+            results[name] = _run(_FOVEA, *common, str(tmp / name.replace(" ", "_")), packing, str(n))
+    names = list(results)
+    base, ref, best = results["fovea unpacked"], results["transformers (padded)"], results[names[-1]]
+    rows = [[name, f"{r['step'] * 1e3:.0f}", f"{batch / r['step']:.2f}", f"{r['tokens'] / r['step']:.0f}",
+             f"{r['peak'] / 2**30:.2f}", f"{base['step'] / r['step']:.2f}x", f"{r['peak'] / base['peak']:.2f}x"]
+            for name, r in results.items()]  # fmt: skip
+    drift = max(
+        abs(a - b) / max(1.0, abs(b)) for a, b in zip(results["fovea packed"]["losses"], base["losses"])
     )
-    return table(["loop", "step ms (median)", "samples/s", "tokens/s", "peak RSS GiB"], rows)
+    lines = [
+        table(
+            [
+                "loop",
+                "step ms (median)",
+                "samples/s",
+                "real tokens/s",
+                "peak RSS GiB",
+                "samples/s vs fovea unpacked",
+                "peak vs fovea unpacked",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+        f"loss curve, packed against unpacked, {len(base['losses'])} steps: largest relative difference {drift:.1e}",
+        f"samples/s packed+workers over transformers: {ref['step'] / best['step']:.2f}",
+        f"samples/s packed+workers over unpacked: {base['step'] / best['step']:.2f}",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of the last row")
+    parser.add_argument("--quick", action="store_true", help="20 steps: the same comparison in a few minutes")
     args = parser.parse_args()
-    print(run(args.steps, args.batch))
+    print(run(20 if args.quick else args.steps, args.batch, args.workers))

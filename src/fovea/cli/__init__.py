@@ -33,6 +33,9 @@ _EXTRAS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..threads import configure
+
+    configure()  # before anything loads torch: idle OpenMP threads sleep, threads fit the CPUs
     parser = _parser()
     try:
         args = parser.parse_args(argv)

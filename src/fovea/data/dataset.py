@@ -107,14 +107,22 @@ class SupervisedDataset(Dataset):
         return seg_targets(raw, rid, stills, input_ids, self.model.config.seg.token_id, self._sam_processor)
 
 
-def collate(items: list, pad_id: int) -> dict:
-    """Right-padded batch of the good items as ``inputs`` (one `ModelInputs`, rows joined as the
-    serving engine joins them) with their ``labels`` and ``ids``; `skipped` lists the bad ones
-    (id, reason)."""
+def collate(items: list, pad_id: int, pack: bool = False, capacity: int | None = 0) -> dict:
+    """The good items as ``inputs`` (one `ModelInputs`) with their ``labels``, ``ids`` and real
+    ``tokens``; `skipped` lists the bad ones (id, reason). Unpacked: one right-padded row each,
+    joined as the serving engine joins them. `pack`: laid end to end in rows of at most `capacity`
+    tokens (data/packing.py; None: one row)."""
     good = [x for x in items if not isinstance(x, Skipped)]
     skipped = [(x.id, x.reason) for x in items if isinstance(x, Skipped)]
     if not good:
         return {"skipped": skipped, "size": 0}
+    tokens = sum(len(x["input_ids"]) for x in good)
+    done = {"ids": [x["id"] for x in good], "skipped": skipped, "size": len(good), "tokens": tokens}
+    if pack:
+        from .packing import pack as packed
+
+        inputs, labels = packed(good, pad_id, capacity)
+        return done | {"inputs": inputs, "labels": labels}
     width = max(len(x["input_ids"]) for x in good)
     ids = torch.full((len(good), width), pad_id, dtype=torch.long)
     labels = torch.full((len(good), width), IGNORE, dtype=torch.long)
@@ -136,10 +144,4 @@ def collate(items: list, pad_id: int) -> dict:
         if "masks" in good[0]
         else {}
     )
-    return seg | {
-        "inputs": ModelInputs.join(rows, ids, mask),
-        "labels": labels,
-        "ids": [x["id"] for x in good],
-        "skipped": skipped,
-        "size": len(good),
-    }
+    return seg | done | {"inputs": ModelInputs.join(rows, ids, mask), "labels": labels}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -266,7 +265,17 @@ class ImageProcessor:
         return torch.addcmul(self._shift, chw.float(), self._scale)
 
 
-@lru_cache(maxsize=1)
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
 def _pool() -> ThreadPoolExecutor:
-    """Threads for PIL resizes (which release the GIL); shared by all processors."""
-    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="fovea-img")
+    """Threads for PIL resizes (which release the GIL); shared by all processors of a process. One
+    per process: a forked DataLoader worker inherits the parent's pool without its threads, and
+    work handed to it would wait forever."""
+    pid = os.getpid()
+    if pid not in _POOLS:
+        _POOLS.clear()
+        _POOLS[pid] = ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="fovea-img"
+        )
+    return _POOLS[pid]

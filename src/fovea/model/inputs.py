@@ -10,6 +10,7 @@ reaches training, `generate`, `chat`, the session, the server and eval without t
 ``model(**inputs)`` and ``inputs["input_ids"]`` work.
 
     input_ids (B, T)   attention_mask (B, T)   pixel_values (V, 3, S, S): every view of every image
+    position_ids (B, T): packed rows only
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ class ModelInputs(Mapping):
     image_samples: list[int] | None = None
     """The batch row of each image (default: row 0 for all)."""
     questions: list[str] | None = None
-    """One text per row: the question a question-aware fuser conditions on."""
+    """One text per row: the question a question-aware fuser conditions on (packed: per sample)."""
+    position_ids: torch.Tensor | None = None
+    """Packed rows (data/packing.py): each sample's positions restart at 0, the attention mask is
+    None, and the LM attends within each sample; ``image_samples`` then name samples, not rows."""
 
     @property
     def images(self) -> ImageBatch | None:

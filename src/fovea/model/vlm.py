@@ -142,9 +142,11 @@ class VisionLanguageModel(PromptMixin, nn.Module):
         logits_to_keep: int = 0,
         questions: list[str] | None = None,
         sam_images: list | None = None,
+        position_ids: torch.Tensor | None = None,
     ):
         """Returns the LM's ``CausalLMOutputWithPast`` (logits (B, T or logits_to_keep, vocab));
         ``cache`` is a transformers ``Cache`` (passed under the name the installed release uses).
+        `position_ids`: packed rows (data/packing.py; no attention mask, no cache).
         With `sam_images` (each row's images as SAM sees them), a segmenting model's teacher-forced
         `seg.model.SegOutput` instead: logits and each [SEG]'s mask (through the one forward DDP wraps)."""
         if sam_images is not None:
@@ -162,6 +164,7 @@ class VisionLanguageModel(PromptMixin, nn.Module):
             use_cache=use_cache,
             **cache_kwargs(cache),
             logits_to_keep=logits_to_keep,
+            **({"position_ids": position_ids.to(embeds.device)} if position_ids is not None else {}),
         )
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,8 +23,11 @@ import torch.nn.functional as F
 from ..config import to_dict
 from ..data.dataset import SupervisedDataset, collate
 from ..data.labels import IGNORE
+from ..data.loader import made_ahead
+from ..data.packing import row_capacity
 from ..data.sources import RecordSource
 from ..imaging.processor import ImageConfig, ImageProcessor
+from ..threads import default_workers
 from .build import apply_lora, build_model, merge_lora
 from .data_order import micro_batches
 from .engine import Position, StepLoop, StepResult, atomic_save, make_accelerator, resume
@@ -139,8 +143,11 @@ class _StageLoop(StepLoop):
         self.pad = dataset.model.tokenizer.pad_token_id or 0
 
     def batches(self, position: Position):
+        """This process's micro-batches from `position`: made ahead by `run.num_workers` DataLoader
+        workers (data/loader.py), packed unless the stage says not (data/packing.py)."""
         lengths = _lengths(self.dataset) if self.stage.group_by_length else None
-        order = micro_batches(
+        order = partial(
+            micro_batches,
             len(self.dataset),
             micro=self.micro,
             world=self.acc.num_processes,
@@ -149,8 +156,18 @@ class _StageLoop(StepLoop):
             start=(position.epoch, position.batch),
             lengths=lengths,
         )
-        for epoch, index, indices in order:
-            yield epoch, index, collate([self.dataset[i] for i in indices], self.pad)
+        make = partial(_make, self.dataset, self.pad, *self.packing())
+        workers = self.run_spec.num_workers
+        yield from made_ahead(order, make, default_workers() if workers is None else workers)
+
+    def packing(self) -> tuple[bool, int | None]:
+        """(pack, row budget) for this stage: a segmenting model's [SEG] states are read per row,
+        so it trains unpacked; flash attention packs a micro-batch into one row."""
+        model = self.dataset.model
+        if not self.stage.packing or model.config.seg is not None:
+            return False, 0
+        implementation = model.lm.config._attn_implementation or "eager"
+        return True, row_capacity(implementation, self.stage.pack_tokens)
 
     def step(self, source, position: Position) -> StepResult:
         """One optimizer step: the loss, (tokens, samples) seen by all processes, the position."""
@@ -162,7 +179,7 @@ class _StageLoop(StepLoop):
             [
                 sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in group if b["size"]),
                 sum(len(b["skipped"]) for _, _, b in group),
-                sum(int(b["inputs"].attention_mask.sum()) for _, _, b in group if b["size"]),
+                sum(b["tokens"] for _, _, b in group if b["size"]),
                 sum(b["size"] for _, _, b in group),
                 sum(len(m) for _, _, b in group if b["size"] for m in b.get("masks", [])),
             ],
@@ -205,10 +222,13 @@ class _StageLoop(StepLoop):
         seg = {"sam_images": batch["sam_images"]} if "masks" in batch else {}
         with self.acc.autocast():
             inputs = batch["inputs"]
+            mask = inputs.attention_mask
             out = self.model(
                 **inputs.replace(
-                    input_ids=inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device)
+                    input_ids=inputs.input_ids.to(device),
+                    attention_mask=None if mask is None else mask.to(device),
                 ),
+                use_cache=False,  # no cache: with one, transformers would not read packed positions
                 **seg,
             )
         labels = batch["labels"].to(device)
@@ -219,6 +239,11 @@ class _StageLoop(StepLoop):
             reduction="sum",
         )
         return token_sum, (_mask_sums(out.masks, batch, device) if seg else (zero, zero, zero))
+
+
+def _make(dataset: SupervisedDataset, pad: int, pack: bool, capacity: int | None, indices: list[int]) -> dict:
+    """One micro-batch from its sample indices (in a DataLoader worker, or here)."""
+    return collate([dataset[i] for i in indices], pad, pack, capacity)
 
 
 def _mask_sums(predicted: list[list[torch.Tensor]], batch: dict, device) -> tuple:

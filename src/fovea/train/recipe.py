@@ -88,6 +88,12 @@ class StageSpec:
     image_mode: str | None = None
     """Override the image mode for this stage (e.g. square for alignment)."""
     merge: Literal["spatial_unpad", "spatial", "flat"] | None = None
+    packing: bool = True
+    """Lay each micro-batch's samples end to end in a few rows (data/packing.py): the same samples,
+    loss and gradients as unpacked, without the padding. A segmenting model trains unpacked."""
+    pack_tokens: int | None = None
+    """Row budget when packing (default: the micro-batch's longest sample, so no row is longer
+    than unpacked padding would make it)."""
     group_by_length: bool = False
 
 
@@ -118,7 +124,9 @@ class RunSpec:
     save_every: int = 500
     keep_last: int = 2
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    num_workers: int = 0
+    num_workers: int | None = None
+    """DataLoader workers that read, decode, tile and tokenize ahead of the step (default: what the
+    machine has, `threads.default_workers`); 0 does it on the training thread."""
     progress: bool = True
 
 

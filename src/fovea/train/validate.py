@@ -85,6 +85,7 @@ def _check_stage(path: str, stage: StageSpec) -> None:
         _fail(f"{path}.label_quirk", f"must be one of {', '.join(str(q) for q in QUIRKS)}", stage.label_quirk)
     _at_least(f"{path}.batch_size", stage.batch_size, 1)
     _at_least(f"{path}.micro_batch_size", stage.micro_batch_size, 1)
+    _at_least(f"{path}.pack_tokens", stage.pack_tokens, 1)
     if stage.micro_batch_size and stage.batch_size % stage.micro_batch_size:
         _fail(
             f"{path}.micro_batch_size", f"must divide batch_size {stage.batch_size}", stage.micro_batch_size

@@ -1,0 +1,96 @@
+"""Packed micro-batches: a micro-batch's samples laid end to end in a few rows instead of one padded
+row each.
+
+Which samples make a step never changes (packing is a layout, so loss, gradients and the data
+order are those of the unpacked run). Whole samples are placed, first-fit by decreasing length,
+in rows of at most ``capacity`` tokens: the longest sample of the micro-batch, or the stage's
+``pack_tokens`` when larger. So no row is longer than the longest sample unpacked would pad to,
+attention never costs more per row than unpacked, and the rows are fewer. A row's tail is one
+more padding "sample" with its own positions, never attended to by a real one.
+
+Each sample's ``position_ids`` restart at 0 and the attention mask is None: transformers then
+builds a block-diagonal causal mask (``find_packed_sequence_indices``; sdpa, eager and flex) or
+runs flash-attention's varlen kernel on one row (``_is_packed_sequence``, batch 1). Each sample's
+first label is ignored (unpacked, nothing predicts it; packed, the sample before would). Images
+keep their sample (``image_samples``, which a question-aware fuser reads), in row order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.inputs import ModelInputs
+from .labels import IGNORE
+
+MASKED = ("sdpa", "eager", "flex_attention")
+"""Attention implementations that transformers gives a per-sample mask for packed rows of any number
+(masking_utils: ``find_packed_sequence_indices`` when the attention mask is None and there is no cache)."""
+VARLEN = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+"""Flash attention reads packing from position ids on a batch of one row only
+(modeling_flash_attention_utils ``_is_packed_sequence``): a micro-batch is packed into one row."""
+
+
+def row_capacity(implementation: str, budget: int | None) -> int | None:
+    """The row budget for `implementation` (None: one row, for flash's varlen kernel); refuses an
+    implementation whose packed mask is not known to be per sample."""
+    if implementation in VARLEN:
+        return None
+    if implementation not in MASKED:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"packing: attention {implementation!r} is not known to keep packed samples apart "
+            f"({', '.join(MASKED + VARLEN)} are); set the stage's packing: false"
+        )
+    return budget or 0
+
+
+def bins(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sample indices per row: first fit by decreasing length (ties by index), rows of at most
+    `capacity` tokens (a longer sample has a row of its own)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        for r, left in enumerate(room):
+            if lengths[i] <= left:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def pack(good: list[dict], pad_id: int, capacity: int | None = None) -> tuple[ModelInputs, torch.Tensor]:
+    """(inputs with ``position_ids`` and no attention mask, labels) for the dataset's samples, in
+    rows of at most max(longest sample, `capacity`) tokens (`capacity` None: all in one row)."""
+    lengths = [len(x["input_ids"]) for x in good]
+    rows = bins(lengths, sum(lengths) if capacity is None else max(max(lengths), capacity))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    pixels, layouts, owners = [], [], []
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            x, n = good[i], lengths[i]
+            ids[r, at : at + n] = x["input_ids"]
+            labels[r, at + 1 : at + n] = x["labels"][1:]  # the first is nobody's target
+            positions[r, at : at + n] = torch.arange(n)
+            if x["pixel_values"] is not None:
+                pixels.append(x["pixel_values"])
+            layouts += x["image_layouts"]
+            owners += [i] * len(x["image_layouts"])
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # the padding: a sample of its own
+    inputs = ModelInputs(
+        input_ids=ids,
+        position_ids=positions,
+        pixel_values=torch.cat(pixels) if pixels else None,
+        image_layouts=layouts or None,
+        image_samples=owners or None,
+        questions=[x["question"] for x in good],
+    )
+    return inputs, labels
