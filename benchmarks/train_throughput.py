@@ -2,11 +2,14 @@
 with DataLoader workers, against plain transformers LlavaNext with a minimal loop.
 
 The mixture has LLaVA-NeXT's shape at a CPU's scale: image turns whose AnyRes visual tokens dwarf
-their text (real: ~2,900 tokens at 2x2 with CLIP-L beside ~100 of text; here a 112 px CLIP tile of
-64 tokens, up to 5 views with newlines, ~330 tokens, one to three question-answer turns), beside
-short text-only turns (15-40 tokens), 60% images and 40% text. One random LlavaNext checkpoint
-(CLIP width 256, 6 layers; Qwen2 width 512, 6 layers), every part trained with AdamW, the same batch
-size, seed and sample order for every fovea row, each row in a fresh process (its own peak RSS).
+their text (real: up to ~2,900 tokens at 2x2 with CLIP-L beside ~100 of text, fewer as unpadding
+trims an image's aspect; here a 112 px CLIP tile of 64 tokens, up to 3x3 tiles plus the base view
+with newlines, ~700 tokens at most, images of 100-448 px on each side so grids and unpadded rows
+vary, one to three question-answer turns), beside short text-only turns (~30-50 tokens with the
+template), 60% images and 40% text. The cost split is LLaVA-NeXT-7B's too: there the ViT-L tower
+is ~4% of a step's FLOPs beside the 7B LM; here a CLIP of width 128 and 4 layers beside a Qwen2 of
+width 512 and 6 layers. Every part trained with AdamW, the same batch size, seed and sample order
+for every fovea row, each row in a fresh process (its own peak RSS).
 
 The reference is what a user writes with transformers alone: its processor and chat template,
 labels = input ids with padding masked, `model(**batch, labels=...)`, every batch padded to its
@@ -29,7 +32,9 @@ from pathlib import Path
 
 from common import save_random_llava_next, table
 
-PINPOINTS = [[112, 112], [112, 224], [224, 112], [224, 224]]
+PINPOINTS = [
+    [h, w] for h in (112, 224, 336) for w in (112, 224, 336)
+]  # up to 3x3 tiles, as 336 px CLIP-L to 1008
 WORDS = "red green blue yellow circle square triangle left right above below one two three what where".split()
 
 _REFERENCE = r"""
@@ -95,8 +100,8 @@ print(json.dumps({"step": statistics.median(batch / r["samples_per_s"] for r in 
 
 
 def make(directory: Path) -> None:
-    vision = {"model_type": "clip_vision_model", "hidden_size": 256, "intermediate_size": 1024,
-              "num_hidden_layers": 6, "num_attention_heads": 4, "image_size": 112, "patch_size": 14}  # fmt: skip
+    vision = {"model_type": "clip_vision_model", "hidden_size": 128, "intermediate_size": 512,
+              "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": 112, "patch_size": 14}  # fmt: skip
     text = {"model_type": "qwen2", "vocab_size": 512, "hidden_size": 512, "intermediate_size": 1408,
             "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 2,
             "tie_word_embeddings": False}  # fmt: skip
@@ -112,11 +117,16 @@ def make(directory: Path) -> None:
 def mixture(directory: Path, n: int, seed: int = 0) -> None:
     """`n` records: 60% image turns (1-3 question-answer pairs over a synthetic image of any size),
     40% short text-only turns, shuffled."""
+    from PIL import Image
+
     from fovea.data.synthetic import generate
 
     generate(directory, n, seed=seed, size=224, kinds=("colour", "shape", "count"))
     images = json.loads((directory / "qa.json").read_text())
     rng = random.Random(seed)
+    for record in images:  # photos come in every aspect: AnyRes grids and unpadded rows vary with it
+        path = directory / record["image"]
+        Image.open(path).resize((rng.randint(100, 448), rng.randint(100, 448))).save(path)
 
     def words(k: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(k))

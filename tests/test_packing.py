@@ -5,6 +5,7 @@ each attention implementation packing allows; one it does not know is refused.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -15,10 +16,11 @@ from PIL import Image
 
 from fovea.data.dataset import SupervisedDataset, collate
 from fovea.data.labels import IGNORE
-from fovea.data.packing import bins, row_capacity
+from fovea.data.packing import bins, packed_attention
 from fovea.data.sources import RecordSource
 from fovea.errors import ConfigError
 from fovea.model.templates import TEMPLATES
+from fovea.model.varlen import varlen
 from fovea.tiny import tiny_vlm
 
 
@@ -52,11 +54,12 @@ def _items(model, records, template):
     return [dataset[i] for i in range(len(dataset))]
 
 
-def _losses_and_grads(model, batch) -> tuple[list[float], dict[str, torch.Tensor]]:
+def _losses_and_grads(model, batch, use_varlen=False) -> tuple[list[float], dict[str, torch.Tensor]]:
     """Each sample's summed token loss (by id) and the gradients of their sum."""
     model.zero_grad()
     inputs = batch["inputs"]
-    out = model(**inputs, use_cache=False)
+    with varlen(model.lm) if use_varlen else contextlib.nullcontext():
+        out = model(**inputs, use_cache=False)
     labels = batch["labels"]
     token = F.cross_entropy(
         out.logits[:, :-1].flatten(0, 1).float(),
@@ -93,12 +96,15 @@ def _packed(items, pad, capacity):
 
 
 def _check_exact(model, items):
+    """Unpacked against packed in rows of the longest sample and in one row, through transformers'
+    packed mask and (sdpa) through fovea's varlen attention."""
     pad = model.tokenizer.pad_token_id
     loose, loose_grads = _losses_and_grads(model, collate(items, pad))
-    for capacity in (0, None):  # rows of the longest sample; one row for all
+    sdpa = model.lm.config._attn_implementation == "sdpa"
+    for capacity, use_varlen in [(0, False), (None, False)] + [(0, True), (None, True)] * sdpa:
         batch = _packed(items, pad, capacity)
         assert batch["inputs"].attention_mask is None
-        tight, tight_grads = _losses_and_grads(model, batch)
+        tight, tight_grads = _losses_and_grads(model, batch, use_varlen)
         assert loose.keys() == tight.keys()
         for rid in loose:
             assert abs(loose[rid] - tight[rid]) < 1e-5 * max(1.0, abs(loose[rid])), (rid, capacity)
@@ -155,10 +161,21 @@ def test_frames_pack_exactly(model, tmp_path):
     _check_exact(model, items)
 
 
-def test_an_attention_packing_cannot_keep_apart_is_refused():
-    assert row_capacity("flash_attention_2", 512) is None  # varlen: one row
-    assert row_capacity("sdpa", None) == 0 and row_capacity("eager", 64) == 64
+def test_each_attention_packs_as_it_can_and_an_unknown_one_is_refused():
+    assert packed_attention("sdpa", None) == (None, True)  # fovea's varlen: one row
+    assert packed_attention("flash_attention_2", 512) == (512, False)  # flash's own varlen
+    assert packed_attention("eager", None) == (0, False) and packed_attention("flex_attention", 64) == (
+        64,
+        False,
+    )
     with pytest.raises(
         ConfigError, match=r"packing: attention 'paged_attention' is not known to keep packed samples apart"
     ):
-        row_capacity("paged_attention", None)
+        packed_attention("paged_attention", None)
+
+
+def test_varlen_attention_refuses_unpacked_input(model, records):
+    batch = collate(_items(model, records, "qwen_1_5"), model.tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="fovea_varlen attention reads packed rows only"), varlen(model.lm):
+        model(**batch["inputs"], use_cache=False)
+    assert model.lm.config._attn_implementation == "sdpa"  # restored

@@ -3,14 +3,15 @@ row each.
 
 Which samples make a step never changes (packing is a layout, so loss, gradients and the data
 order are those of the unpacked run). Whole samples are placed, first-fit by decreasing length,
-in rows of at most ``capacity`` tokens: the longest sample of the micro-batch, or the stage's
-``pack_tokens`` when larger. So no row is longer than the longest sample unpacked would pad to,
-attention never costs more per row than unpacked, and the rows are fewer. A row's tail is one
+in rows of at most ``capacity`` tokens (the stage's ``pack_tokens``, never below the longest
+sample): one row when attention is varlen (nothing is computed between samples), else rows of the
+longest sample, so a masked row's attention never costs more than unpadded rows would. A row's tail is one
 more padding "sample" with its own positions, never attended to by a real one.
 
-Each sample's ``position_ids`` restart at 0 and the attention mask is None: transformers then
-builds a block-diagonal causal mask (``find_packed_sequence_indices``; sdpa, eager and flex) or
-runs flash-attention's varlen kernel on one row (``_is_packed_sequence``, batch 1). Each sample's
+Each sample's ``position_ids`` restart at 0 and the attention mask is None: with sdpa, fovea's
+varlen attention (model/varlen.py) runs each sample alone; flash-attention runs its varlen kernel on
+one row (``_is_packed_sequence``, batch 1); eager and flex get transformers' block-diagonal causal
+mask (``find_packed_sequence_indices``). Each sample's
 first label is ignored (unpacked, nothing predicts it; packed, the sample before would). Images
 keep their sample (``image_samples``, which a question-aware fuser reads), in row order.
 """
@@ -22,27 +23,31 @@ import torch
 from ..model.inputs import ModelInputs
 from .labels import IGNORE
 
-MASKED = ("sdpa", "eager", "flex_attention")
+MASKED = ("eager", "flex_attention")
 """Attention implementations that transformers gives a per-sample mask for packed rows of any number
 (masking_utils: ``find_packed_sequence_indices`` when the attention mask is None and there is no cache)."""
-VARLEN = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 """Flash attention reads packing from position ids on a batch of one row only
 (modeling_flash_attention_utils ``_is_packed_sequence``): a micro-batch is packed into one row."""
 
 
-def row_capacity(implementation: str, budget: int | None) -> int | None:
-    """The row budget for `implementation` (None: one row, for flash's varlen kernel); refuses an
-    implementation whose packed mask is not known to be per sample."""
-    if implementation in VARLEN:
-        return None
-    if implementation not in MASKED:
-        from ..errors import ConfigError
+def packed_attention(implementation: str, budget: int | None) -> tuple[int | None, bool]:
+    """(row budget, None for one row; whether to run fovea's varlen SDPA) for an LM's attention.
+    sdpa becomes `model.varlen` (nothing computed between samples; transformers' own packed sdpa
+    would mask a whole row's attention), flash keeps its varlen kernel; eager and flex keep
+    transformers' block-diagonal mask in rows of the longest sample. Any other is refused."""
+    if implementation == "sdpa":
+        return budget, True
+    if implementation in FLASH:
+        return budget, False
+    if implementation in MASKED:
+        return budget or 0, False
+    from ..errors import ConfigError
 
-        raise ConfigError(
-            f"packing: attention {implementation!r} is not known to keep packed samples apart "
-            f"({', '.join(MASKED + VARLEN)} are); set the stage's packing: false"
-        )
-    return budget or 0
+    raise ConfigError(
+        f"packing: attention {implementation!r} is not known to keep packed samples apart "
+        f"(sdpa, {', '.join(MASKED + FLASH)} are); set the stage's packing: false"
+    )
 
 
 def bins(lengths: list[int], capacity: int) -> list[list[int]]:

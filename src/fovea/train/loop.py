@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -24,9 +25,10 @@ from ..config import to_dict
 from ..data.dataset import SupervisedDataset, collate
 from ..data.labels import IGNORE
 from ..data.loader import made_ahead
-from ..data.packing import row_capacity
+from ..data.packing import packed_attention
 from ..data.sources import RecordSource
 from ..imaging.processor import ImageConfig, ImageProcessor
+from ..model.varlen import varlen
 from ..threads import default_workers
 from .build import apply_lora, build_model, merge_lora
 from .data_order import micro_batches
@@ -141,6 +143,18 @@ class _StageLoop(StepLoop):
         self.recipe, self.stage, self.dataset, self.name = recipe, stage, dataset, stage.name
         self.micro, self.accum = micro, accum
         self.pad = dataset.model.tokenizer.pad_token_id or 0
+        # packing (data/packing.py): a segmenting model's [SEG] states are read per row: unpacked
+        self._pack = stage.packing and dataset.model.config.seg is None
+        implementation = dataset.model.lm.config._attn_implementation or "eager"
+        self._capacity, self._varlen = (
+            packed_attention(implementation, stage.pack_tokens) if self._pack else (0, False)
+        )
+
+    def run(self, position: Position, stage_dir: Path) -> None:
+        """The stage's steps; packed with sdpa, through fovea's varlen attention (model/varlen.py),
+        for the backward too (gradient checkpointing recomputes the forward there)."""
+        with varlen(self.dataset.model.lm) if self._varlen else nullcontext():
+            super().run(position, stage_dir)
 
     def batches(self, position: Position):
         """This process's micro-batches from `position`: made ahead by `run.num_workers` DataLoader
@@ -156,18 +170,9 @@ class _StageLoop(StepLoop):
             start=(position.epoch, position.batch),
             lengths=lengths,
         )
-        make = partial(_make, self.dataset, self.pad, *self.packing())
+        make = partial(_make, self.dataset, self.pad, self._pack, self._capacity)
         workers = self.run_spec.num_workers
         yield from made_ahead(order, make, default_workers() if workers is None else workers)
-
-    def packing(self) -> tuple[bool, int | None]:
-        """(pack, row budget) for this stage: a segmenting model's [SEG] states are read per row,
-        so it trains unpacked; flash attention packs a micro-batch into one row."""
-        model = self.dataset.model
-        if not self.stage.packing or model.config.seg is not None:
-            return False, 0
-        implementation = model.lm.config._attn_implementation or "eager"
-        return True, row_capacity(implementation, self.stage.pack_tokens)
 
     def step(self, source, position: Position) -> StepResult:
         """One optimizer step: the loss, (tokens, samples) seen by all processes, the position."""
@@ -220,8 +225,8 @@ class _StageLoop(StepLoop):
             return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), (zero, zero, zero)
         device = self.acc.device
         seg = {"sam_images": batch["sam_images"]} if "masks" in batch else {}
+        inputs = batch["inputs"]
         with self.acc.autocast():
-            inputs = batch["inputs"]
             mask = inputs.attention_mask
             out = self.model(
                 **inputs.replace(
