@@ -174,8 +174,12 @@ def test_each_attention_packs_as_it_can_and_an_unknown_one_is_refused():
         packed_attention("paged_attention", None)
 
 
-def test_varlen_attention_refuses_unpacked_input(model, records):
+def test_varlen_attention_runs_padded_rows_as_sdpa(model, records):
     batch = collate(_items(model, records, "qwen_1_5"), model.tokenizer.pad_token_id)
-    with pytest.raises(ValueError, match="fovea_varlen attention reads packed rows only"), varlen(model.lm):
-        model(**batch["inputs"], use_cache=False)
+    with torch.no_grad():
+        expected = model(**batch["inputs"], use_cache=False).logits
+        with varlen(model.lm):
+            got = model(**batch["inputs"], use_cache=False).logits
+    mask = batch["inputs"].attention_mask.bool()
+    assert torch.allclose(got[mask], expected[mask], atol=1e-5)
     assert model.lm.config._attn_implementation == "sdpa"  # restored

@@ -6,7 +6,7 @@ cpuset) and its cgroup's CPU quota (a container's ``--cpus``, a CI runner) both 
 (``OMP_WAIT_POLICY=ACTIVE``, the runtime's habit) burn the core another process needs: a tiny Qwen2
 step went from 0.075 s on one thread to 2.0 s on two beside one busy process. `configure` (run by
 the ``fovea`` command before torch is imported, so ``fovea --help`` stays fast) makes idle threads
-sleep (``PASSIVE``) and sets torch's threads to the usable CPUs (shared by torchrun's processes on
+sleep after a short spin (`SPIN`) and sets torch's threads to the usable CPUs (shared by torchrun's processes on
 the machine) less the DataLoader workers; what the user set in the environment wins.
 """
 
@@ -17,6 +17,11 @@ import os
 from pathlib import Path
 
 MAX_WORKERS = 4
+SPIN = 3000
+"""Spins an idle OpenMP thread makes before it sleeps (libgomp's ``GOMP_SPINCOUNT``; its default is
+300,000, ``OMP_WAIT_POLICY=PASSIVE`` is 0). ``fovea demo --train-size 300 --epochs 1`` on 2 cores,
+medians of 3: 10.5 s alone and 14.5 s beside one busy process at 3,000; 9.9 s and 29.2 s at the
+default; 12.4 s and 12.3 s passive (docs/benchmarks.md)."""
 
 
 def usable_cpus() -> int:
@@ -54,7 +59,8 @@ def default_workers(cpus: int | None = None) -> int:
 def configure() -> None:
     """Before torch loads: the OpenMP wait policy and thread count (``OMP_NUM_THREADS``, which torch
     reads when it starts) from the usable CPUs; what the user set in the environment wins."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # torchrun's processes on this machine
     threads = max(1, usable_cpus() // max(1, local) - default_workers())
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))

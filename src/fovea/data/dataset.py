@@ -24,6 +24,8 @@ from ..model.prompting import question_text
 from ..model.templates import TEMPLATES
 from ..model.visuals import arrange_messages
 from .labels import IGNORE, encode
+from .packing import pack as pack_samples
+from .packing import worth_packing
 from .records import IMAGE_TAG, BadRecord, Sample, normalise, record_id, skip_reason
 from .sources import RecordSource
 
@@ -111,17 +113,15 @@ def collate(items: list, pad_id: int, pack: bool = False, capacity: int | None =
     """The good items as ``inputs`` (one `ModelInputs`) with their ``labels``, ``ids`` and real
     ``tokens``; `skipped` lists the bad ones (id, reason). Unpacked: one right-padded row each,
     joined as the serving engine joins them. `pack`: laid end to end in rows of at most `capacity`
-    tokens (data/packing.py; None: one row)."""
+    tokens (data/packing.py; None: one row) when padding would waste enough to be worth it."""
     good = [x for x in items if not isinstance(x, Skipped)]
     skipped = [(x.id, x.reason) for x in items if isinstance(x, Skipped)]
     if not good:
         return {"skipped": skipped, "size": 0}
     tokens = sum(len(x["input_ids"]) for x in good)
     done = {"ids": [x["id"] for x in good], "skipped": skipped, "size": len(good), "tokens": tokens}
-    if pack:
-        from .packing import pack as packed
-
-        inputs, labels = packed(good, pad_id, capacity)
+    if pack and worth_packing([len(x["input_ids"]) for x in good]):
+        inputs, labels = pack_samples(good, pad_id, capacity)
         return done | {"inputs": inputs, "labels": labels}
     width = max(len(x["input_ids"]) for x in good)
     ids = torch.full((len(good), width), pad_id, dtype=torch.long)

@@ -6,8 +6,9 @@ attention computed, most of it masked away) or with flash-attention's varlen ker
 installed (CUDA). `VARLEN` is the same for any device: registered in transformers'
 ``AttentionInterface`` (and, with no mask to build, in ``AttentionMaskInterface``), it cuts each row
 at the restarts of its ``position_ids`` and runs causal SDPA on each sample (torch's fused causal
-kernels, no mask). `varlen` switches an LM to it for one packed forward; the backward needs nothing
-more. Inputs with an attention mask are refused: this is for packed rows only.
+kernels, no mask). Padded rows (an attention mask) run as transformers' sdpa runs them, so a stage
+may mix packed and unpacked batches. `varlen` switches an LM to it for a block of code (a training
+stage: gradient checkpointing recomputes the forward during the backward).
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ def varlen_attention(
     module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, position_ids=None, **kwargs
 ):
     """(B, H, T, d) queries, (B, H_kv, T, d) keys and values -> (B, T, H, d), causal within each run
-    of `position_ids` that starts at 0."""
+    of `position_ids` that starts at 0; rows with a mask (padding) are transformers' sdpa."""
     if attention_mask is not None or position_ids is None:
-        raise ValueError(f"{VARLEN} attention reads packed rows only: position ids, and no attention mask")
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     position_ids = position_ids.expand(query.shape[0], -1)  # (1, T) when the model made them
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
@@ -46,11 +51,13 @@ def varlen_attention(
     return torch.cat(rows).transpose(1, 2).contiguous(), None
 
 
-def _no_mask(*args, attention_mask=None, **kwargs):
-    """No mask to build: samples are cut by position ids. Padding would need one: refused."""
-    if attention_mask is not None and not bool(attention_mask.all()):
-        raise ValueError(f"{VARLEN} attention reads packed rows only: position ids, and no attention mask")
-    return None
+def _mask(*args, attention_mask=None, **kwargs):
+    """No mask for rows without padding (samples are cut by position ids); sdpa's for padded rows."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
 def _register() -> None:
@@ -58,7 +65,7 @@ def _register() -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(VARLEN, varlen_attention)
-    AttentionMaskInterface.register(VARLEN, _no_mask)
+    AttentionMaskInterface.register(VARLEN, _mask)
 
 
 @contextmanager
