@@ -114,9 +114,9 @@ def make(directory: Path) -> None:
     config.write_text(json.dumps(proc))
 
 
-def mixture(directory: Path, n: int, seed: int = 0) -> None:
-    """`n` records: 60% image turns (1-3 question-answer pairs over a synthetic image of any size),
-    40% short text-only turns, shuffled."""
+def mixture(directory: Path, n: int, seed: int = 0, largest: int = 448) -> None:
+    """`n` records: 60% image turns (1-3 question-answer pairs over a synthetic image of any size
+    up to `largest` px a side), 40% short text-only turns, shuffled."""
     from PIL import Image
 
     from fovea.data.synthetic import generate
@@ -126,7 +126,8 @@ def mixture(directory: Path, n: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     for record in images:  # photos come in every aspect: AnyRes grids and unpadded rows vary with it
         path = directory / record["image"]
-        Image.open(path).resize((rng.randint(100, 448), rng.randint(100, 448))).save(path)
+        low = largest * 100 // 448
+        Image.open(path).resize((rng.randint(low, largest), rng.randint(low, largest))).save(path)
 
     def words(k: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(k))

@@ -11,7 +11,7 @@ SRC = Path(__file__).parents[1] / "src" / "fovea"
 LAYERS = [
     # resolution, files and errors every layer uses; offline tokenizers (no model code)
     ["fovea", "fovea.errors", "fovea.atomic", "fovea.registry", "fovea.config", "fovea.hub",
-     "fovea.tensor_files", "fovea.tiny_tokenizers", "fovea.dtypes"],
+     "fovea.tensor_files", "fovea.tiny_tokenizers", "fovea.dtypes", "fovea.threads"],
     ["fovea.imaging"],
     ["fovea.towers"],
     ["fovea.connectors"],

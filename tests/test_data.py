@@ -93,6 +93,35 @@ def test_data_order_splits_global_batches_across_processes():
     assert sorted(grouped) == list(range(8)) and epoch_order(8, 0, 1) != epoch_order(8, 0, 0)
 
 
+def test_modality_grouping_makes_one_modality_batches_and_resumes_exactly():
+    """LLaVA-NeXT's group_by_modality_length: every global micro-batch all images or all text
+    (what each modality leaves over comes mixed, last), lengths sorted within a chunk of 8
+    batches, and a start in the middle gives the same batches as running there."""
+    import random
+
+    rng = random.Random(0)
+    n, micro = 203, 4
+    lengths = [rng.randint(10, 900) for _ in range(n)]
+    images = [rng.random() < 0.6 for _ in range(n)]
+    order = micro_batches(
+        n, micro=micro, world=1, rank=0, seed=3, start=(0, 0), lengths=lengths, modality=images
+    )
+    batches = [next(order) for _ in range(n // micro)]
+    flat = [j for _, _, b in batches for j in b]
+    assert len(set(flat)) == len(flat) == n // micro * micro
+    group = 8 * micro
+    whole = sum(len([j for j in range(n) if images[j] == m]) // group * group for m in (True, False))
+    pure = [b for _, _, b in batches[: whole // micro]]
+    assert len(pure) == 40 and all(len({images[j] for j in b}) == 1 for b in pure)
+    assert {images[b[0]] for b in pure} == {True, False}
+    later = micro_batches(
+        n, micro=micro, world=1, rank=0, seed=3, start=(0, 17), lengths=lengths, modality=images
+    )
+    assert [next(later) for _ in range(5)] == batches[17:22]
+    plain = epoch_order(n, 3, 0, lengths, 8 * micro)
+    assert plain == epoch_order(n, 3, 0, lengths, 8 * micro, None)  # without modality: as before
+
+
 def _row(rid, first="q", **extra) -> bytes:
     turns = [{"from": "human", "value": first}, {"from": "gpt", "value": "a"}]
     return json.dumps({"id": rid, "conversations": turns, **extra}).encode()

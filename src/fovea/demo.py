@@ -71,7 +71,9 @@ def run_demo(
     seed: int = 0,
     kinds: tuple[str, ...] = DEFAULT_KINDS,
     progress: bool = True,
+    packing: bool = True,
 ) -> DemoResult:
+    """`packing`: the stages' packing (benchmarks/demo_packing.py compares both)."""
     from .checkpoints import load
     from .train.loop import train
     from .train.recipe import Recipe, load_recipe
@@ -87,6 +89,8 @@ def run_demo(
     fields["run"].update(out_dir=str(out / "train"), seed=seed, progress=progress)
     fields["stages"][0]["data"] = str(data / "captions.json")
     fields["stages"][1].update(data=str(data / "qa.json"), epochs=epochs)
+    for stage in fields["stages"]:
+        stage["packing"] = packing
     final = train(from_dict(Recipe, fields))
     model = load(final)
     torch.manual_seed(seed)

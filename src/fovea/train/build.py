@@ -42,6 +42,8 @@ def build_model(spec: ModelSpec, lora: LoraSpec | None = None) -> VisionLanguage
     if spec.gradient_checkpointing:
         checkpoint_activations(model.lm)
         checkpoint_activations(model.tower.model)
+    if spec.compile:
+        compile_blocks(model)
     if lora is not None:
         apply_lora(model, lora)
     return model.train()
@@ -58,6 +60,26 @@ def _add_sam(model: VisionLanguageModel, spec: ModelSpec) -> None:
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.sam: {spec.sam} cannot be loaded ({str(err).splitlines()[0]})") from None
     add_segmentation(model, sam)
+
+
+COMPILE_BACKEND = "inductor"
+
+
+def compile_blocks(model) -> int:
+    """torch.compile, in place, every block of the tower and of the LM: the repeated modules (in a
+    ModuleList) whose classes the model names in ``_no_split_modules``. Returns how many
+    (state-dict keys do not change)."""
+    from torch import nn
+
+    count = 0
+    for part in (model.tower.model, model.lm):
+        names = set(getattr(part, "_no_split_modules", None) or ())
+        for stack in (m for m in part.modules() if isinstance(m, nn.ModuleList)):
+            for block in stack:
+                if type(block).__name__ in names:
+                    block.compile(backend=COMPILE_BACKEND)
+                    count += 1
+    return count
 
 
 def checkpoint_activations(module) -> None:

@@ -17,17 +17,34 @@ import torch
 
 
 def epoch_order(
-    n: int, seed: int, epoch: int, lengths: list[int] | None = None, group: int = 64
+    n: int,
+    seed: int,
+    epoch: int,
+    lengths: list[int] | None = None,
+    group: int = 64,
+    modality: list[bool] | None = None,
 ) -> list[int]:
     """Permutation of range(n) for `epoch`; with `lengths`, chunks of `group` are sorted by
-    length (longest first) so batches waste little padding, and the chunks stay shuffled."""
+    length (longest first) so batches waste little padding, and the chunks stay shuffled. With
+    `modality` (whether each sample has images), chunks hold one modality each, as LLaVA-NeXT's
+    ``group_by_modality_length`` makes its batches (what each leaves over is mixed, at the end)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g).tolist()
     if lengths is None:
         return order
-    chunks = [sorted(order[i : i + group], key=lambda j: -lengths[j]) for i in range(0, n, group)]
+    streams = [order] if modality is None else [[j for j in order if modality[j] == m] for m in (True, False)]
+    chunks, leftover = [], []
+    for stream in streams:
+        whole = len(stream) - len(stream) % group if modality is not None else len(stream)
+        chunks += [stream[i : i + group] for i in range(0, whole, group)]
+        leftover += stream[whole:]
+    chunks = [sorted(chunk, key=lambda j: -lengths[j]) for chunk in chunks]
     random.Random(seed + epoch).shuffle(chunks)
-    return [j for chunk in chunks for j in chunk]
+    # what each modality leaves over goes last, so every shuffled chunk starts on a batch boundary
+    rest = [
+        sorted(leftover[i : i + group], key=lambda j: -lengths[j]) for i in range(0, len(leftover), group)
+    ]
+    return [j for chunk in chunks + rest for j in chunk]
 
 
 def micro_batches(
@@ -39,12 +56,15 @@ def micro_batches(
     seed: int,
     start: tuple[int, int],
     lengths: list[int] | None = None,
+    modality: list[bool] | None = None,
 ) -> Iterator[tuple[int, int, list[int]]]:
-    """Endless (epoch, global index, this process's sample indices), from position `start`."""
+    """Endless (epoch, global index, this process's sample indices), from position `start`. With
+    `modality`, each global micro-batch is all one modality (chunks of 8 of them, by length)."""
     epoch, index = start
     width = micro * world
+    group = 64 if modality is None else 8 * width
     while True:
-        order = epoch_order(n, seed, epoch, lengths)
+        order = epoch_order(n, seed, epoch, lengths, group, modality)
         count = n // width if n >= width else 1
         for b in range(index, count):
             chunk = order[b * width : (b + 1) * width]

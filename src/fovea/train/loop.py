@@ -159,7 +159,8 @@ class _StageLoop(StepLoop):
     def batches(self, position: Position):
         """This process's micro-batches from `position`: made ahead by `run.num_workers` DataLoader
         workers (data/loader.py), packed unless the stage says not (data/packing.py)."""
-        lengths = _lengths(self.dataset) if self.stage.group_by_length else None
+        grouped = self.stage.group_by_length or self.stage.group_by_modality
+        lengths, images = _lengths(self.dataset) if grouped else (None, None)
         order = partial(
             micro_batches,
             len(self.dataset),
@@ -169,6 +170,7 @@ class _StageLoop(StepLoop):
             seed=self.recipe.run.seed,
             start=(position.epoch, position.batch),
             lengths=lengths,
+            modality=images if self.stage.group_by_modality else None,
         )
         make = partial(_make, self.dataset, self.pad, self._pack, self._capacity)
         workers = self.run_spec.num_workers
@@ -266,14 +268,16 @@ def _mask_sums(predicted: list[list[torch.Tensor]], batch: dict, device) -> tupl
     return tuple(total)
 
 
-def _lengths(dataset: SupervisedDataset) -> list[int]:
-    """Cheap length estimates (characters + images) for length-grouped sampling."""
-    out = []
+def _lengths(dataset: SupervisedDataset) -> tuple[list[int], list[bool]]:
+    """Cheap length estimates (characters + images) for grouped sampling, and whether each sample
+    has an image or video."""
+    lengths, modality = [], []
     for i in range(len(dataset)):
         raw, _ = dataset.source.read(i)
-        text = json.dumps(raw.get("conversations", "")) if isinstance(raw, dict) else ""
-        images = raw.get("images", raw.get("image")) if isinstance(raw, dict) else None
-        out.append(
-            len(text) // 4 + (len(images) if isinstance(images, list) else int(images is not None)) * 500
-        )
-    return out
+        record = raw if isinstance(raw, dict) else {}
+        text = json.dumps(record.get("conversations", ""))
+        images = record.get("images", record.get("image"))
+        count = len(images) if isinstance(images, list) else int(images is not None)
+        lengths.append(len(text) // 4 + count * 500)
+        modality.append(bool(count) or record.get("video") is not None)
+    return lengths, modality

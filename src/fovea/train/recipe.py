@@ -50,6 +50,9 @@ class ModelSpec:
     template: str = "qwen_1_5"
     max_length: int | None = None
     gradient_checkpointing: bool = False
+    compile: bool = False
+    """torch.compile every tower and LM block in place (the classes each model names in
+    ``_no_split_modules``, the blocks FSDP wraps too)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the pretrained parts are loaded in."""
     sam: str | None = None
@@ -95,6 +98,10 @@ class StageSpec:
     """Row budget when packing (default: the micro-batch's longest sample, so no row is longer
     than unpacked padding would make it)."""
     group_by_length: bool = False
+    """Unpacked: micro-batches of similar lengths (chunks of the shuffled data sorted by length)."""
+    group_by_modality: bool = False
+    """Unpacked: micro-batches all images or all text, lengths grouped within, as LLaVA-NeXT's
+    ``group_by_modality_length``."""
 
 
 @dataclass(kw_only=True)
