@@ -5,15 +5,15 @@ Which samples make a step never changes (packing is a layout, so loss, gradients
 order are those of the unpacked run). Whole samples are placed, first-fit by decreasing length,
 in rows of at most ``capacity`` tokens (the stage's ``pack_tokens``, never below the longest
 sample): one row when attention is varlen (nothing is computed between samples), else rows of the
-longest sample, so a masked row's attention never costs more than unpadded rows would. A row's tail is one
-more padding "sample" with its own positions, never attended to by a real one.
+longest sample, so a masked row's attention never costs more than unpadded rows would. A row's
+tail is one more padding "sample" with its own positions, never attended to by a real one.
 
 Each sample's ``position_ids`` restart at 0 and the attention mask is None: with sdpa, fovea's
-varlen attention (model/varlen.py) runs each sample alone; flash-attention runs its varlen kernel on
-one row (``_is_packed_sequence``, batch 1); eager and flex get transformers' block-diagonal causal
-mask (``find_packed_sequence_indices``). Each sample's
-first label is ignored (unpacked, nothing predicts it; packed, the sample before would). Images
-keep their sample (``image_samples``, which a question-aware fuser reads), in row order.
+varlen attention (model/varlen.py) runs each sample alone; flash-attention runs its varlen kernel
+on one row (``_is_packed_sequence``, batch 1); eager and flex get transformers' block-diagonal
+causal mask (``find_packed_sequence_indices``). Each sample's first label is ignored (unpacked,
+nothing predicts it; packed, the sample before would). Images keep their sample
+(``image_samples``, which a question-aware fuser reads), in row order.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def packed_attention(implementation: str, budget: int | None) -> tuple[int | Non
 
 PACK_BELOW = 0.9
 """A micro-batch is packed when its real tokens fill less than this share of the rows unpacked
-padding makes. Above it packing saves little, and cutting attention per sample costs more than it
-saves on small models (the tiny demo, samples of about equal length: 13% slower packed)."""
+padding makes. Above it there is little padding to save, and the per-sample attention calls are
+not free; 0.9 is a choice, not a measured break-even (the demo's batches fill 0.44 and pack)."""
 
 
 def worth_packing(lengths: list[int]) -> bool:

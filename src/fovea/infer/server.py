@@ -408,7 +408,7 @@ async def _complete(first, events: asyncio.Queue, meta: dict):
 
 def _sam_view(model):
     """SAM's view of decoded images for a segmenting model (None for any other)."""
-    if getattr(model.config, "seg", None) is None:
+    if model.config.seg is None:
         return None
     processor = model.config.seg.processor()
     return lambda pictures: sam_inputs(processor, pictures)
