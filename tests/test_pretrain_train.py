@@ -72,7 +72,9 @@ def test_the_encoder_learns_its_clusters(prepared, tmp_path):
     assert load_file(str(tower / "embedding_head.safetensors"))["weight"].shape == (16, 32)
 
 
-def test_a_killed_run_resumes_to_identical_weights(prepared, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_killed_run_resumes_to_identical_weights(prepared, tmp_path, monkeypatch, workers):
+    """Killed and resumed, images decoded here or by 2 DataLoader workers (the reference: here)."""
     reference = _recipe(prepared, tmp_path / "a")
     train_encoder(reference)
     from fovea.pretrain import train as module
@@ -86,12 +88,14 @@ def test_a_killed_run_resumes_to_identical_weights(prepared, tmp_path, monkeypat
         return original(self, source, position)
 
     monkeypatch.setattr(module._EncoderLoop, "step", dying)
+    killed = _recipe(prepared, tmp_path / "b")
+    killed.run.num_workers = workers
     with pytest.raises(KeyboardInterrupt):
-        train_encoder(_recipe(prepared, tmp_path / "b"))
+        train_encoder(killed)
     monkeypatch.setattr(module._EncoderLoop, "step", original)
     checkpoint = tmp_path / "b" / "checkpoints" / "step-00000003"
     assert (checkpoint / "partial_fc-00000.pt").is_file()
-    train_encoder(_recipe(prepared, tmp_path / "b"))
+    train_encoder(killed)
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")  # each step logged once, same values

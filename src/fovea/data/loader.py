@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
 class _Made(IterableDataset):
-    def __init__(self, order: Callable[[], Iterator[tuple]], make: Callable[[list[int]], dict]):
+    def __init__(self, order: Callable[[], Iterator[tuple]], make: Callable[[int, list[int]], dict]):
         self.order, self.make = order, make
 
     def __iter__(self):
@@ -25,17 +25,20 @@ class _Made(IterableDataset):
         mine, count = (info.id, info.num_workers) if info is not None else (0, 1)
         for place, (epoch, index, indices) in enumerate(self.order()):
             if place % count == mine:
-                yield epoch, index, self.make(indices)
+                yield epoch, index, self.make(epoch, indices)
 
 
 def made_ahead(
-    order: Callable[[], Iterator[tuple]], make: Callable[[list[int]], dict], workers: int, prefetch: int = 2
+    order: Callable[[], Iterator[tuple]],
+    make: Callable[[int, list[int]], dict],
+    workers: int,
+    prefetch: int = 2,
 ) -> Iterator[tuple]:
-    """(epoch, index, make(indices)) for each item of `order()` (a fresh iterator of (epoch, index,
-    indices)), made by `workers` processes `prefetch` items each ahead (0: here, when asked for)."""
+    """(epoch, index, make(epoch, indices)) for each item of `order()` (a fresh iterator of (epoch,
+    index, indices)), made by `workers` processes `prefetch` items each ahead (0: here, when asked)."""
     if workers <= 0:
         for epoch, index, indices in order():
-            yield epoch, index, make(indices)
+            yield epoch, index, make(epoch, indices)
         return
     loader = DataLoader(
         _Made(order, make), batch_size=None, num_workers=workers, prefetch_factor=prefetch, collate_fn=_same

@@ -21,14 +21,17 @@ import logging
 import math
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import to_dict
+from ..data.loader import made_ahead
 from ..errors import CheckpointError, ConfigError, ImageError
 from ..imaging.processor import ImageConfig, ImageProcessor
+from ..threads import default_workers
 from ..towers.base import VisionTower
 from ..towers.presets import build_tower
 from ..train.build import checkpoint_activations
@@ -109,6 +112,11 @@ def _classes(folder: Path, labels: np.ndarray) -> int:
     info = folder / "assign.json"
     recorded = json.loads(info.read_text()).get("centres") if info.is_file() else None
     return int(recorded) if recorded else int(labels.max()) + 1
+
+
+def _make(data, micro: int, label_width: int, size: int, epoch: int, indices: list[int]) -> dict:
+    """One micro-batch of `epoch` from its image indices (in a DataLoader worker, or here)."""
+    return collate([data.item(i, epoch) for i in indices], micro, label_width, size, data.regions)
 
 
 def collate(items: list, micro: int, label_width: int, size: int, regions: RegionData | None = None) -> dict:
@@ -245,14 +253,15 @@ class _EncoderLoop(StepLoop):
         return loop
 
     def batches(self, position: Position):
-        order = micro_batches(
-            len(self.data), micro=self.micro, world=self.acc.num_processes, rank=self.acc.process_index,
-            seed=self.recipe.run.seed, start=(position.epoch, position.batch),
+        """This process's micro-batches from `position`, decoded by `run.num_workers` DataLoader
+        workers in the data order's exact sequence (data/loader.py), or here."""
+        order = partial(
+            micro_batches, len(self.data), micro=self.micro, world=self.acc.num_processes,
+            rank=self.acc.process_index, seed=self.recipe.run.seed, start=(position.epoch, position.batch),
         )  # fmt: skip
-        width = self.data.labels.shape[1]
-        for epoch, index, indices in order:
-            items = [self.data.item(i, epoch) for i in indices]
-            yield epoch, index, collate(items, self.micro, width, self.size, self.data.regions)
+        make = partial(_make, self.data, self.micro, self.data.labels.shape[1], self.size)
+        workers = self.recipe.run.num_workers
+        yield from made_ahead(order, make, default_workers() if workers is None else workers)
 
     def step(self, source, position: Position) -> StepResult:
         group = [next(source) for _ in range(self.accum)]

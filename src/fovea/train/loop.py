@@ -248,7 +248,9 @@ class _StageLoop(StepLoop):
         return token_sum, (_mask_sums(out.masks, batch, device) if seg else (zero, zero, zero))
 
 
-def _make(dataset: SupervisedDataset, pad: int, pack: bool, capacity: int | None, indices: list[int]) -> dict:
+def _make(
+    dataset: SupervisedDataset, pad: int, pack: bool, capacity: int | None, epoch: int, indices: list[int]
+) -> dict:
     """One micro-batch from its sample indices (in a DataLoader worker, or here)."""
     return collate([dataset[i] for i in indices], pad, pack, capacity)
 
